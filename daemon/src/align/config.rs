@@ -1,0 +1,232 @@
+//! Every hyper-parameter of every method, in one serialisable struct.
+//!
+//! Defaults follow the SOTAlign method description (ridge 0.1, D = 512, eps_s = 0.05,
+//! eps_t = 0.01, 100 Sinkhorn iterations, Lion lr 1e-4, wd 1e-5, cosine schedule, 10% warm-up).
+//! [`AlignConfig::reference`] reproduces the settings of the independent reference run
+//! (`tests/fixtures/reference/PROTOCOL.md`): D = 256, Adam lr 1e-3, 300 steps, teacher init,
+//! unpaired batch 256.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AlignConfig {
+    pub seed: u64,
+    pub teacher: TeacherConfig,
+    pub procrustes: ProcrustesConfig,
+    pub csa: CsaConfig,
+    pub asif: AsifConfig,
+    pub heads: HeadsConfig,
+    pub siglip: SiglipConfig,
+    pub klot: KlotConfig,
+    pub optim: OptimConfig,
+}
+
+/// Ridge CCA teacher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TeacherConfig {
+    /// Ridge added to each covariance: C + lambda I.
+    pub lambda: f64,
+    /// When true, `lambda` is relative: the ridge is lambda * tr(C) / d (scaled to the features).
+    pub lambda_relative: bool,
+    /// Keep components whose canonical correlation exceeds `rel_tol` times the largest.
+    pub rel_tol: f64,
+    /// Optional cap on the number of components (always at most n - 1).
+    pub max_components: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcrustesConfig {
+    /// ZCA-whiten each modality with (C + shrink tr(C)/d I)^-1/2 before the orthogonal fit.
+    pub whiten: bool,
+    pub whiten_shrink: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CsaConfig {
+    /// Number of CCA components used; `None` = all kept components.
+    pub s: Option<usize>,
+    /// Candidates tried when `s` is chosen on validation.
+    pub s_grid: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AsifConfig {
+    /// Keep the top-k anchor similarities (k = min(k, n)).
+    pub k: usize,
+    /// Exponent applied to the kept similarities.
+    pub p: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadInit {
+    /// W ~ N(0, 1/d_in), zero bias.
+    Random,
+    /// Least-squares fit of LN(x) onto the teacher's canonical coordinates, rescaled.
+    Teacher,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeadsConfig {
+    /// Output dimension D of each head.
+    pub dim: usize,
+    pub init: HeadInit,
+    pub ln_eps: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SiglipConfig {
+    /// Initial log of the logit scale (log 20).
+    pub logit_scale_init: f64,
+    pub bias_init: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KlotConfig {
+    /// Weight of the KLOT term; 0 gives pairs-only SigLIP heads.
+    pub alpha: f64,
+    /// Student Sinkhorn temperature.
+    pub eps_s: f64,
+    /// Teacher Sinkhorn temperature.
+    pub eps_t: f64,
+    /// Sinkhorn iterations per plan.
+    pub iters: usize,
+    /// Unpaired batch size B (B images and B texts per step).
+    pub batch: usize,
+    /// Candidates tried when alpha is chosen on validation.
+    pub alpha_grid: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimKind {
+    Lion,
+    Adam,
+    AdamW,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OptimConfig {
+    pub kind: OptimKind,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub steps: usize,
+    /// Fraction of steps with linear warm-up before the cosine decay (0 = constant lr).
+    pub warmup_frac: f64,
+    /// Cosine decay to zero after warm-up; false keeps the lr constant.
+    pub cosine: bool,
+}
+
+impl Default for AlignConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            teacher: TeacherConfig::default(),
+            procrustes: ProcrustesConfig::default(),
+            csa: CsaConfig::default(),
+            asif: AsifConfig::default(),
+            heads: HeadsConfig::default(),
+            siglip: SiglipConfig::default(),
+            klot: KlotConfig::default(),
+            optim: OptimConfig::default(),
+        }
+    }
+}
+
+impl Default for TeacherConfig {
+    fn default() -> Self {
+        Self { lambda: 0.1, lambda_relative: false, rel_tol: 1e-6, max_components: None }
+    }
+}
+
+impl Default for ProcrustesConfig {
+    fn default() -> Self {
+        Self { whiten: false, whiten_shrink: 0.1 }
+    }
+}
+
+impl Default for CsaConfig {
+    fn default() -> Self {
+        Self { s: None, s_grid: vec![8, 16, 32, 64, 128] }
+    }
+}
+
+impl Default for AsifConfig {
+    fn default() -> Self {
+        Self { k: 800, p: 8.0 }
+    }
+}
+
+impl Default for HeadsConfig {
+    fn default() -> Self {
+        Self { dim: 512, init: HeadInit::Teacher, ln_eps: 1e-5 }
+    }
+}
+
+impl Default for SiglipConfig {
+    fn default() -> Self {
+        Self { logit_scale_init: 20f64.ln(), bias_init: -10.0 }
+    }
+}
+
+impl Default for KlotConfig {
+    fn default() -> Self {
+        Self {
+            alpha: 1.0,
+            eps_s: 0.05,
+            eps_t: 0.01,
+            iters: 100,
+            batch: 256,
+            alpha_grid: vec![0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+        }
+    }
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimKind::Lion,
+            lr: 1e-4,
+            weight_decay: 1e-5,
+            steps: 1000,
+            warmup_frac: 0.1,
+            cosine: true,
+        }
+    }
+}
+
+impl AlignConfig {
+    /// The settings of the independent reference run (PROTOCOL.md).
+    pub fn reference() -> Self {
+        let mut c = Self::default();
+        c.heads.dim = 256;
+        c.heads.init = HeadInit::Teacher;
+        c.optim = OptimConfig {
+            kind: OptimKind::Adam,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            steps: 300,
+            warmup_frac: 0.0,
+            cosine: false,
+        };
+        c.klot.batch = 256;
+        c
+    }
+
+    /// A named preset: `default` or `reference`.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "default" => Some(Self::default()),
+            "reference" => Some(Self::reference()),
+            _ => None,
+        }
+    }
+}

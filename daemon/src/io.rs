@@ -1,0 +1,1 @@
+//! File formats: embeddings (`.npy`, safetensors), manifests, checkpoints. Filled by the engine work.

@@ -1,0 +1,11 @@
+//! sotalign: align frozen pretrained vision and text encoders from few image-text pairs plus
+//! unpaired data (SOTAlign: a linear CCA teacher, then student heads refined with a KL-of-OT-plans
+//! loss on unpaired batches), and serve the result to curation clients.
+//!
+//! Code map (see ARCHITECTURE.md at the repository root):
+//! - [`align`]: the alignment engine. Pure computation on in-memory matrices: no IO, no tokio,
+//!   no global state. Everything else calls into it.
+//! - [`io`]: reading and writing embeddings (`.npy`, safetensors), manifests, checkpoints.
+
+pub mod align;
+pub mod io;
