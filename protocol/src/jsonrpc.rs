@@ -177,13 +177,12 @@ pub fn parse_params<P: DeserializeOwned>(
 ) -> Result<P, ErrorObject> {
     let empty = Value::Object(Map::new());
     let value = params.unwrap_or(&empty);
-    // `()` params (shutdown, exit) must accept both absent and `{}`: try null first for them.
     match P::deserialize(value) {
         Ok(p) => Ok(p),
         Err(e) => {
-            if params.is_none()
-                && let Ok(p) = P::deserialize(&Value::Null)
-            {
+            // `()` params (shutdown, exit) read from `null`: accept them absent or as `{}`.
+            let empty_object = value.as_object().is_some_and(Map::is_empty);
+            if empty_object && let Ok(p) = P::deserialize(&Value::Null) {
                 return Ok(p);
             }
             Err(ErrorObject::invalid_params(format!(
@@ -471,6 +470,10 @@ mod tests {
         assert_eq!(r.params, None);
         assert_eq!(r.parse_params::<P>().unwrap().k, 0);
         r.parse_params::<()>().unwrap();
+        let with_empty = Request::new(1, "shutdown", &json!({})).unwrap();
+        with_empty.parse_params::<()>().unwrap();
+        let with_junk = Request::new(1, "shutdown", &json!({"x": 1})).unwrap();
+        assert!(with_junk.parse_params::<()>().is_err());
         let bad = Request {
             id: 1.into(),
             method: "m".into(),

@@ -4,7 +4,7 @@
 //! silently rejected as "invalid type: null" would hide the real problem from the user, so
 //! [`Vector`] accepts numbers, `null` (read as NaN) and the strings `"NaN"`, `"Infinity"`,
 //! `"-Infinity"`, and the daemon reports the first bad component with
-//! [`codes::NON_FINITE_VECTOR`](crate::codes::NON_FINITE_VECTOR) via [`Vector::validate`].
+//! [`crate::codes::NON_FINITE_VECTOR`] via [`Vector::validate`].
 use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
