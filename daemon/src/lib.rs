@@ -9,3 +9,5 @@
 
 pub mod align;
 pub mod io;
+pub mod server;
+pub mod store;

@@ -12,6 +12,8 @@ struct Cli {
 enum Cmd {
     /// Print version and build information.
     Info,
+    /// Run the daemon: JSON-RPC (LSP framing) over --stdio or TCP --listen ADDR.
+    Serve(sotalign::server::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -21,5 +23,6 @@ fn main() -> anyhow::Result<()> {
             println!("sotalign {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Cmd::Serve(args) => sotalign::server::run_cli(args),
     }
 }

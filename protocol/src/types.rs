@@ -267,6 +267,10 @@ pub struct ModelInfo {
     pub trained_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<RetrievalMetrics>,
+    /// What the engine actually fitted when it differs from `method` or needs saying, e.g.
+    /// `cca (teacher only: trained heads unavailable)`; absent in older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -747,6 +751,12 @@ pub struct RunInfo {
     pub finished_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<RetrievalMetrics>,
+    /// What the engine actually fitted (see [`ModelInfo::fitted`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted: Option<String>,
+    /// Why the run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

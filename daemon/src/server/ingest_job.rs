@@ -1,0 +1,330 @@
+//! The ingest job: validate the source before answering, then write it to the store (and, when
+//! a model is served, map the new samples into it) in the background.
+//!
+//! Sources:
+//! - `embedded`: samples with encoder-space vectors in the request (unpaired);
+//! - `manifest`: the daemon's JSONL manifest (format below), whose embeddings come from `.npy`
+//!   files it names; pairs in it become seed pairs (`train`) or held-out pairs (`test`);
+//! - `folders`: raw images and captions; needs the encoders, which this build does not have
+//!   (answered `NOT_READY`).
+//!
+//! Manifest format (one JSON object per line; blank lines and `#` lines are skipped):
+//! ```text
+//! {"embeddings": {"image": "img.npy", "text": "txt.npy"}, "encoders": {"image": "efficientnet-lite0", "text": "all-MiniLM-L6-v2"}}
+//! {"key": "penguin", "image": "stamps/penguin.png", "imageRow": 17, "text": "A penguin.", "textRow": 17, "split": "train"}
+//! {"key": "frog", "image": "stamps/frog.png", "imageRow": 3}
+//! ```
+//! The optional first line names the `.npy` files (2-D little-endian f32, paths relative to the
+//! manifest) and the encoders that produced them. An item with an image and a text is a pair:
+//! `split` `train` (default) makes it a confirmed seed pair, `test` a held-out evaluation pair,
+//! `unpaired` stores both sides unpaired. `key` names the samples (default: the image file stem,
+//! or `text-<line>`); re-ingesting a key that exists leaves the stored sample unchanged.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+use sotalign_protocol::types::{EmbeddedSample, IngestResult, IngestSource, JobKind, JobStage, Modality};
+use sotalign_protocol::vector::Vector;
+use sotalign_protocol::{ErrorObject, codes};
+
+use super::errors::{HResult, internal, invalid_input, not_ready};
+use super::jobs::{Outcome, Report};
+use super::model::Served;
+use super::state::Shared;
+use crate::align::Matrix;
+use crate::store::{NewPair, NewSample};
+
+/// A validated batch, ready to insert.
+pub struct Batch {
+    pub samples: Vec<NewSample>,
+    pub pairs: Vec<NewPair>,
+    pub encoders: (Option<String>, Option<String>),
+}
+
+/// Check a vector against the modality's dimension (the stored one, else the first in the
+/// batch) and for finiteness; errors name the item.
+fn check_vector(v: &Vector, item: &str, dims: &mut [Option<usize>; 2], m: Modality) -> HResult<()> {
+    let slot = if m == Modality::Image { 0 } else { 1 };
+    let expected = *dims[slot].get_or_insert(v.0.len());
+    v.validate(expected).map_err(|mut e| {
+        e.message = format!("{item}: {}", e.message);
+        e
+    })
+}
+
+fn embedded_batch(items: Vec<EmbeddedSample>, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
+    if items.is_empty() {
+        return Err(ErrorObject::invalid_params("`embedded` holds no samples"));
+    }
+    let mut samples = Vec::with_capacity(items.len());
+    for (n, it) in items.into_iter().enumerate() {
+        check_vector(&it.vector, &format!("sample {n} ({:?})", it.key), &mut dims, it.modality)?;
+        if it.key.is_empty() {
+            return Err(ErrorObject::invalid_params(format!("sample {n}: empty key")));
+        }
+        samples.push(NewSample { modality: it.modality, key: it.key, path: it.path, text: it.text, vector: Some(it.vector.0) });
+    }
+    Ok(Batch { samples, pairs: Vec::new(), encoders: (None, None) })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    embeddings: Option<HeaderFiles>,
+    encoders: Option<HeaderFiles>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderFiles {
+    image: Option<String>,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Line {
+    key: Option<String>,
+    image: Option<String>,
+    image_row: Option<usize>,
+    text: Option<String>,
+    text_row: Option<usize>,
+    split: Option<String>,
+}
+
+/// A 2-D little-endian f32 `.npy` (C order), as numpy writes `np.save(f, a.astype('<f4'))`.
+pub fn read_npy_f32(path: &Path) -> Result<Matrix, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bad = |m: &str| format!("{}: not a supported .npy file: {m}", path.display());
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing magic"));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        v => return Err(bad(&format!("version {v}"))),
+    };
+    let header = bytes.get(start..start + hlen).ok_or_else(|| bad("truncated header"))?;
+    let header = String::from_utf8_lossy(header);
+    let compact: String = header.chars().filter(|c| !c.is_whitespace()).collect();
+    if !compact.contains("'descr':'<f4'") {
+        return Err(bad("dtype must be little-endian float32 ('<f4')"));
+    }
+    if compact.contains("'fortran_order':True") {
+        return Err(bad("Fortran order is not supported"));
+    }
+    let shape = compact
+        .split("'shape':(")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<usize> = shape.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| bad("bad shape"))).collect::<Result<_, _>>()?;
+    let [rows, cols] = dims[..] else {
+        return Err(bad(&format!("expected a 2-D array, got shape ({shape})")));
+    };
+    let data = &bytes[start + hlen..];
+    if data.len() != rows * cols * 4 {
+        return Err(bad(&format!("{} data bytes for shape ({rows}, {cols})", data.len())));
+    }
+    let v = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Matrix::from_vec(rows, cols, v).map_err(|e| bad(&e.to_string()))
+}
+
+fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
+    let where_ = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| invalid_input(format!("cannot read manifest: {e}"), Some(&where_)))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let line_err = |n: usize, msg: String| {
+        ErrorObject::new(codes::INVALID_INPUT, format!("{where_}:{n}: {msg}")).with_data(json!({ "path": where_, "line": n }))
+    };
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#')).peekable();
+    let mut mats: [Option<Matrix>; 2] = [None, None];
+    let mut encoders = (None, None);
+    if let Some((n, first)) = lines.peek().copied()
+        && (first.contains("\"embeddings\"") || first.contains("\"encoders\""))
+    {
+        lines.next();
+        let h: Header = serde_json::from_str(first).map_err(|e| line_err(n, format!("bad header: {e}")))?;
+        if let Some(f) = h.embeddings {
+            for (slot, file) in [(0, f.image), (1, f.text)] {
+                if let Some(file) = file {
+                    let p: PathBuf = base.join(&file);
+                    mats[slot] = Some(read_npy_f32(&p).map_err(|e| invalid_input(e, Some(&p.display().to_string())))?);
+                }
+            }
+        }
+        if let Some(e) = h.encoders {
+            encoders = (e.image, e.text);
+        }
+    }
+    let mut samples = Vec::new();
+    let mut pairs = Vec::new();
+    for (n, raw) in lines {
+        let l: Line = serde_json::from_str(raw).map_err(|e| line_err(n, format!("bad item: {e}")))?;
+        let mut side = |slot: usize, m: Modality, row: Option<usize>| -> HResult<Option<Vec<f32>>> {
+            let Some(r) = row else { return Ok(None) };
+            let mat = mats[slot].as_ref().ok_or_else(|| {
+                line_err(n, format!("{m:?} row given but the header names no {m:?} embeddings file").to_lowercase())
+            })?;
+            if r >= mat.rows {
+                return Err(line_err(n, format!("row {r} is out of range (the file has {} rows)", mat.rows)));
+            }
+            let v = Vector(mat.row(r).to_vec());
+            check_vector(&v, &format!("{where_}:{n}"), &mut dims, m).map_err(|mut e| {
+                if let Some(serde_json::Value::Object(d)) = &mut e.data {
+                    d.insert("line".into(), json!(n));
+                }
+                e
+            })?;
+            Ok(Some(v.0))
+        };
+        let ivec = side(0, Modality::Image, l.image_row)?;
+        let tvec = side(1, Modality::Text, l.text_row)?;
+        let has_image = l.image.is_some() || ivec.is_some();
+        let has_text = l.text.is_some() || tvec.is_some();
+        if !has_image && !has_text {
+            return Err(line_err(n, "an item needs an image or a text".into()));
+        }
+        if (has_image && ivec.is_none()) || (has_text && tvec.is_none()) {
+            return Err(not_ready(
+                "no_encoder",
+                format!(
+                    "{where_}:{n}: raw images and captions need the encoders, which this build of the daemon does not load; give imageRow/textRow into precomputed .npy embeddings"
+                ),
+            ));
+        }
+        let key = l.key.clone().or_else(|| {
+            l.image.as_deref().and_then(|p| Path::new(p).file_stem()).map(|s| s.to_string_lossy().into_owned())
+        });
+        let img_idx = has_image.then(|| {
+            samples.push(NewSample {
+                modality: Modality::Image,
+                key: key.clone().unwrap_or_else(|| format!("image-{n}")),
+                path: l.image.as_ref().map(|p| base.join(p).display().to_string()),
+                text: None,
+                vector: ivec,
+            });
+            samples.len() - 1
+        });
+        let txt_idx = has_text.then(|| {
+            samples.push(NewSample {
+                modality: Modality::Text,
+                key: key.clone().unwrap_or_else(|| format!("text-{n}")),
+                path: None,
+                text: l.text.clone(),
+                vector: tvec,
+            });
+            samples.len() - 1
+        });
+        if let (Some(i), Some(t)) = (img_idx, txt_idx) {
+            match l.split.as_deref().unwrap_or("train") {
+                "train" => pairs.push(NewPair { image: i, text: t, held_out: false }),
+                "test" => pairs.push(NewPair { image: i, text: t, held_out: true }),
+                "unpaired" => {}
+                other => return Err(line_err(n, format!("unknown split {other:?} (train, test, unpaired)"))),
+            }
+        }
+    }
+    if samples.is_empty() {
+        return Err(invalid_input(format!("{where_}: the manifest holds no items"), Some(&where_)));
+    }
+    Ok(Batch { samples, pairs, encoders })
+}
+
+pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestResult> {
+    let dims = shared.store(|s| Ok([s.dim(Modality::Image)?, s.dim(Modality::Text)?])).await?;
+    let batch = match source {
+        IngestSource::Embedded(items) => embedded_batch(items, dims)?,
+        IngestSource::Manifest(path) => {
+            let p = PathBuf::from(path);
+            tokio::task::spawn_blocking(move || manifest_batch(&p, dims))
+                .await
+                .map_err(|e| internal(format!("manifest task failed: {e}")))??
+        }
+        IngestSource::Folders { .. } => {
+            return Err(not_ready(
+                "no_encoder",
+                "ingesting raw image and caption folders needs the encoders, which this build of the daemon does not load; ingest precomputed embeddings (manifest with .npy rows, or embedded vectors)",
+            ));
+        }
+    };
+    let accepted = batch.samples.len() as u64;
+    let handle = shared.jobs.start(JobKind::Ingest, None, "ingest".into()).map_err(|running| {
+        ErrorObject::new(codes::JOB_CONFLICT, "an ingest job is already running").with_data(json!({ "job": running }))
+    })?;
+    let job = handle.id;
+    let sh = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let total = batch.samples.len() as u64;
+        handle.progress(Report {
+            stage: JobStage::Scan,
+            step: 0,
+            total,
+            loss: None,
+            percentage: 0.0,
+            message: Some(format!("storing {total} samples")),
+        });
+        let result = sh.store_blocking(|s| {
+            let r = s.insert_samples(&batch.samples, &batch.pairs)?;
+            if let Some(e) = &batch.encoders.0 {
+                s.set_meta("encoder.image", e)?;
+            }
+            if let Some(e) = &batch.encoders.1 {
+                s.set_meta("encoder.text", e)?;
+            }
+            Ok(r)
+        });
+        match result {
+            Ok(r) => {
+                handle.progress(Report {
+                    stage: JobStage::Scan,
+                    step: total,
+                    total,
+                    loss: None,
+                    percentage: 80.0,
+                    message: Some(format!("{} new, {} already stored, {} pairs", r.inserted, r.duplicates, r.pairs)),
+                });
+                if r.inserted > 0
+                    && let Err(e) = refresh_served(&sh)
+                {
+                    tracing::warn!("ingest: could not map the new samples into the served model: {}", e.message);
+                }
+                handle.finish(Outcome { ingested: Some(r.inserted), ..Outcome::succeeded() });
+            }
+            Err(e) => handle.finish(Outcome { ingested: Some(0), ..Outcome::failed(e) }),
+        }
+    });
+    Ok(IngestResult { job, accepted })
+}
+
+/// Re-map every stored sample through the served model so new samples are searchable without
+/// a new alignment (the model itself is unchanged).
+fn refresh_served(shared: &Arc<Shared>) -> HResult<()> {
+    let Some(cur) = shared.model() else { return Ok(()) };
+    let snap = shared.store_blocking(|s| s.training_snapshot())?;
+    let (model, fitted) = match shared.store_blocking(|s| s.run(cur.run))?.checkpoint {
+        Some(p) => super::fit::restore(Path::new(&p)).map_err(internal)?,
+        None => return Ok(()),
+    };
+    let held = snap.held_out.iter().flat_map(|(i, t)| [*i, *t]).collect();
+    let served = Served::build(
+        cur.run,
+        cur.method,
+        fitted,
+        model,
+        &snap.images,
+        &snap.texts,
+        held,
+        cur.pairs,
+        cur.trained_at_ms,
+        cur.metrics,
+    )
+    .map_err(internal)?;
+    shared.set_model(Arc::new(served));
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn _unused(_: HashMap<(), ()>) {}

@@ -1,0 +1,107 @@
+//! State shared by every connection and job of one daemon (behind an `Arc`).
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use sotalign_protocol::{ErrorObject, Message};
+use tokio::sync::{broadcast, watch};
+
+use super::errors::{HResult, internal};
+use super::jobs::Jobs;
+use super::model::Served;
+use crate::store::{Store, StoreError};
+
+/// Notifications buffered per connection before a slow one starts losing the oldest.
+const NOTIFY_CAPACITY: usize = 4096;
+
+/// Settings fixed at start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    /// `cpu` or `cuda:N`, as reported by status.
+    pub device: String,
+    /// Required in `initialize` on TCP connections when set.
+    pub token: Option<String>,
+    pub max_body: usize,
+    /// Where the encoder weights live (`sotalign` asset layout); `None`: no text search.
+    pub assets_dir: Option<PathBuf>,
+}
+
+pub struct Shared {
+    pub opts: Options,
+    /// The store is synchronous; handlers reach it through [`Shared::store`] on a blocking
+    /// thread, so a slow disk never stalls the async workers.
+    store: Arc<Mutex<Store>>,
+    pub jobs: Arc<Jobs>,
+    pub notify: broadcast::Sender<Message>,
+    model: RwLock<Option<Arc<Served>>>,
+    /// True while a new model's search structures are being built (status: `rebuilding`).
+    pub rebuilding: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(opts: Options, store: Store) -> Arc<Self> {
+        let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(Self {
+            opts,
+            store: Arc::new(Mutex::new(store)),
+            jobs: Arc::new(Jobs::new(notify.clone())),
+            notify,
+            model: RwLock::new(None),
+            rebuilding: AtomicBool::new(false),
+            shutdown,
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    /// Run `f` on the store from a blocking thread.
+    pub async fn store<T, F>(&self, f: F) -> HResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut g = store.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut g).map_err(ErrorObject::from)
+        })
+        .await
+        .map_err(|e| internal(format!("store task failed: {e}")))?
+    }
+
+    /// Direct access for code already on a blocking thread (jobs).
+    pub fn store_blocking<T>(&self, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> HResult<T> {
+        let mut g = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g).map_err(ErrorObject::from)
+    }
+
+    pub fn model(&self) -> Option<Arc<Served>> {
+        self.model.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swap in a new model atomically: queries that already hold the old `Arc` finish on it.
+    pub fn set_model(&self, m: Arc<Served>) {
+        *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(m);
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Stop accepting work: connections close, jobs are cancelled.
+    pub fn trigger_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        self.jobs.cancel_all();
+    }
+}
