@@ -332,7 +332,10 @@ impl Store {
         let mut conn = Connection::open(&path)?;
         // WAL: readers never block the writer; FULL: fsync the WAL at every commit, so a
         // returned commit is durable (NORMAL could lose the last commits on power loss).
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt(format!("cannot enable the WAL journal (journal_mode = {mode})")));
+        }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;

@@ -1,0 +1,208 @@
+//! Shared helpers of the daemon tests: start the real `sotalign` binary, build a fixture from
+//! the reference Tux Paint embeddings, talk to it with the protocol crate's client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sotalign_protocol::types::*;
+use sotalign_protocol::{Client, ServerNotification, methods};
+
+pub fn bin() -> PathBuf {
+    let p = assert_cmd::cargo::cargo_bin("sotalign");
+    assert!(p.exists(), "{} is missing: build it first (cargo build -p sotalign)", p.display());
+    p
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures/reference")
+}
+
+/// The fixture: rows of the reference Tux Paint embeddings, `train` seed pairs, `test` held-out
+/// pairs and `unpaired` rows (both sides stored, not paired). Returns the manifest path.
+pub struct Fixture {
+    pub manifest: PathBuf,
+    pub train: Vec<usize>,
+    pub test: Vec<usize>,
+    pub unpaired: Vec<usize>,
+    pub captions: Vec<String>,
+}
+
+pub fn fixture(dir: &Path, n_train: usize, n_test: usize, n_unpaired: usize) -> Fixture {
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tuxpaint_index.json")).unwrap()).unwrap();
+    let rows = index["rows"].as_array().unwrap();
+    let captions: Vec<String> = rows.iter().map(|r| r["caption"].as_str().unwrap().to_string()).collect();
+    let splits: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tuxpaint_splits.json")).unwrap()).unwrap();
+    // The reference's own test split; train/unpaired from its non-test rows.
+    let test: Vec<usize> = splits["test"].as_array().unwrap().iter().take(n_test).map(|v| v.as_u64().unwrap() as usize).collect();
+    let nontest: Vec<usize> = splits["nontest"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let train = nontest[..n_train].to_vec();
+    let unpaired = nontest[n_train..n_train + n_unpaired].to_vec();
+    let mut lines = vec![
+        json!({
+            "embeddings": {
+                "image": fixtures().join("tuxpaint_img.npy").display().to_string(),
+                "text": fixtures().join("tuxpaint_txt.npy").display().to_string(),
+            },
+            "encoders": {"image": "efficientnet-lite0", "text": "all-MiniLM-L6-v2"}
+        })
+        .to_string(),
+    ];
+    for (rows, split) in [(&train, "train"), (&test, "test"), (&unpaired, "unpaired")] {
+        for &r in rows.iter() {
+            lines.push(
+                json!({
+                    "key": format!("row-{r}"), "image": rows_file(&index, r), "imageRow": r,
+                    "text": captions[r], "textRow": r, "split": split
+                })
+                .to_string(),
+            );
+        }
+    }
+    let manifest = dir.join("manifest.jsonl");
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    Fixture { manifest, train, test, unpaired, captions }
+}
+
+fn rows_file(index: &Value, r: usize) -> String {
+    index["rows"][r]["file"].as_str().unwrap_or("x.png").to_string()
+}
+
+/// A writer shared between the typed client and raw-byte tests.
+#[derive(Clone)]
+pub struct SharedWriter<W>(pub Arc<Mutex<W>>);
+
+impl<W: Write> Write for SharedWriter<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap().flush()
+    }
+}
+
+/// A daemon child process; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: Option<String>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub type StdioClient = Client<ChildStdout, SharedWriter<ChildStdin>>;
+
+/// `sotalign serve --stdio`; returns the daemon, a typed client and a raw handle on its stdin.
+pub fn spawn_stdio(data: &Path, extra: &[&str]) -> (Daemon, StdioClient, SharedWriter<ChildStdin>) {
+    let (d, stdout, stdin) = spawn_stdio_raw(data, extra);
+    let client = Client::new(stdout, stdin.clone());
+    (d, client, stdin)
+}
+
+/// `sotalign serve --stdio` with its raw stdout and stdin.
+pub fn spawn_stdio_raw(data: &Path, extra: &[&str]) -> (Daemon, ChildStdout, SharedWriter<ChildStdin>) {
+    let mut child = Command::new(bin())
+        .args(["serve", "--stdio", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sotalign");
+    let stdin = SharedWriter(Arc::new(Mutex::new(child.stdin.take().unwrap())));
+    let stdout = child.stdout.take().unwrap();
+    (Daemon { child, addr: None }, stdout, stdin)
+}
+
+/// `sotalign serve --listen 127.0.0.1:0`; returns once it printed its address.
+pub fn spawn_tcp(data: &Path, extra: &[&str]) -> Daemon {
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sotalign");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("daemon exited before listening");
+        }
+        if let Some(a) = line.trim().strip_prefix("sotalign: listening on ") {
+            break a.to_string();
+        }
+    };
+    // Keep draining stderr so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = err.read_to_end(&mut sink);
+    });
+    Daemon { child, addr: Some(addr) }
+}
+
+pub type TcpClient = Client<TcpStream, TcpStream>;
+
+pub fn connect(addr: &str) -> TcpClient {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    Client::new(s.try_clone().unwrap(), s)
+}
+
+/// Ingest a manifest and wait for the job to finish; returns the samples added.
+pub fn ingest<R: Read, W: Write>(c: &mut Client<R, W>, manifest: &Path) -> u64 {
+    let r = c
+        .call::<methods::Ingest>(IngestParams { source: IngestSource::Manifest(manifest.display().to_string()) })
+        .unwrap();
+    let f = wait_finished(c, r.job);
+    assert_eq!(f.state, JobState::Succeeded, "{f:?}");
+    f.ingested.unwrap()
+}
+
+/// Wait for a job's `jobFinished`; progress notifications stay queued.
+pub fn wait_finished<R: Read, W: Write>(c: &mut Client<R, W>, job: JobId) -> JobFinishedParams {
+    match c.wait_for(|n| matches!(n, ServerNotification::JobFinished(f) if f.job == job)).unwrap() {
+        ServerNotification::JobFinished(f) => f,
+        _ => unreachable!(),
+    }
+}
+
+/// Every queued progress notification of a job, in arrival order.
+pub fn progress_of<R: Read, W: Write>(c: &mut Client<R, W>, job: JobId) -> Vec<JobProgress> {
+    c.take_notifications()
+        .into_iter()
+        .filter_map(|n| match n {
+            Ok(ServerNotification::Progress(p)) if p.value.job == job => Some(p.value),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Align with a small step budget so debug-build tests stay fast.
+pub fn align_params(steps: u64) -> AlignParams {
+    AlignParams {
+        method: AlignMethod::Siglip,
+        preset: None,
+        config: Some(json!({"optim": {"steps": steps, "kind": "adam", "lr": 0.001, "warmup_frac": 0.0, "cosine": false}, "heads": {"dim": 128}})),
+        seed: Some(1),
+    }
+}
