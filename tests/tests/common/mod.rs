@@ -80,8 +80,13 @@ fn rows_file(index: &Value, r: usize) -> String {
 }
 
 /// A writer shared between the typed client and raw-byte tests.
-#[derive(Clone)]
 pub struct SharedWriter<W>(pub Arc<Mutex<W>>);
+
+impl<W> Clone for SharedWriter<W> {
+    fn clone(&self) -> Self {
+        SharedWriter(self.0.clone())
+    }
+}
 
 impl<W: Write> Write for SharedWriter<W> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
