@@ -8,4 +8,5 @@
 //! - [`io`]: reading and writing embeddings (`.npy`, safetensors), manifests, checkpoints.
 
 pub mod align;
+pub mod cli;
 pub mod io;

@@ -12,6 +12,12 @@ struct Cli {
 enum Cmd {
     /// Print version and build information.
     Info,
+    /// Fit an alignment method on embeddings (+ manifest) or a reference split; write a checkpoint.
+    Align(sotalign::cli::align::AlignArgs),
+    /// Print the retrieval metrics of a checkpoint on a test split.
+    Eval(sotalign::cli::eval::EvalArgs),
+    /// Run the reference protocol (all methods x budgets x seeds) and update docs/RESULTS.md.
+    Experiment(sotalign::cli::experiment::ExperimentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -21,5 +27,8 @@ fn main() -> anyhow::Result<()> {
             println!("sotalign {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Cmd::Align(a) => sotalign::cli::align::run(a),
+        Cmd::Eval(a) => sotalign::cli::eval::run(a),
+        Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
     }
 }

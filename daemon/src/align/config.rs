@@ -19,6 +19,25 @@ pub struct AlignConfig {
     pub siglip: SiglipConfig,
     pub klot: KlotConfig,
     pub optim: OptimConfig,
+    pub auto: AutoConfig,
+}
+
+/// Search space and validation of the `auto` method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AutoConfig {
+    /// Disjoint held-out blocks averaged (1 = exactly the protocol's single last block).
+    pub folds: usize,
+    /// Relative ridges tried for the teacher (`lambda * tr(C)/d`), besides the absolute one.
+    pub ridge_grid: Vec<f64>,
+    /// ASIF powers tried (plain and centred).
+    pub asif_p_grid: Vec<f64>,
+}
+
+impl Default for AutoConfig {
+    fn default() -> Self {
+        Self { folds: 3, ridge_grid: vec![0.03, 0.1, 0.3, 1.0], asif_p_grid: vec![4.0, 8.0, 16.0] }
+    }
 }
 
 /// Ridge CCA teacher.
@@ -59,6 +78,9 @@ pub struct AsifConfig {
     pub k: usize,
     /// Exponent applied to the kept similarities.
     pub p: f64,
+    /// Centre anchors and queries on the paired means (and re-normalise) before the cosines
+    /// (the reference's `asif_c`).
+    pub centre: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +159,7 @@ impl Default for AlignConfig {
             siglip: SiglipConfig::default(),
             klot: KlotConfig::default(),
             optim: OptimConfig::default(),
+            auto: AutoConfig::default(),
         }
     }
 }
@@ -161,7 +184,7 @@ impl Default for CsaConfig {
 
 impl Default for AsifConfig {
     fn default() -> Self {
-        Self { k: 800, p: 8.0 }
+        Self { k: 800, p: 8.0, centre: false }
     }
 }
 
