@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sotalign", version, about = "Align frozen vision and text encoders with few pairs (SOTAlign)")]
+#[command(
+    name = "sotalign",
+    version,
+    about = "Align frozen vision and text encoders with few pairs (SOTAlign)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -4,6 +4,7 @@
 //! the same validation scores for the CSA s tuning.
 use std::path::PathBuf;
 
+use sotalign::align::Aligned;
 use sotalign::align::asif::Asif;
 use sotalign::align::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
 use sotalign::align::csa::Csa;
@@ -11,14 +12,15 @@ use sotalign::align::eval::evaluate;
 use sotalign::align::procrustes::Procrustes;
 use sotalign::align::teacher::CcaTeacher;
 use sotalign::align::validation::Holdout;
-use sotalign::align::Aligned;
 use sotalign::io::reference::{Reference, ReferenceResults, load_tuning};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference")
 }
 
-const KEYS: [&str; 6] = ["i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "i2t_MRR", "t2i_MRR"];
+const KEYS: [&str; 6] = [
+    "i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "i2t_MRR", "t2i_MRR",
+];
 
 #[test]
 fn closed_form_methods_match_reference_counts() {
@@ -35,19 +37,42 @@ fn closed_form_methods_match_reference_counts() {
         let teacher = CcaTeacher::fit(&data, &TeacherConfig::default()).unwrap();
         assert_eq!(teacher.k(), want.cca_k, "cca_k at {seed}_{n}");
         for (got, exp) in teacher.rho.iter().zip(&want.cca_rho_top5) {
-            assert!((got - exp).abs() < 5.1e-5, "rho at {seed}_{n}: {got} vs {exp}");
+            assert!(
+                (got - exp).abs() < 5.1e-5,
+                "rho at {seed}_{n}: {got} vs {exp}"
+            );
         }
         let csa_s = (want.csa_s < 1_000_000_000).then_some(want.csa_s);
         let methods: Vec<Box<dyn Aligned>> = vec![
             Box::new(Procrustes::fit(&data, &ProcrustesConfig::default()).unwrap()),
-            Box::new(Procrustes::fit(&data, &ProcrustesConfig { whiten: true, ..Default::default() }).unwrap()),
+            Box::new(
+                Procrustes::fit(
+                    &data,
+                    &ProcrustesConfig {
+                        whiten: true,
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            ),
             Box::new(Csa::from_teacher(teacher.clone(), csa_s).unwrap()),
             Box::new(teacher),
             Box::new(Asif::fit(&data, &AsifConfig::default()).unwrap()),
-            Box::new(Asif::fit(&data, &AsifConfig { centre: true, ..Default::default() }).unwrap()),
+            Box::new(
+                Asif::fit(
+                    &data,
+                    &AsifConfig {
+                        centre: true,
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            ),
         ];
         for m in &methods {
-            let got = evaluate(m.as_ref(), &test.x, &test.y, &test.labels).unwrap().reference_keys();
+            let got = evaluate(m.as_ref(), &test.x, &test.y, &test.labels)
+                .unwrap()
+                .reference_keys();
             let exp = &want.metrics[m.name()];
             for k in KEYS {
                 assert!(
@@ -86,8 +111,18 @@ fn csa_validation_matches_reference_tuning() {
         let mut best = (f64::NEG_INFINITY, 0);
         for (c, &s) in candidates.iter().enumerate() {
             let want = &cell.val[&format!("csa_s={s}")];
-            assert!((scores[c].0 - want.i2t_mrr).abs() < 1e-9, "n {n} s {s} i2t {} vs {}", scores[c].0, want.i2t_mrr);
-            assert!((scores[c].1 - want.t2i_mrr).abs() < 1e-9, "n {n} s {s} t2i {} vs {}", scores[c].1, want.t2i_mrr);
+            assert!(
+                (scores[c].0 - want.i2t_mrr).abs() < 1e-9,
+                "n {n} s {s} i2t {} vs {}",
+                scores[c].0,
+                want.i2t_mrr
+            );
+            assert!(
+                (scores[c].1 - want.t2i_mrr).abs() < 1e-9,
+                "n {n} s {s} t2i {} vs {}",
+                scores[c].1,
+                want.t2i_mrr
+            );
             let score = 0.5 * (scores[c].0 + scores[c].1);
             if score > best.0 {
                 best = (score, s);

@@ -36,12 +36,18 @@ impl Asif {
             return Err(AlignError::InvalidConfig("ASIF needs k >= 1".into()));
         }
         if !(cfg.p.is_finite() && cfg.p > 0.0) {
-            return Err(AlignError::InvalidConfig(format!("ASIF power p must be > 0, got {}", cfg.p)));
+            return Err(AlignError::InvalidConfig(format!(
+                "ASIF power p must be > 0, got {}",
+                cfg.p
+            )));
         }
         let mut ax = to_faer_normalized(&data.xp);
         let mut ay = to_faer_normalized(&data.yp);
         let (mean_x, mean_y) = if cfg.centre {
-            (linalg::col_means(ax.as_ref()), linalg::col_means(ay.as_ref()))
+            (
+                linalg::col_means(ax.as_ref()),
+                linalg::col_means(ay.as_ref()),
+            )
         } else {
             (vec![0.0; ax.ncols()], vec![0.0; ay.ncols()])
         };
@@ -52,7 +58,15 @@ impl Asif {
             linalg::normalize_rows(&mut ay);
         }
         let k = cfg.k.min(data.n_pairs());
-        Ok(Self { anchors_x: ax, anchors_y: ay, mean_x, mean_y, k, p: cfg.p, centre: cfg.centre })
+        Ok(Self {
+            anchors_x: ax,
+            anchors_y: ay,
+            mean_x,
+            mean_y,
+            k,
+            p: cfg.p,
+            centre: cfg.centre,
+        })
     }
 
     pub fn from_state(state: &MethodState) -> Result<Self, AlignError> {
@@ -62,17 +76,45 @@ impl Asif {
         let mean_x = row(state.tensor("mean_x")?);
         let mean_y = row(state.tensor("mean_y")?);
         let k = state.meta.get("k").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-        let p = state.meta.get("p").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        let centre = state.meta.get("centre").and_then(|v| v.as_bool()).unwrap_or(false);
-        if ax.nrows() != ay.nrows() || k == 0 || k > ax.nrows() || !p.is_finite()
-            || mean_x.len() != ax.ncols() || mean_y.len() != ay.ncols()
+        let p = state
+            .meta
+            .get("p")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NAN);
+        let centre = state
+            .meta
+            .get("centre")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if ax.nrows() != ay.nrows()
+            || k == 0
+            || k > ax.nrows()
+            || !p.is_finite()
+            || mean_x.len() != ax.ncols()
+            || mean_y.len() != ay.ncols()
         {
-            return Err(AlignError::InvalidConfig("inconsistent ASIF checkpoint".into()));
+            return Err(AlignError::InvalidConfig(
+                "inconsistent ASIF checkpoint".into(),
+            ));
         }
-        Ok(Self { anchors_x: ax, anchors_y: ay, mean_x, mean_y, k, p, centre })
+        Ok(Self {
+            anchors_x: ax,
+            anchors_y: ay,
+            mean_x,
+            mean_y,
+            k,
+            p,
+            centre,
+        })
     }
 
-    fn relative(&self, q: &Matrix, anchors: &Mat<f64>, mean: &[f64], what: &str) -> Result<Mat<f64>, AlignError> {
+    fn relative(
+        &self,
+        q: &Matrix,
+        anchors: &Mat<f64>,
+        mean: &[f64],
+        what: &str,
+    ) -> Result<Mat<f64>, AlignError> {
         linalg::check_input(q, anchors.ncols(), what)?;
         let mut z = to_faer_normalized(q);
         if self.centre {
@@ -125,16 +167,22 @@ impl Aligned for Asif {
         self.relative(y, &self.anchors_y, &self.mean_y, "text")
     }
 
-    fn export_state(&self) -> MethodState {
-        MethodState {
+    fn export_state(&self) -> Result<MethodState, AlignError> {
+        Ok(MethodState {
             method: self.name().to_string(),
             tensors: vec![
-                ("anchors_x".into(), linalg::from_faer(self.anchors_x.as_ref())),
-                ("anchors_y".into(), linalg::from_faer(self.anchors_y.as_ref())),
+                (
+                    "anchors_x".into(),
+                    linalg::from_faer(self.anchors_x.as_ref()),
+                ),
+                (
+                    "anchors_y".into(),
+                    linalg::from_faer(self.anchors_y.as_ref()),
+                ),
                 ("mean_x".into(), linalg::vec_to_row(&self.mean_x)),
                 ("mean_y".into(), linalg::vec_to_row(&self.mean_y)),
             ],
             meta: json!({ "k": self.k, "p": self.p, "centre": self.centre }),
-        }
+        })
     }
 }

@@ -38,9 +38,14 @@ pub struct Candidate {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
-    Procrustes { whiten: bool },
+    Procrustes {
+        whiten: bool,
+    },
     /// Teacher index into the teacher grid; `csa_s = None` is the CCA teacher itself.
-    Teacher { t: usize, csa_s: Option<usize> },
+    Teacher {
+        t: usize,
+        csa_s: Option<usize>,
+    },
     Asif,
 }
 
@@ -61,9 +66,22 @@ pub struct AutoModel {
 }
 
 fn teacher_grid(cfg: &AlignConfig) -> Vec<(String, TeacherConfig)> {
-    let mut out = vec![(format!("ridge={}", cfg.teacher.lambda), TeacherConfig { lambda_relative: false, ..cfg.teacher.clone() })];
+    let mut out = vec![(
+        format!("ridge={}", cfg.teacher.lambda),
+        TeacherConfig {
+            lambda_relative: false,
+            ..cfg.teacher.clone()
+        },
+    )];
     for &l in &cfg.auto.ridge_grid {
-        out.push((format!("ridge={l}*tr/d"), TeacherConfig { lambda: l, lambda_relative: true, ..cfg.teacher.clone() }));
+        out.push((
+            format!("ridge={l}*tr/d"),
+            TeacherConfig {
+                lambda: l,
+                lambda_relative: true,
+                ..cfg.teacher.clone()
+            },
+        ));
     }
     out
 }
@@ -73,9 +91,16 @@ pub fn candidates(cfg: &AlignConfig) -> Vec<Candidate> {
     let mut out = Vec::new();
     for whiten in [false, true] {
         let mut c = cfg.clone();
-        c.procrustes = ProcrustesConfig { whiten, ..cfg.procrustes.clone() };
+        c.procrustes = ProcrustesConfig {
+            whiten,
+            ..cfg.procrustes.clone()
+        };
         out.push(Candidate {
-            label: if whiten { "procrustes_w".into() } else { "procrustes".into() },
+            label: if whiten {
+                "procrustes_w".into()
+            } else {
+                "procrustes".into()
+            },
             method: if whiten { "procrustes_w" } else { "procrustes" },
             cfg: c,
             kind: Kind::Procrustes { whiten },
@@ -84,19 +109,38 @@ pub fn candidates(cfg: &AlignConfig) -> Vec<Candidate> {
     for (t, (tl, tc)) in teacher_grid(cfg).into_iter().enumerate() {
         let mut c = cfg.clone();
         c.teacher = tc;
-        out.push(Candidate { label: format!("cca({tl})"), method: "cca", cfg: c.clone(), kind: Kind::Teacher { t, csa_s: None } });
+        out.push(Candidate {
+            label: format!("cca({tl})"),
+            method: "cca",
+            cfg: c.clone(),
+            kind: Kind::Teacher { t, csa_s: None },
+        });
         for &s in &cfg.csa.s_grid {
             let mut cs = c.clone();
             cs.csa.s = Some(s);
-            out.push(Candidate { label: format!("csa(s={s}, {tl})"), method: "csa", cfg: cs, kind: Kind::Teacher { t, csa_s: Some(s) } });
+            out.push(Candidate {
+                label: format!("csa(s={s}, {tl})"),
+                method: "csa",
+                cfg: cs,
+                kind: Kind::Teacher { t, csa_s: Some(s) },
+            });
         }
     }
     for centre in [false, true] {
         for &p in &cfg.auto.asif_p_grid {
             let mut c = cfg.clone();
-            c.asif = AsifConfig { p, centre, ..cfg.asif.clone() };
+            c.asif = AsifConfig {
+                p,
+                centre,
+                ..cfg.asif.clone()
+            };
             let name = if centre { "asif_c" } else { "asif" };
-            out.push(Candidate { label: format!("{name}(p={p})"), method: name, cfg: c, kind: Kind::Asif });
+            out.push(Candidate {
+                label: format!("{name}(p={p})"),
+                method: name,
+                cfg: c,
+                kind: Kind::Asif,
+            });
         }
     }
     out
@@ -106,7 +150,10 @@ fn fit_candidate(c: &Candidate, data: &AlignData) -> Result<Box<dyn Aligned>, Al
     Ok(match c.kind {
         Kind::Procrustes { .. } => Box::new(Procrustes::fit(data, &c.cfg.procrustes)?),
         Kind::Teacher { csa_s: None, .. } => Box::new(CcaTeacher::fit(data, &c.cfg.teacher)?),
-        Kind::Teacher { csa_s, .. } => Box::new(Csa::from_teacher(CcaTeacher::fit(data, &c.cfg.teacher)?, csa_s)?),
+        Kind::Teacher { csa_s, .. } => Box::new(Csa::from_teacher(
+            CcaTeacher::fit(data, &c.cfg.teacher)?,
+            csa_s,
+        )?),
         Kind::Asif => Box::new(Asif::fit(data, &c.cfg.asif)?),
     })
 }
@@ -133,7 +180,9 @@ pub fn validate_candidates(
                     if fitted[t].is_none() {
                         fitted[t] = Some(CcaTeacher::fit(&h.train, &teachers[t].1)?);
                     }
-                    let teacher = fitted[t].clone().ok_or_else(|| AlignError::Numerical("teacher cache".into()))?;
+                    let teacher = fitted[t]
+                        .clone()
+                        .ok_or_else(|| AlignError::Numerical("teacher cache".into()))?;
                     match csa_s {
                         None => Box::new(teacher),
                         s => Box::new(Csa::from_teacher(teacher, s)?),
@@ -173,11 +222,35 @@ pub fn fit_auto(
         }
     }
     let choice = cands[best].clone();
-    report(progress, &format!("fit {}", choice.label), 0, 1, Some(scores[best]))?;
+    report(
+        progress,
+        &format!("fit {}", choice.label),
+        0,
+        1,
+        Some(scores[best]),
+    )?;
     let inner = fit_candidate(&choice, data)?;
-    report(progress, &format!("fit {}", choice.label), 1, 1, Some(scores[best]))?;
-    let scores = cands.iter().zip(scores).map(|(c, s)| Scored { label: c.label.clone(), score: s }).collect();
-    Ok(AutoModel { inner, choice, scores, folds })
+    report(
+        progress,
+        &format!("fit {}", choice.label),
+        1,
+        1,
+        Some(scores[best]),
+    )?;
+    let scores = cands
+        .iter()
+        .zip(scores)
+        .map(|(c, s)| Scored {
+            label: c.label.clone(),
+            score: s,
+        })
+        .collect();
+    Ok(AutoModel {
+        inner,
+        choice,
+        scores,
+        folds,
+    })
 }
 
 impl Aligned for AutoModel {
@@ -197,10 +270,11 @@ impl Aligned for AutoModel {
         self.inner.embed_y_f64(y)
     }
     /// The chosen method's state (it restores as that method), with the choice recorded.
-    fn export_state(&self) -> MethodState {
-        let mut st = self.inner.export_state();
-        st.meta["auto"] = json!({ "choice": self.choice.label, "folds": self.folds, "scores": self.scores });
-        st
+    fn export_state(&self) -> Result<MethodState, AlignError> {
+        let mut st = self.inner.export_state()?;
+        st.meta["auto"] =
+            json!({ "choice": self.choice.label, "folds": self.folds, "scores": self.scores });
+        Ok(st)
     }
 }
 

@@ -36,7 +36,11 @@ pub struct AutoConfig {
 
 impl Default for AutoConfig {
     fn default() -> Self {
-        Self { folds: 3, ridge_grid: vec![0.03, 0.1, 0.3, 1.0], asif_p_grid: vec![4.0, 8.0, 16.0] }
+        Self {
+            folds: 3,
+            ridge_grid: vec![0.03, 0.1, 0.3, 1.0],
+            asif_p_grid: vec![4.0, 8.0, 16.0],
+        }
     }
 }
 
@@ -166,37 +170,59 @@ impl Default for AlignConfig {
 
 impl Default for TeacherConfig {
     fn default() -> Self {
-        Self { lambda: 0.1, lambda_relative: false, rel_tol: 1e-6, max_components: None }
+        Self {
+            lambda: 0.1,
+            lambda_relative: false,
+            rel_tol: 1e-6,
+            max_components: None,
+        }
     }
 }
 
 impl Default for ProcrustesConfig {
     fn default() -> Self {
-        Self { whiten: false, whiten_shrink: 0.1 }
+        Self {
+            whiten: false,
+            whiten_shrink: 0.1,
+        }
     }
 }
 
 impl Default for CsaConfig {
     fn default() -> Self {
-        Self { s: None, s_grid: vec![8, 16, 32, 64, 128] }
+        Self {
+            s: None,
+            s_grid: vec![8, 16, 32, 64, 128],
+        }
     }
 }
 
 impl Default for AsifConfig {
     fn default() -> Self {
-        Self { k: 800, p: 8.0, centre: false }
+        Self {
+            k: 800,
+            p: 8.0,
+            centre: false,
+        }
     }
 }
 
 impl Default for HeadsConfig {
     fn default() -> Self {
-        Self { dim: 512, init: HeadInit::Teacher, ln_eps: 1e-5 }
+        Self {
+            dim: 512,
+            init: HeadInit::Teacher,
+            ln_eps: 1e-5,
+        }
     }
 }
 
 impl Default for SiglipConfig {
     fn default() -> Self {
-        Self { logit_scale_init: 20f64.ln(), bias_init: -10.0 }
+        Self {
+            logit_scale_init: 20f64.ln(),
+            bias_init: -10.0,
+        }
     }
 }
 

@@ -43,7 +43,11 @@ impl Csa {
 
     pub fn from_state(state: &MethodState) -> Result<Self, AlignError> {
         let teacher = CcaTeacher::from_state(state)?;
-        let s = state.meta.get("s").and_then(|v| v.as_u64()).map(|v| v as usize);
+        let s = state
+            .meta
+            .get("s")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize);
         Self::from_teacher(teacher, s)
     }
 
@@ -83,9 +87,9 @@ impl Aligned for Csa {
         Ok(self.weigh(self.teacher.coords_y_f64(y)?))
     }
 
-    fn export_state(&self) -> MethodState {
+    fn export_state(&self) -> Result<MethodState, AlignError> {
         let mut st = self.teacher.state_named("csa");
         st.meta["s"] = json!(self.s);
-        st
+        Ok(st)
     }
 }

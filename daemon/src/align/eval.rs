@@ -87,7 +87,10 @@ pub fn ranks(
         for (j, g) in gallery_labels.iter().enumerate() {
             let s = scores[(i, j)];
             if !s.is_finite() {
-                return Err(AlignError::NonFinite { what: "score matrix".into(), row: i });
+                return Err(AlignError::NonFinite {
+                    what: "score matrix".into(),
+                    row: i,
+                });
             }
             if *g == Some(q) {
                 found = true;
@@ -135,7 +138,9 @@ pub fn foscttm(scores: MatRef<'_, f64>) -> Result<f64, AlignError> {
         });
     }
     if n < 2 {
-        return Err(AlignError::NotEnoughData("FOSCTTM needs at least 2 items".into()));
+        return Err(AlignError::NotEnoughData(
+            "FOSCTTM needs at least 2 items".into(),
+        ));
     }
     let mut total = 0.0;
     for i in 0..n {
@@ -174,7 +179,11 @@ pub fn evaluate(
         return Err(AlignError::DimensionMismatch {
             what: "evaluation set: images, texts and labels must have equal length".into(),
             expected: x.rows,
-            got: if y.rows != x.rows { y.rows } else { labels.len() },
+            got: if y.rows != x.rows {
+                y.rows
+            } else {
+                labels.len()
+            },
         });
     }
     let s = model.score_f64(x, y)?;
@@ -207,13 +216,21 @@ pub fn retrieval_with_distractors(
     let s_t2i = &ey * image_gallery.transpose();
     let i2t = ranks(s_i2t.as_ref(), q_labels, &tl)?;
     let t2i = ranks(s_t2i.as_ref(), q_labels, &il)?;
-    Ok(RetrievalReport { i2t: dir_metrics(&i2t), t2i: dir_metrics(&t2i), foscttm: None })
+    Ok(RetrievalReport {
+        i2t: dir_metrics(&i2t),
+        t2i: dir_metrics(&t2i),
+        foscttm: None,
+    })
 }
 
 fn vstack(a: &Mat<f64>, b: &Mat<f64>) -> Mat<f64> {
     let (na, nb) = (a.nrows(), b.nrows());
     let c = a.ncols().max(b.ncols());
-    Mat::from_fn(na + nb, c, |i, j| if i < na { a[(i, j)] } else { b[(i - na, j)] })
+    Mat::from_fn(
+        na + nb,
+        c,
+        |i, j| if i < na { a[(i, j)] } else { b[(i - na, j)] },
+    )
 }
 
 /// Zero-shot classification accuracy.
@@ -252,7 +269,12 @@ pub fn zero_shot(
     let g: Vec<Option<u32>> = (0..prompts.rows as u32).map(Some).collect();
     let r = ranks(s.as_ref(), &q, &g)?;
     let m = dir_metrics(&r);
-    Ok(ZeroShot { top1: m.r1, top5: m.r5, n: labels.len(), n_classes: prompts.rows })
+    Ok(ZeroShot {
+        top1: m.r1,
+        top5: m.r5,
+        n: labels.len(),
+        n_classes: prompts.rows,
+    })
 }
 
 #[cfg(test)]
@@ -296,9 +318,18 @@ mod tests {
     #[test]
     fn errors_are_typed() {
         let s = mat(1, 2, &[f64::NAN, 0.0]);
-        assert!(matches!(ranks(s.as_ref(), &[0], &[Some(0), Some(1)]), Err(AlignError::NonFinite { .. })));
+        assert!(matches!(
+            ranks(s.as_ref(), &[0], &[Some(0), Some(1)]),
+            Err(AlignError::NonFinite { .. })
+        ));
         let s = mat(1, 2, &[0.0, 0.0]);
-        assert!(matches!(ranks(s.as_ref(), &[5], &[Some(0), Some(1)]), Err(AlignError::NotEnoughData(_))));
-        assert!(matches!(ranks(s.as_ref(), &[5, 6], &[Some(0), Some(1)]), Err(AlignError::DimensionMismatch { .. })));
+        assert!(matches!(
+            ranks(s.as_ref(), &[5], &[Some(0), Some(1)]),
+            Err(AlignError::NotEnoughData(_))
+        ));
+        assert!(matches!(
+            ranks(s.as_ref(), &[5, 6], &[Some(0), Some(1)]),
+            Err(AlignError::DimensionMismatch { .. })
+        ));
     }
 }

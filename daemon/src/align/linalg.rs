@@ -31,7 +31,11 @@ pub fn from_faer(m: MatRef<'_, f64>) -> Matrix {
             data.push(m[(i, j)] as f32);
         }
     }
-    Matrix { rows: r, cols: c, data }
+    Matrix {
+        rows: r,
+        cols: c,
+        data,
+    }
 }
 
 /// Scale every row to unit L2 norm in place (zero rows stay zero).
@@ -146,9 +150,9 @@ pub fn sym_apply(
             got: c.ncols(),
         });
     }
-    let evd = c
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| AlignError::Numerical(format!("eigendecomposition of {what} failed: {e:?}")))?;
+    let evd = c.self_adjoint_eigen(Side::Lower).map_err(|e| {
+        AlignError::Numerical(format!("eigendecomposition of {what} failed: {e:?}"))
+    })?;
     let v = evd.U();
     let w = evd.S().column_vector();
     let mut fw = Vec::with_capacity(d);
@@ -185,7 +189,9 @@ pub fn thin_svd(a: MatRef<'_, f64>, what: &str) -> Result<ThinSvd, AlignError> {
     for j in 0..a.ncols() {
         for i in 0..a.nrows() {
             if !a[(i, j)].is_finite() {
-                return Err(AlignError::Numerical(format!("{what} has non-finite entries")));
+                return Err(AlignError::Numerical(format!(
+                    "{what} has non-finite entries"
+                )));
             }
         }
     }
@@ -194,7 +200,11 @@ pub fn thin_svd(a: MatRef<'_, f64>, what: &str) -> Result<ThinSvd, AlignError> {
         .map_err(|e| AlignError::Numerical(format!("SVD of {what} failed: {e:?}")))?;
     let sv = svd.S().column_vector();
     let s = (0..sv.nrows()).map(|i| sv[i]).collect();
-    Ok(ThinSvd { u: svd.U().to_owned(), s, v: svd.V().to_owned() })
+    Ok(ThinSvd {
+        u: svd.U().to_owned(),
+        s,
+        v: svd.V().to_owned(),
+    })
 }
 
 /// Number of singular values above `rel_tol * s[0]` (s sorted non-increasing).
@@ -212,7 +222,11 @@ pub fn first_cols(m: MatRef<'_, f64>, k: usize) -> Mat<f64> {
 
 /// Row-major f64 values of a matrix (for checkpoint export as f32 tensors).
 pub fn vec_to_row(v: &[f64]) -> Matrix {
-    Matrix { rows: 1, cols: v.len(), data: v.iter().map(|&x| x as f32).collect() }
+    Matrix {
+        rows: 1,
+        cols: v.len(),
+        data: v.iter().map(|&x| x as f32).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -230,7 +244,11 @@ mod tests {
         for i in 0..4 {
             for j in 0..4 {
                 let want = if i == j { 1.0 } else { 0.0 };
-                assert!((prod[(i, j)] - want).abs() < 1e-10, "{i},{j}: {}", prod[(i, j)]);
+                assert!(
+                    (prod[(i, j)] - want).abs() < 1e-10,
+                    "{i},{j}: {}",
+                    prod[(i, j)]
+                );
             }
         }
     }
@@ -238,7 +256,10 @@ mod tests {
     #[test]
     fn inv_sqrt_of_singular_is_typed_error() {
         let c = Mat::<f64>::zeros(3, 3);
-        assert!(matches!(sym_inv_sqrt(c.as_ref(), "zero"), Err(AlignError::Numerical(_))));
+        assert!(matches!(
+            sym_inv_sqrt(c.as_ref(), "zero"),
+            Err(AlignError::Numerical(_))
+        ));
     }
 
     #[test]

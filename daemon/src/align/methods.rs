@@ -5,9 +5,11 @@ use std::ops::ControlFlow;
 use std::str::FromStr;
 
 use super::asif::Asif;
+use super::config::HeadInit;
 use super::csa::Csa;
 use super::procrustes::Procrustes;
 use super::teacher::CcaTeacher;
+use super::train::{StudentHeads, fit_student};
 use super::{AlignConfig, AlignData, AlignError, Aligned, MethodState, auto};
 
 /// Every method the engine can fit.
@@ -25,20 +27,37 @@ pub enum Method {
     Asif,
     /// ASIF on features centred on the paired means.
     AsifC,
+    /// Pairs-only SigLIP heads (random init, alpha = 0).
+    Siglip,
+    /// SigLIP heads initialised from the teacher, alpha = 0 (the reference's `siglip_tinit`).
+    SiglipTinit,
+    /// SOTAlign: teacher-initialised heads, SigLIP + alpha * KLOT on unpaired batches.
+    Sotalign,
     /// Validation-chosen method and hyper-parameters (see [`super::auto`]).
     Auto,
 }
 
 impl Method {
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 10] = [
         Method::Procrustes,
         Method::ProcrustesW,
         Method::Cca,
         Method::Csa,
         Method::Asif,
         Method::AsifC,
+        Method::Siglip,
+        Method::SiglipTinit,
+        Method::Sotalign,
         Method::Auto,
     ];
+
+    /// Closed-form (deterministic, no training loop).
+    pub fn is_closed_form(self) -> bool {
+        !matches!(
+            self,
+            Method::Siglip | Method::SiglipTinit | Method::Sotalign | Method::Auto
+        )
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -48,13 +67,20 @@ impl Method {
             Method::Csa => "csa",
             Method::Asif => "asif",
             Method::AsifC => "asif_c",
+            Method::Siglip => "siglip",
+            Method::SiglipTinit => "siglip_tinit",
+            Method::Sotalign => "sotalign",
             Method::Auto => "auto",
         }
     }
 
     /// Comma-separated list of every known name (for errors and `--help`).
     pub fn known() -> String {
-        Self::ALL.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -81,16 +107,7 @@ impl FromStr for Method {
     }
 }
 
-/// A progress report from a running fit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Progress {
-    /// What is running (`fit cca`, `validate`, ...).
-    pub stage: String,
-    pub step: usize,
-    pub total: usize,
-    /// Current loss or validation score, when the stage has one.
-    pub loss: Option<f64>,
-}
+pub use super::progress::Progress;
 
 /// Report progress; `Break` from the callback cancels the fit.
 pub(crate) fn report(
@@ -100,7 +117,12 @@ pub(crate) fn report(
     total: usize,
     loss: Option<f64>,
 ) -> Result<(), AlignError> {
-    match progress(&Progress { stage: stage.to_string(), step, total, loss }) {
+    match progress(&Progress {
+        stage: stage.to_string(),
+        step,
+        total,
+        loss,
+    }) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(()) => Err(AlignError::Cancelled),
     }
@@ -117,6 +139,12 @@ pub fn fit(
     data.validate()?;
     if method == Method::Auto {
         return auto::fit_auto(data, cfg, progress).map(|a| Box::new(a) as Box<dyn Aligned>);
+    }
+    if matches!(
+        method,
+        Method::Siglip | Method::SiglipTinit | Method::Sotalign
+    ) {
+        return fit_trained(method, data, cfg, progress);
     }
     let stage = format!("fit {method}");
     report(progress, &stage, 0, 1, None)?;
@@ -143,14 +171,61 @@ pub fn fit(
             c.centre = true;
             Box::new(Asif::fit(data, &c)?)
         }
-        Method::Auto => unreachable!("handled above"),
+        Method::Siglip | Method::SiglipTinit | Method::Sotalign | Method::Auto => {
+            return Err(AlignError::InvalidConfig(format!(
+                "{method} is not closed-form"
+            )));
+        }
     };
     report(progress, &stage, 1, 1, None)?;
     Ok(m)
 }
 
+/// The student-head methods (engine-train's `fit_student`), with the teacher they need.
+fn fit_trained(
+    method: Method,
+    data: &AlignData,
+    cfg: &AlignConfig,
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<Box<dyn Aligned>, AlignError> {
+    let mut c = cfg.clone();
+    match method {
+        Method::Siglip => {
+            c.klot.alpha = 0.0;
+            c.heads.init = HeadInit::Random;
+        }
+        Method::SiglipTinit => {
+            c.klot.alpha = 0.0;
+            c.heads.init = HeadInit::Teacher;
+        }
+        _ => {
+            if !(c.klot.alpha > 0.0) {
+                return Err(AlignError::InvalidConfig(format!(
+                    "sotalign needs klot.alpha > 0 (got {}); alpha = 0 is `siglip` / `siglip_tinit`",
+                    c.klot.alpha
+                )));
+            }
+        }
+    }
+    let needs_teacher = c.klot.alpha > 0.0 || c.heads.init == HeadInit::Teacher;
+    let teacher = if needs_teacher {
+        report(progress, "fit teacher", 0, 1, None)?;
+        let t = CcaTeacher::fit(data, &c.teacher)?;
+        report(progress, "fit teacher", 1, 1, None)?;
+        Some(t)
+    } else {
+        None
+    };
+    let heads = fit_student(data, teacher.as_ref(), &c, progress)?;
+    Ok(Box::new(heads))
+}
+
 /// Fit with no progress reporting.
-pub fn fit_quiet(method: Method, data: &AlignData, cfg: &AlignConfig) -> Result<Box<dyn Aligned>, AlignError> {
+pub fn fit_quiet(
+    method: Method,
+    data: &AlignData,
+    cfg: &AlignConfig,
+) -> Result<Box<dyn Aligned>, AlignError> {
     fit(method, data, cfg, &mut |_| ControlFlow::Continue(()))
 }
 
@@ -161,8 +236,12 @@ pub fn restore(state: &MethodState) -> Result<Box<dyn Aligned>, AlignError> {
         "cca" => Box::new(CcaTeacher::from_state(state)?),
         "csa" => Box::new(Csa::from_state(state)?),
         "asif" | "asif_c" => Box::new(Asif::from_state(state)?),
+        "siglip" | "siglip_tinit" | "sotalign" => Box::new(StudentHeads::from_state(state)?),
         other => {
-            return Err(AlignError::UnknownMethod(other.to_string(), Method::known()));
+            return Err(AlignError::UnknownMethod(
+                other.to_string(),
+                Method::known(),
+            ));
         }
     })
 }
@@ -174,12 +253,18 @@ mod tests {
 
     fn toy() -> AlignData {
         // 12 pairs in 4-d / 3-d with a noisy linear relation.
-        let xs: Vec<f32> = (0..48).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();
+        let xs: Vec<f32> = (0..48)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0)
+            .collect();
         let x = Matrix::from_vec(12, 4, xs).unwrap();
         let mut y = Matrix::zeros(12, 3);
         for r in 0..12 {
             let a = x.row(r);
-            y.row_mut(r).copy_from_slice(&[a[0] + 0.5 * a[1], a[2] - a[3], a[1] + 0.1 * (r as f32).sin()]);
+            y.row_mut(r).copy_from_slice(&[
+                a[0] + 0.5 * a[1],
+                a[2] - a[3],
+                a[1] + 0.1 * (r as f32).sin(),
+            ]);
         }
         AlignData::from_pairs(x, y)
     }
@@ -189,7 +274,10 @@ mod tests {
         for m in Method::ALL {
             assert_eq!(m.name().parse::<Method>().unwrap(), m);
         }
-        assert_eq!("Procrustes-W".parse::<Method>().unwrap(), Method::ProcrustesW);
+        assert_eq!(
+            "Procrustes-W".parse::<Method>().unwrap(),
+            Method::ProcrustesW
+        );
         match "sinkhorn".parse::<Method>() {
             Err(AlignError::UnknownMethod(name, known)) => {
                 assert_eq!(name, "sinkhorn");
@@ -203,9 +291,9 @@ mod tests {
     fn every_method_restores_to_the_same_scores() {
         let data = toy();
         let cfg = AlignConfig::default();
-        for m in Method::ALL.into_iter().filter(|&m| m != Method::Auto) {
+        for m in Method::ALL.into_iter().filter(|&m| m.is_closed_form()) {
             let fitted = fit_quiet(m, &data, &cfg).unwrap();
-            let back = restore(&fitted.export_state()).unwrap();
+            let back = restore(&fitted.export_state().unwrap()).unwrap();
             assert_eq!(back.name(), fitted.name());
             let a = fitted.score(&data.xp, &data.yp).unwrap();
             let b = back.score(&data.xp, &data.yp).unwrap();
@@ -218,7 +306,9 @@ mod tests {
     #[test]
     fn break_cancels() {
         let data = toy();
-        let r = fit(Method::Cca, &data, &AlignConfig::default(), &mut |_| ControlFlow::Break(()));
+        let r = fit(Method::Cca, &data, &AlignConfig::default(), &mut |_| {
+            ControlFlow::Break(())
+        });
         assert!(matches!(r, Err(AlignError::Cancelled)));
     }
 }

@@ -14,11 +14,19 @@ pub mod csa;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod heads;
+pub mod klot;
 pub mod linalg;
 pub mod matrix;
 pub mod methods;
+pub mod optim;
 pub mod procrustes;
+pub mod progress;
+pub mod siglip;
+pub mod sinkhorn;
+pub mod synthetic;
 pub mod teacher;
+pub mod train;
 pub mod validation;
 
 pub use config::AlignConfig;
@@ -88,5 +96,5 @@ pub trait Aligned: Send + Sync {
         Ok(&ex * ey.transpose())
     }
     /// Export the fitted state (checkpointing); `crate::align::methods::restore` rebuilds it.
-    fn export_state(&self) -> MethodState;
+    fn export_state(&self) -> Result<MethodState, AlignError>;
 }

@@ -56,27 +56,52 @@ impl Procrustes {
         let svd = linalg::thin_svd(m.as_ref(), "paired cross-product")?;
         let r = linalg::numerical_rank(&svd.s, RANK_TOL);
         if r == 0 {
-            return Err(AlignError::NotEnoughData("paired cross-product is zero".into()));
+            return Err(AlignError::NotEnoughData(
+                "paired cross-product is zero".into(),
+            ));
         }
         let q = svd.u.subcols(0, r) * svd.v.subcols(0, r).transpose();
-        Ok(Self { whiten: cfg.whiten, mean_x, mean_y, wx, wy, q })
+        Ok(Self {
+            whiten: cfg.whiten,
+            mean_x,
+            mean_y,
+            wx,
+            wy,
+            q,
+        })
     }
 
     pub fn from_state(state: &MethodState) -> Result<Self, AlignError> {
         let row = |m: &Matrix| m.data.iter().map(|&v| v as f64).collect::<Vec<_>>();
-        let whiten = state.meta.get("whiten").and_then(|v| v.as_bool()).unwrap_or(false);
+        let whiten = state
+            .meta
+            .get("whiten")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let mean_x = row(state.tensor("mean_x")?);
         let mean_y = row(state.tensor("mean_y")?);
         let q = linalg::to_faer(state.tensor("q")?);
         let (wx, wy) = if whiten {
-            (Some(linalg::to_faer(state.tensor("wx")?)), Some(linalg::to_faer(state.tensor("wy")?)))
+            (
+                Some(linalg::to_faer(state.tensor("wx")?)),
+                Some(linalg::to_faer(state.tensor("wy")?)),
+            )
         } else {
             (None, None)
         };
         if q.nrows() != mean_x.len() || q.ncols() != mean_y.len() {
-            return Err(AlignError::InvalidConfig("inconsistent procrustes checkpoint".into()));
+            return Err(AlignError::InvalidConfig(
+                "inconsistent procrustes checkpoint".into(),
+            ));
         }
-        Ok(Self { whiten, mean_x, mean_y, wx, wy, q })
+        Ok(Self {
+            whiten,
+            mean_x,
+            mean_y,
+            wx,
+            wy,
+            q,
+        })
     }
 }
 
@@ -90,7 +115,11 @@ fn zca(
 ) -> Result<Mat<f64>, AlignError> {
     let (np, nu) = (p.nrows(), u.nrows());
     let z = Mat::from_fn(np + nu, p.ncols(), |i, j| {
-        if i < np { p[(i, j)] - mean[j] } else { u[(i - np, j)] - mean[j] }
+        if i < np {
+            p[(i, j)] - mean[j]
+        } else {
+            u[(i - np, j)] - mean[j]
+        }
     });
     let mut c = linalg::covariance(z.as_ref());
     let d = c.nrows().max(1) as f64;
@@ -109,7 +138,11 @@ fn transform(mut z: Mat<f64>, mean: &[f64], w: Option<&Mat<f64>>) -> Mat<f64> {
 
 impl Aligned for Procrustes {
     fn name(&self) -> &str {
-        if self.whiten { "procrustes_w" } else { "procrustes" }
+        if self.whiten {
+            "procrustes_w"
+        } else {
+            "procrustes"
+        }
     }
 
     fn embed_x(&self, x: &Matrix) -> Result<Matrix, AlignError> {
@@ -136,7 +169,7 @@ impl Aligned for Procrustes {
         Ok(e)
     }
 
-    fn export_state(&self) -> MethodState {
+    fn export_state(&self) -> Result<MethodState, AlignError> {
         let mut tensors = vec![
             ("mean_x".to_string(), linalg::vec_to_row(&self.mean_x)),
             ("mean_y".to_string(), linalg::vec_to_row(&self.mean_y)),
@@ -146,7 +179,11 @@ impl Aligned for Procrustes {
             tensors.push(("wx".into(), linalg::from_faer(wx.as_ref())));
             tensors.push(("wy".into(), linalg::from_faer(wy.as_ref())));
         }
-        MethodState { method: self.name().to_string(), tensors, meta: json!({ "whiten": self.whiten }) }
+        Ok(MethodState {
+            method: self.name().to_string(),
+            tensors,
+            meta: json!({ "whiten": self.whiten }),
+        })
     }
 }
 
@@ -168,11 +205,16 @@ mod tests {
         let y = &x * &r;
         let (xm, ym) = (linalg::from_faer(x.as_ref()), linalg::from_faer(y.as_ref()));
         for whiten in [false, true] {
-            let cfg = ProcrustesConfig { whiten, ..ProcrustesConfig::default() };
+            let cfg = ProcrustesConfig {
+                whiten,
+                ..ProcrustesConfig::default()
+            };
             let p = Procrustes::fit(&AlignData::from_pairs(xm.clone(), ym.clone()), &cfg).unwrap();
             let s = p.score_f64(&xm, &ym).unwrap();
             for i in 0..100 {
-                let best = (0..100).max_by(|&a, &b| s[(i, a)].total_cmp(&s[(i, b)])).unwrap();
+                let best = (0..100)
+                    .max_by(|&a, &b| s[(i, a)].total_cmp(&s[(i, b)]))
+                    .unwrap();
                 assert_eq!(best, i, "whiten={whiten}");
             }
         }

@@ -139,7 +139,10 @@ impl CcaTeacher {
         let wy = linalg::to_faer(state.tensor("wy")?);
         let rho = row_vec(state.tensor("rho")?);
         let k = rho.len();
-        if wx.ncols() != k || wy.ncols() != k || wx.nrows() != mean_x.len() || wy.nrows() != mean_y.len()
+        if wx.ncols() != k
+            || wy.ncols() != k
+            || wx.nrows() != mean_x.len()
+            || wy.nrows() != mean_y.len()
         {
             return Err(AlignError::InvalidConfig(format!(
                 "inconsistent CCA checkpoint: wx {}x{}, wy {}x{}, k {k}, dx {}, dy {}",
@@ -151,9 +154,25 @@ impl CcaTeacher {
                 mean_y.len()
             )));
         }
-        let ridge_x = state.meta.get("ridge_x").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        let ridge_y = state.meta.get("ridge_y").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        Ok(CcaTeacher { mean_x, mean_y, wx, wy, rho, ridge_x, ridge_y })
+        let ridge_x = state
+            .meta
+            .get("ridge_x")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NAN);
+        let ridge_y = state
+            .meta
+            .get("ridge_y")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NAN);
+        Ok(CcaTeacher {
+            mean_x,
+            mean_y,
+            wx,
+            wy,
+            rho,
+            ridge_x,
+            ridge_y,
+        })
     }
 
     /// The exported state under a given method name (the teacher's state is reused by CSA).
@@ -186,12 +205,7 @@ fn row_vec(m: &Matrix) -> Vec<f64> {
 }
 
 /// normalise rows -> subtract mean -> multiply by W.
-fn project(
-    x: &Matrix,
-    mean: &[f64],
-    w: &Mat<f64>,
-    what: &str,
-) -> Result<Mat<f64>, AlignError> {
+fn project(x: &Matrix, mean: &[f64], w: &Mat<f64>, what: &str) -> Result<Mat<f64>, AlignError> {
     linalg::check_input(x, w.nrows(), what)?;
     let mut z = to_faer_normalized(x);
     linalg::centre(&mut z, mean);
@@ -224,8 +238,22 @@ impl Aligned for CcaTeacher {
         Ok(c)
     }
 
-    fn export_state(&self) -> MethodState {
-        self.state_named("cca")
+    fn export_state(&self) -> Result<MethodState, AlignError> {
+        Ok(self.state_named("cca"))
+    }
+}
+
+/// The student training loop reads the teacher through this trait (canonical coordinates for
+/// the head init, normalised embeddings for K*).
+impl super::train::StudentTeacher for CcaTeacher {
+    fn components(&self) -> usize {
+        self.k()
+    }
+    fn coords_x(&self, x: &Matrix) -> Result<Matrix, AlignError> {
+        CcaTeacher::coords_x(self, x)
+    }
+    fn coords_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
+        CcaTeacher::coords_y(self, y)
     }
 }
 
@@ -254,7 +282,13 @@ mod tests {
     /// Pairs from a shared latent z (n x l): x = (z/|z|) A + noise, y = (z/|z|) B + noise with A,
     /// B orthonormal-row maps into different dimensions, so after row normalisation the two views
     /// are (up to noise) linear images of the same unit vector.
-    fn planted(rng: &mut ChaCha8Rng, n: usize, a: &Mat<f64>, b: &Mat<f64>, noise: f64) -> (Matrix, Matrix) {
+    fn planted(
+        rng: &mut ChaCha8Rng,
+        n: usize,
+        a: &Mat<f64>,
+        b: &Mat<f64>,
+        noise: f64,
+    ) -> (Matrix, Matrix) {
         let mut z = gauss(rng, n, a.nrows());
         linalg::normalize_rows(&mut z);
         let mut x = &z * a;
@@ -278,14 +312,19 @@ mod tests {
         let b = orthonormal_rows(&mut rng, l, dy);
         let (xp, yp) = planted(&mut rng, 300, &a, &b, 0.01);
         let (xt, yt) = planted(&mut rng, 200, &a, &b, 0.01);
-        let cfg = TeacherConfig { lambda: 1e-3, ..TeacherConfig::default() };
+        let cfg = TeacherConfig {
+            lambda: 1e-3,
+            ..TeacherConfig::default()
+        };
         let t = CcaTeacher::fit(&AlignData::from_pairs(xp, yp), &cfg).unwrap();
         // The l planted directions are strongly correlated, the remaining ones are noise.
         assert!(t.rho[l - 1] > 0.9, "rho = {:?}", &t.rho[..l]);
         let s = t.score_f64(&xt, &yt).unwrap();
         let mut hits = 0;
         for i in 0..200 {
-            let best = (0..200).max_by(|&p, &q| s[(i, p)].total_cmp(&s[(i, q)])).unwrap();
+            let best = (0..200)
+                .max_by(|&p, &q| s[(i, p)].total_cmp(&s[(i, q)]))
+                .unwrap();
             hits += usize::from(best == i);
         }
         let r1 = hits as f64 / 200.0;
@@ -308,9 +347,16 @@ mod tests {
         y += gauss(&mut rng, n, dy) * faer::Scale(3.0);
         let data = AlignData::from_pairs(to_matrix(&x), to_matrix(&y));
         for lambda in [0.1, 1e-3] {
-            let cfg = TeacherConfig { lambda, ..TeacherConfig::default() };
+            let cfg = TeacherConfig {
+                lambda,
+                ..TeacherConfig::default()
+            };
             let t = CcaTeacher::fit(&data, &cfg).unwrap();
-            assert_eq!(t.k(), dy, "all text directions are correlated with the images");
+            assert_eq!(
+                t.k(),
+                dy,
+                "all text directions are correlated with the images"
+            );
             let a = t.coords_x_f64(&data.xp).unwrap();
             let b = t.coords_y_f64(&data.yp).unwrap();
             let caa = linalg::covariance(a.as_ref());
@@ -339,11 +385,19 @@ mod tests {
         let x = to_matrix(&gauss(&mut rng, 30, 10));
         let y = to_matrix(&gauss(&mut rng, 30, 6));
         let data = AlignData::from_pairs(x, y);
-        let cfg = TeacherConfig { lambda: 0.5, lambda_relative: true, ..TeacherConfig::default() };
+        let cfg = TeacherConfig {
+            lambda: 0.5,
+            lambda_relative: true,
+            ..TeacherConfig::default()
+        };
         let t = CcaTeacher::fit(&data, &cfg).unwrap();
         // Rows are unit vectors, so tr(Czx) = mean squared norm of centred rows = 1 - |mean|^2.
         let m2: f64 = t.mean_x.iter().map(|m| m * m).sum();
-        assert!((t.ridge_x - 0.5 * (1.0 - m2) / 10.0).abs() < 1e-12, "{}", t.ridge_x);
+        assert!(
+            (t.ridge_x - 0.5 * (1.0 - m2) / 10.0).abs() < 1e-12,
+            "{}",
+            t.ridge_x
+        );
     }
 
     #[test]
@@ -355,7 +409,10 @@ mod tests {
         // Row count mismatch.
         let mut d = AlignData::from_pairs(x.clone(), y3.clone());
         d.yp = y2;
-        assert!(matches!(CcaTeacher::fit(&d, &cfg), Err(AlignError::DimensionMismatch { .. })));
+        assert!(matches!(
+            CcaTeacher::fit(&d, &cfg),
+            Err(AlignError::DimensionMismatch { .. })
+        ));
         // NaN row.
         let mut xn = x.clone();
         xn.row_mut(1)[0] = f32::NAN;
@@ -366,20 +423,42 @@ mod tests {
         ));
         // Zero and one pair.
         for n in [0usize, 1] {
-            let d = AlignData::from_pairs(x.select_rows(&(0..n).collect::<Vec<_>>()), y3.select_rows(&(0..n).collect::<Vec<_>>()));
-            assert!(matches!(CcaTeacher::fit(&d, &cfg), Err(AlignError::NotEnoughData(_))));
+            let d = AlignData::from_pairs(
+                x.select_rows(&(0..n).collect::<Vec<_>>()),
+                y3.select_rows(&(0..n).collect::<Vec<_>>()),
+            );
+            assert!(matches!(
+                CcaTeacher::fit(&d, &cfg),
+                Err(AlignError::NotEnoughData(_))
+            ));
         }
         // Negative ridge.
-        let bad = TeacherConfig { lambda: -1.0, ..TeacherConfig::default() };
+        let bad = TeacherConfig {
+            lambda: -1.0,
+            ..TeacherConfig::default()
+        };
         let d = AlignData::from_pairs(x.clone(), y3.clone());
-        assert!(matches!(CcaTeacher::fit(&d, &bad), Err(AlignError::InvalidConfig(_))));
+        assert!(matches!(
+            CcaTeacher::fit(&d, &bad),
+            Err(AlignError::InvalidConfig(_))
+        ));
         // Embedding with the wrong dimension or a NaN after a good fit.
         let t = CcaTeacher::fit(&d, &cfg).unwrap();
         let wrong = Matrix::zeros(2, 5);
-        assert!(matches!(t.coords_x(&wrong), Err(AlignError::DimensionMismatch { expected: 2, got: 5, .. })));
+        assert!(matches!(
+            t.coords_x(&wrong),
+            Err(AlignError::DimensionMismatch {
+                expected: 2,
+                got: 5,
+                ..
+            })
+        ));
         let mut nan = Matrix::zeros(2, 2);
         nan.row_mut(0)[1] = f32::INFINITY;
-        assert!(matches!(t.embed_y(&nan), Err(AlignError::NonFinite { row: 0, .. })));
+        assert!(matches!(
+            t.embed_y(&nan),
+            Err(AlignError::NonFinite { row: 0, .. })
+        ));
     }
 
     #[test]
@@ -387,8 +466,12 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let x = to_matrix(&gauss(&mut rng, 40, 8));
         let y = to_matrix(&gauss(&mut rng, 40, 5));
-        let t = CcaTeacher::fit(&AlignData::from_pairs(x.clone(), y.clone()), &TeacherConfig::default()).unwrap();
-        let back = CcaTeacher::from_state(&t.export_state()).unwrap();
+        let t = CcaTeacher::fit(
+            &AlignData::from_pairs(x.clone(), y.clone()),
+            &TeacherConfig::default(),
+        )
+        .unwrap();
+        let back = CcaTeacher::from_state(&t.export_state().unwrap()).unwrap();
         assert_eq!(back.k(), t.k());
         let s0 = t.score(&x, &y).unwrap();
         let s1 = back.score(&x, &y).unwrap();

@@ -69,11 +69,28 @@ impl Holdout {
                     by_bits.insert(yq.row(r).iter().map(|v| v.to_bits()).collect(), l);
                 }
                 (0..data.yu.rows)
-                    .map(|r| by_bits.get(&data.yu.row(r).iter().map(|v| v.to_bits()).collect::<Vec<_>>()).copied())
+                    .map(|r| {
+                        by_bits
+                            .get(
+                                &data
+                                    .yu
+                                    .row(r)
+                                    .iter()
+                                    .map(|v| v.to_bits())
+                                    .collect::<Vec<_>>(),
+                            )
+                            .copied()
+                    })
                     .collect()
             }
         };
-        Ok(Holdout { train, xq: data.xp.select_rows(&va), yq, q_labels, y_extra_labels })
+        Ok(Holdout {
+            train,
+            xq: data.xp.select_rows(&va),
+            yq,
+            q_labels,
+            y_extra_labels,
+        })
     }
 
     /// Retrieval of the held-out pairs among the unpaired distractors.

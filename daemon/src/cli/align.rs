@@ -28,7 +28,10 @@ pub struct AlignArgs {
 }
 
 /// A progress-bar callback for fits (hidden when stderr is not a terminal).
-pub fn progress_bar() -> (indicatif::ProgressBar, impl FnMut(&Progress) -> ControlFlow<()>) {
+pub fn progress_bar() -> (
+    indicatif::ProgressBar,
+    impl FnMut(&Progress) -> ControlFlow<()>,
+) {
     let pb = indicatif::ProgressBar::new(1);
     pb.set_style(
         indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len} {elapsed}")
@@ -67,7 +70,7 @@ pub fn run(args: AlignArgs) -> Result<()> {
         "fit_seconds": secs,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
-    let state = model.export_state();
+    let state = model.export_state()?;
     write_checkpoint(&args.out, &state, &cfg, info)?;
     eprintln!(
         "fitted {} on {} pairs ({} + {} unpaired) in {secs:.2} s; wrote {}",

@@ -49,11 +49,14 @@ impl DataArgs {
     /// The training data and the test set (if the inputs define one).
     pub fn load(&self) -> Result<(AlignData, Option<EvalSet>)> {
         if let Some(dir) = &self.reference {
-            let r = Reference::load(dir).with_context(|| format!("loading reference fixtures from {}", dir.display()))?;
+            let r = Reference::load(dir)
+                .with_context(|| format!("loading reference fixtures from {}", dir.display()))?;
             let run = r.run(self.seed, self.n)?;
             return Ok((r.align_data(run), Some(r.test_set())));
         }
-        let (Some(images), Some(texts), Some(manifest)) = (&self.images, &self.texts, &self.manifest) else {
+        let (Some(images), Some(texts), Some(manifest)) =
+            (&self.images, &self.texts, &self.manifest)
+        else {
             bail!("give --images, --texts and --manifest, or --reference DIR");
         };
         let (ip, it) = split_tensor(images);
@@ -101,8 +104,12 @@ impl ConfigArgs {
     pub fn build(&self) -> Result<AlignConfig> {
         let mut cfg = match &self.config {
             Some(p) => read_config(p, &self.preset)?,
-            None => AlignConfig::preset(&self.preset)
-                .with_context(|| format!("unknown preset `{}` (known: default, reference)", self.preset))?,
+            None => AlignConfig::preset(&self.preset).with_context(|| {
+                format!(
+                    "unknown preset `{}` (known: default, reference)",
+                    self.preset
+                )
+            })?,
         };
         if let Some(l) = self.lambda {
             cfg.teacher.lambda = l;
@@ -129,12 +136,14 @@ impl ConfigArgs {
 /// A config file overlaid on a preset: fields absent from the file keep the preset's values.
 fn read_config(path: &Path, preset: &str) -> Result<AlignConfig> {
     let base = AlignConfig::preset(preset).with_context(|| format!("unknown preset `{preset}`"))?;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let over: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let mut merged = serde_json::to_value(&base)?;
     merge(&mut merged, over);
-    serde_json::from_value(merged).with_context(|| format!("{}: not a valid config", path.display()))
+    serde_json::from_value(merged)
+        .with_context(|| format!("{}: not a valid config", path.display()))
 }
 
 fn merge(a: &mut serde_json::Value, b: serde_json::Value) {

@@ -23,7 +23,10 @@ pub struct EvalArgs {
 
 /// The metrics table, in percent.
 pub fn print_report(name: &str, r: &RetrievalReport) {
-    println!("{:<14} {:>4} {:>7} {:>7} {:>7} {:>7}", "method", "dir", "R@1", "R@5", "R@10", "MRR");
+    println!(
+        "{:<14} {:>4} {:>7} {:>7} {:>7} {:>7}",
+        "method", "dir", "R@1", "R@5", "R@10", "MRR"
+    );
     for (dir, d) in [("i2t", &r.i2t), ("t2i", &r.t2i)] {
         println!(
             "{:<14} {:>4} {:>7.2} {:>7.2} {:>7.2} {:>7.2}",
@@ -36,7 +39,10 @@ pub fn print_report(name: &str, r: &RetrievalReport) {
         );
     }
     if let Some(f) = r.foscttm {
-        println!("FOSCTTM {f:.4} (0 = perfect, 0.5 = chance); {} queries per direction", r.i2t.n_queries);
+        println!(
+            "FOSCTTM {f:.4} (0 = perfect, 0.5 = chance); {} queries per direction",
+            r.i2t.n_queries
+        );
     }
 }
 
@@ -45,11 +51,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let model = methods::restore(&ck.state)?;
     let (_, test) = args.data.load()?;
     let Some(t) = test else {
-        bail!("the inputs define no test split (mark pairs with \"split\": \"test\" in the manifest)");
+        bail!(
+            "the inputs define no test split (mark pairs with \"split\": \"test\" in the manifest)"
+        );
     };
     let r = evaluate(model.as_ref(), &t.x, &t.y, &t.labels)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"method": model.name(), "metrics": r}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"method": model.name(), "metrics": r})
+            )?
+        );
     } else {
         print_report(model.name(), &r);
     }

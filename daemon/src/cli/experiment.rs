@@ -79,12 +79,15 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         None => Method::ALL.to_vec(),
     };
     let test = reference.test_set();
-    let total = (args.budgets.len() * (args.seeds.len() * methods.len() + args.tune_seeds.len())) as u64;
+    let total =
+        (args.budgets.len() * (args.seeds.len() * methods.len() + args.tune_seeds.len())) as u64;
     let pb = indicatif::ProgressBar::new(total);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>28} [{bar:40}] {pos}/{len} {elapsed}/{duration}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg:>28} [{bar:40}] {pos}/{len} {elapsed}/{duration}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let t_start = Instant::now();
     let mut cells: Vec<CellResult> = Vec::new();
@@ -109,7 +112,16 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             }
         }
         let s = CSA_GRID[best];
-        chosen_s.insert(n, (s, ref_tuning.as_ref().and_then(|t| t.get(&n)).map(|c| c.best_csa_s)));
+        chosen_s.insert(
+            n,
+            (
+                s,
+                ref_tuning
+                    .as_ref()
+                    .and_then(|t| t.get(&n))
+                    .map(|c| c.best_csa_s),
+            ),
+        );
         for &seed in &args.seeds {
             let data = reference.align_data(reference.run(seed, n)?);
             let ref_cell = ref_results.as_ref().and_then(|r| r.run(seed, n));
@@ -120,15 +132,21 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                 let t0 = Instant::now();
                 let bar = pb.clone();
                 let mut cb = move |p: &Progress| {
-                    bar.set_message(format!("{m} n={n} seed={seed} {} {}/{}", p.stage, p.step, p.total));
+                    bar.set_message(format!(
+                        "{m} n={n} seed={seed} {} {}/{}",
+                        p.stage, p.step, p.total
+                    ));
                     ControlFlow::Continue(())
                 };
                 let model = methods::fit(m, &data, &cfg, &mut cb)?;
                 let seconds = t0.elapsed().as_secs_f64();
-                let metrics = evaluate(model.as_ref(), &test.x, &test.y, &test.labels)?.reference_keys();
-                let matches_reference = ref_cell.and_then(|c| c.metrics.get(m.name())).map(|want| {
-                    want.iter().all(|(k, v)| metrics.get(k).is_some_and(|g| (g - v).abs() < 1e-9))
-                });
+                let metrics =
+                    evaluate(model.as_ref(), &test.x, &test.y, &test.labels)?.reference_keys();
+                let matches_reference =
+                    ref_cell.and_then(|c| c.metrics.get(m.name())).map(|want| {
+                        want.iter()
+                            .all(|(k, v)| metrics.get(k).is_some_and(|g| (g - v).abs() < 1e-9))
+                    });
                 let choice = auto_choice(model.as_ref());
                 cells.push(CellResult {
                     seed,
@@ -146,7 +164,8 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     pb.finish_and_clear();
     let wall = t_start.elapsed().as_secs_f64();
     if let Some(j) = &args.json {
-        std::fs::write(j, serde_json::to_string_pretty(&cells)?).with_context(|| format!("writing {}", j.display()))?;
+        std::fs::write(j, serde_json::to_string_pretty(&cells)?)
+            .with_context(|| format!("writing {}", j.display()))?;
     }
     let section = render(&args, &cells, &chosen_s, ref_results.as_ref(), wall);
     println!("{section}");
@@ -159,14 +178,22 @@ fn auto_choice(model: &dyn Aligned) -> Option<String> {
     if model.name() != "auto" {
         return None;
     }
-    let st = model.export_state();
-    st.meta.get("auto").and_then(|a| a.get("choice")).and_then(|c| c.as_str()).map(str::to_string)
+    let st = model.export_state().ok()?;
+    st.meta
+        .get("auto")
+        .and_then(|a| a.get("choice"))
+        .and_then(|c| c.as_str())
+        .map(str::to_string)
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }
 
@@ -185,9 +212,16 @@ fn render(
 ) -> String {
     let mut md = String::new();
     let cmd = std::env::args().collect::<Vec<_>>();
-    let shown = std::iter::once("sotalign".to_string()).chain(cmd.into_iter().skip(1)).collect::<Vec<_>>().join(" ");
+    let shown = std::iter::once("sotalign".to_string())
+        .chain(cmd.into_iter().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
     let _ = writeln!(md, "## Tux Paint protocol: ours next to the reference\n");
-    let _ = writeln!(md, "Produced by `{shown}` (wall time {wall:.0} s). Percent, mean ± sample std over seeds {:?}; each cell is `ours / reference`, R@1 then R@5. Test split: 236 items, gallery = all test items, ties count against.\n", args.seeds);
+    let _ = writeln!(
+        md,
+        "Produced by `{shown}` (wall time {wall:.0} s). Percent, mean ± sample std over seeds {:?}; each cell is `ours / reference`, R@1 then R@5. Test split: 236 items, gallery = all test items, ties count against.\n",
+        args.seeds
+    );
     let methods: Vec<String> = {
         let mut v: Vec<String> = Vec::new();
         for c in cells {
@@ -207,7 +241,10 @@ fn render(
         for dir in ["i2t", "t2i"] {
             let _ = write!(md, "| {m} | {dir} |");
             for &n in &args.budgets {
-                let ours: Vec<&CellResult> = cells.iter().filter(|c| &c.method == m && c.n == n).collect();
+                let ours: Vec<&CellResult> = cells
+                    .iter()
+                    .filter(|c| &c.method == m && c.n == n)
+                    .collect();
                 let get = |k: &str| ours.iter().map(|c| c.metrics[k]).collect::<Vec<_>>();
                 let r1 = get(&format!("{dir}_R@1"));
                 let r5 = get(&format!("{dir}_R@5"));
@@ -215,13 +252,20 @@ fn render(
                     let vals = |k: &str| {
                         args.seeds
                             .iter()
-                            .filter_map(|&s| r.run(s, n).and_then(|c| c.metrics.get(m)).and_then(|mm| mm.get(k)).copied())
+                            .filter_map(|&s| {
+                                r.run(s, n)
+                                    .and_then(|c| c.metrics.get(m))
+                                    .and_then(|mm| mm.get(k))
+                                    .copied()
+                            })
                             .collect::<Vec<_>>()
                     };
                     (vals(&format!("{dir}_R@1")), vals(&format!("{dir}_R@5")))
                 });
                 let rs = match refs {
-                    Some((a, b)) if a.len() == args.seeds.len() => format!(" / {} · {}", fmt_ms(&a), fmt_ms(&b)),
+                    Some((a, b)) if a.len() == args.seeds.len() => {
+                        format!(" / {} · {}", fmt_ms(&a), fmt_ms(&b))
+                    }
                     _ => " / –".to_string(),
                 };
                 let _ = write!(md, " {} · {}{rs} |", fmt_ms(&r1), fmt_ms(&r5));
@@ -229,9 +273,19 @@ fn render(
             let _ = writeln!(md);
         }
     }
-    let compared: Vec<&CellResult> = cells.iter().filter(|c| c.matches_reference.is_some()).collect();
-    let identical = compared.iter().filter(|c| c.matches_reference == Some(true)).count();
-    let _ = writeln!(md, "\nCells reproduced to 1e-9 on every reference metric (R@1, R@5, MRR, both directions): {identical} of {} compared.", compared.len());
+    let compared: Vec<&CellResult> = cells
+        .iter()
+        .filter(|c| c.matches_reference.is_some())
+        .collect();
+    let identical = compared
+        .iter()
+        .filter(|c| c.matches_reference == Some(true))
+        .count();
+    let _ = writeln!(
+        md,
+        "\nCells reproduced to 1e-9 on every reference metric (R@1, R@5, MRR, both directions): {identical} of {} compared.",
+        compared.len()
+    );
     let mismatched: Vec<String> = compared
         .iter()
         .filter(|c| c.matches_reference == Some(false))
@@ -240,29 +294,51 @@ fn render(
     if !mismatched.is_empty() {
         let _ = writeln!(md, "Not identical: {}.", mismatched.join(", "));
     }
-    let _ = writeln!(md, "\nCSA s chosen by our validation (reference's choice): {}.", chosen_s
-        .iter()
-        .map(|(n, (s, r))| format!("n={n}: {} ({})", s_name(*s), r.map(s_name).unwrap_or_else(|| "–".into())))
-        .collect::<Vec<_>>()
-        .join(", "));
+    let _ = writeln!(
+        md,
+        "\nCSA s chosen by our validation (reference's choice): {}.",
+        chosen_s
+            .iter()
+            .map(|(n, (s, r))| format!(
+                "n={n}: {} ({})",
+                s_name(*s),
+                r.map(s_name).unwrap_or_else(|| "–".into())
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let autos: Vec<String> = cells
         .iter()
-        .filter_map(|c| c.choice.as_ref().map(|ch| format!("{}_{}: {ch}", c.seed, c.n)))
+        .filter_map(|c| {
+            c.choice
+                .as_ref()
+                .map(|ch| format!("{}_{}: {ch}", c.seed, c.n))
+        })
         .collect();
     if !autos.is_empty() {
-        let _ = writeln!(md, "\n`auto` choices (seed_n: candidate): {}.", autos.join("; "));
+        let _ = writeln!(
+            md,
+            "\n`auto` choices (seed_n: candidate): {}.",
+            autos.join("; ")
+        );
         let _ = writeln!(md, "\n{}", auto_vs_best(args, cells));
     }
     md
 }
 
 fn s_name(s: usize) -> String {
-    if s >= 1_000_000_000 { "all".into() } else { s.to_string() }
+    if s >= 1_000_000_000 {
+        "all".into()
+    } else {
+        s.to_string()
+    }
 }
 
 /// Per n: auto's mean R@1 (both directions averaged) next to the best single method's.
 fn auto_vs_best(args: &ExperimentArgs, cells: &[CellResult]) -> String {
-    let mut md = String::from("| n | auto mean R@1 | best single method (mean R@1) | auto − best |\n|---|---|---|---|\n");
+    let mut md = String::from(
+        "| n | auto mean R@1 | best single method (mean R@1) | auto − best |\n|---|---|---|---|\n",
+    );
     for &n in &args.budgets {
         let mean_r1 = |m: &str| {
             let v: Vec<f64> = cells

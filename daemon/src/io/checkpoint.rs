@@ -46,7 +46,8 @@ pub fn write_checkpoint(
         "info": info,
         "tensors": state.tensors.iter().map(|(n, m)| json!({"name": n, "shape": [m.rows, m.cols]})).collect::<Vec<_>>(),
     });
-    let text = serde_json::to_string_pretty(&desc).map_err(|e| IoError::format(path, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&desc).map_err(|e| IoError::format(path, e.to_string()))?;
     let meta = HashMap::from([(META_KEY.to_string(), text.clone())]);
     write_safetensors(path, &state.tensors, Some(meta))?;
     write_atomic(&sidecar_path(path), text.as_bytes())
@@ -55,25 +56,32 @@ pub fn write_checkpoint(
 /// Read a checkpoint written by [`write_checkpoint`] (only the safetensors file is needed).
 pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, IoError> {
     let f = read_safetensors(path)?;
-    let text = f
-        .metadata
-        .get(META_KEY)
-        .ok_or_else(|| IoError::format(path, "not a sotalign checkpoint (no `sotalign` metadata)"))?;
-    let desc: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| IoError::format(path, format!("bad checkpoint JSON: {e}")))?;
+    let text = f.metadata.get(META_KEY).ok_or_else(|| {
+        IoError::format(path, "not a sotalign checkpoint (no `sotalign` metadata)")
+    })?;
+    let desc: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| IoError::format(path, format!("bad checkpoint JSON: {e}")))?;
     let version = desc.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
     if version != CHECKPOINT_VERSION {
-        return Err(IoError::format(path, format!("checkpoint version {version}, expected {CHECKPOINT_VERSION}")));
+        return Err(IoError::format(
+            path,
+            format!("checkpoint version {version}, expected {CHECKPOINT_VERSION}"),
+        ));
     }
     let method = desc
         .get("method")
         .and_then(|v| v.as_str())
         .ok_or_else(|| IoError::format(path, "checkpoint names no method"))?
         .to_string();
-    let config: AlignConfig = serde_json::from_value(desc.get("config").cloned().unwrap_or_default())
-        .map_err(|e| IoError::format(path, format!("bad config in checkpoint: {e}")))?;
+    let config: AlignConfig =
+        serde_json::from_value(desc.get("config").cloned().unwrap_or_default())
+            .map_err(|e| IoError::format(path, format!("bad config in checkpoint: {e}")))?;
     Ok(Checkpoint {
-        state: MethodState { method, tensors: f.tensors, meta: desc.get("meta").cloned().unwrap_or_default() },
+        state: MethodState {
+            method,
+            tensors: f.tensors,
+            meta: desc.get("meta").cloned().unwrap_or_default(),
+        },
         config,
         info: desc.get("info").cloned().unwrap_or_default(),
     })

@@ -62,8 +62,13 @@ pub struct EvalSet {
 impl Manifest {
     pub fn read(path: &Path) -> Result<Manifest, IoError> {
         let bytes = read_bytes(path)?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| IoError::format(path, "manifest is not UTF-8"))?;
-        Self::parse(text).map_err(|(line, msg)| IoError::Manifest { path: path.to_path_buf(), line, msg })
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| IoError::format(path, "manifest is not UTF-8"))?;
+        Self::parse(text).map_err(|(line, msg)| IoError::Manifest {
+            path: path.to_path_buf(),
+            line,
+            msg,
+        })
     }
 
     /// Parse manifest text; errors carry the 1-based line number.
@@ -79,13 +84,25 @@ impl Manifest {
             let split = match l.split.as_deref() {
                 None | Some("train") => Split::Train,
                 Some("test") => Split::Test,
-                Some(o) => return Err((line_no, format!("split must be \"train\" or \"test\", got {o:?}"))),
+                Some(o) => {
+                    return Err((
+                        line_no,
+                        format!("split must be \"train\" or \"test\", got {o:?}"),
+                    ));
+                }
             };
             match (l.image, l.text) {
-                (Some(image), Some(text)) => m.pairs.push(PairEntry { image, text, caption: l.caption, split }),
+                (Some(image), Some(text)) => m.pairs.push(PairEntry {
+                    image,
+                    text,
+                    caption: l.caption,
+                    split,
+                }),
                 (Some(image), None) if split == Split::Train => m.images.push(image),
                 (None, Some(text)) if split == Split::Train => m.texts.push((text, l.caption)),
-                (None, None) => return Err((line_no, "entry needs \"image\", \"text\" or both".into())),
+                (None, None) => {
+                    return Err((line_no, "entry needs \"image\", \"text\" or both".into()));
+                }
                 _ => return Err((line_no, "only pairs can be in the test split".into())),
             }
         }
@@ -94,7 +111,11 @@ impl Manifest {
 
     /// Assemble the training data (train pairs + unpaired pools) and the test set (if any test
     /// pairs) from the two embedding matrices, checking every row index.
-    pub fn assemble(&self, img: &Matrix, txt: &Matrix) -> Result<(AlignData, Option<EvalSet>), String> {
+    pub fn assemble(
+        &self,
+        img: &Matrix,
+        txt: &Matrix,
+    ) -> Result<(AlignData, Option<EvalSet>), String> {
         let mut groups: HashMap<String, u32> = HashMap::new();
         let mut group_of = |caption: &Option<String>, text: usize| {
             let key = match caption {
@@ -177,9 +198,23 @@ mod tests {
     fn bad_lines_name_their_line() {
         assert_eq!(Manifest::parse("{\"image\": 0}\n{oops").unwrap_err().0, 2);
         assert_eq!(Manifest::parse("{}").unwrap_err().0, 1);
-        assert_eq!(Manifest::parse("{\"image\": 1, \"split\": \"dev\"}").unwrap_err().0, 1);
-        assert_eq!(Manifest::parse("{\"image\": 1, \"colour\": 2}").unwrap_err().0, 1);
+        assert_eq!(
+            Manifest::parse("{\"image\": 1, \"split\": \"dev\"}")
+                .unwrap_err()
+                .0,
+            1
+        );
+        assert_eq!(
+            Manifest::parse("{\"image\": 1, \"colour\": 2}")
+                .unwrap_err()
+                .0,
+            1
+        );
         let m = Manifest::parse("{\"image\": 9, \"text\": 0}").unwrap();
-        assert!(m.assemble(&Matrix::zeros(2, 2), &Matrix::zeros(2, 2)).unwrap_err().contains("out of range"));
+        assert!(
+            m.assemble(&Matrix::zeros(2, 2), &Matrix::zeros(2, 2))
+                .unwrap_err()
+                .contains("out of range")
+        );
     }
 }

@@ -20,13 +20,20 @@ pub use tensors::{read_embeddings, read_safetensors, write_safetensors};
 #[derive(Debug, Error)]
 pub enum IoError {
     #[error("{}: {source}", path.display())]
-    Fs { path: PathBuf, source: std::io::Error },
+    Fs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: not a supported .npy file: {msg}", path.display())]
     Npy { path: PathBuf, msg: String },
     #[error("{}: safetensors: {msg}", path.display())]
     Safetensors { path: PathBuf, msg: String },
     #[error("{}:{line}: {msg}", path.display())]
-    Manifest { path: PathBuf, line: usize, msg: String },
+    Manifest {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
     #[error(transparent)]
@@ -35,11 +42,17 @@ pub enum IoError {
 
 impl IoError {
     pub(crate) fn fs(path: &Path, source: std::io::Error) -> Self {
-        IoError::Fs { path: path.to_path_buf(), source }
+        IoError::Fs {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub(crate) fn format(path: &Path, msg: impl Into<String>) -> Self {
-        IoError::Format { path: path.to_path_buf(), msg: msg.into() }
+        IoError::Format {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
 }
 

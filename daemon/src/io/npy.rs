@@ -11,7 +11,10 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// Read a 2-D `.npy` file as f32 (f16 and f64 are converted).
 pub fn read_npy(path: &Path) -> Result<Matrix, IoError> {
     let bytes = read_bytes(path)?;
-    parse_npy(&bytes).map_err(|msg| IoError::Npy { path: path.to_path_buf(), msg })
+    parse_npy(&bytes).map_err(|msg| IoError::Npy {
+        path: path.to_path_buf(),
+        msg,
+    })
 }
 
 /// Parse `.npy` bytes (errors are plain messages; [`read_npy`] adds the path).
@@ -26,19 +29,22 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
             if bytes.len() < 12 {
                 return Err("truncated header".into());
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(format!("unknown format version {v}")),
     };
-    let header = bytes
-        .get(start..start + hlen)
-        .ok_or("truncated header")?;
+    let header = bytes.get(start..start + hlen).ok_or("truncated header")?;
     let header = std::str::from_utf8(header).map_err(|_| "header is not UTF-8")?;
     let descr = dict_value(header, "descr").ok_or("header has no 'descr'")?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
     let fortran = dict_value(header, "fortran_order").ok_or("header has no 'fortran_order'")?;
     if fortran.trim() != "False" {
-        return Err("Fortran-order arrays are not supported (save with np.ascontiguousarray)".into());
+        return Err(
+            "Fortran-order arrays are not supported (save with np.ascontiguousarray)".into(),
+        );
     }
     let shape = dict_value(header, "shape").ok_or("header has no 'shape'")?;
     let dims: Vec<usize> = shape
@@ -46,7 +52,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry `{s}`")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape entry `{s}`"))
+        })
         .collect::<Result<_, _>>()?;
     let (rows, cols) = match dims.as_slice() {
         [r, c] => (*r, *c),
@@ -72,8 +81,14 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
         ));
     }
     let data: Vec<f32> = match width {
-        4 => body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        2 => body.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        4 => body
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        2 => body
+            .chunks_exact(2)
+            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
         _ => body
             .chunks_exact(8)
             .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
@@ -87,7 +102,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let k1 = format!("'{key}'");
     let k2 = format!("\"{key}\"");
-    let pos = header.find(&k1).map(|p| p + k1.len()).or_else(|| header.find(&k2).map(|p| p + k2.len()))?;
+    let pos = header
+        .find(&k1)
+        .map(|p| p + k1.len())
+        .or_else(|| header.find(&k2).map(|p| p + k2.len()))?;
     let rest = header[pos..].trim_start();
     let rest = rest.strip_prefix(':')?.trim_start();
     if rest.starts_with('(') {
@@ -120,8 +138,10 @@ pub fn f16_to_f32(h: u16) -> f32 {
 
 /// Encode a matrix as `.npy` (version 1.0, `<f4`, C order).
 pub fn encode_npy(m: &Matrix) -> Vec<u8> {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", m.rows, m.cols);
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        m.rows, m.cols
+    );
     // Pad so that magic(6) + version(2) + len(2) + header is a multiple of 64, ending in '\n'.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
@@ -150,7 +170,11 @@ mod tests {
     fn roundtrip_f32() {
         let m = Matrix::from_vec(2, 3, vec![1.0, -2.5, 3.25, 0.0, f32::MIN_POSITIVE, 7.0]).unwrap();
         let bytes = encode_npy(&m);
-        assert_eq!((bytes.len() - m.data.len() * 4) % 64, 0, "header aligned to 64");
+        assert_eq!(
+            (bytes.len() - m.data.len() * 4) % 64,
+            0,
+            "header aligned to 64"
+        );
         assert_eq!(parse_npy(&bytes).unwrap(), m);
     }
 
@@ -175,17 +199,35 @@ mod tests {
 
     #[test]
     fn reads_f16_and_refuses_the_rest() {
-        let b = with_header("{'descr': '<f2', 'fortran_order': False, 'shape': (1, 2), }\n", &[0, 0x3c, 0, 0xc0]);
+        let b = with_header(
+            "{'descr': '<f2', 'fortran_order': False, 'shape': (1, 2), }\n",
+            &[0, 0x3c, 0, 0xc0],
+        );
         assert_eq!(parse_npy(&b).unwrap().data, vec![1.0, -2.0]);
-        let f = with_header("{'descr': '<f4', 'fortran_order': True, 'shape': (1, 1), }\n", &[0; 4]);
+        let f = with_header(
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 1), }\n",
+            &[0; 4],
+        );
         assert!(parse_npy(&f).unwrap_err().contains("Fortran"));
-        let i = with_header("{'descr': '<i8', 'fortran_order': False, 'shape': (1, 1), }\n", &[0; 8]);
+        let i = with_header(
+            "{'descr': '<i8', 'fortran_order': False, 'shape': (1, 1), }\n",
+            &[0; 8],
+        );
         assert!(parse_npy(&i).unwrap_err().contains("<i8"));
-        let be = with_header("{'descr': '>f4', 'fortran_order': False, 'shape': (1, 1), }\n", &[0; 4]);
+        let be = with_header(
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (1, 1), }\n",
+            &[0; 4],
+        );
         assert!(parse_npy(&be).is_err());
-        let one_d = with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }\n", &[0; 12]);
+        let one_d = with_header(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }\n",
+            &[0; 12],
+        );
         assert!(parse_npy(&one_d).unwrap_err().contains("2-D"));
-        let short = with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }\n", &[0; 12]);
+        let short = with_header(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }\n",
+            &[0; 12],
+        );
         assert!(parse_npy(&short).unwrap_err().contains("needs 16"));
         assert!(parse_npy(b"garbage").is_err());
     }

@@ -70,13 +70,21 @@ impl Reference {
         if txt.rows != n || index.rows.len() != n {
             return Err(IoError::format(
                 &index_path,
-                format!("row counts disagree: {} images, {} texts, {} index rows", n, txt.rows, index.rows.len()),
+                format!(
+                    "row counts disagree: {} images, {} texts, {} index rows",
+                    n,
+                    txt.rows,
+                    index.rows.len()
+                ),
             ));
         }
         let mut captions = vec![String::new(); n];
         for r in index.rows {
             if r.row >= n {
-                return Err(IoError::format(&index_path, format!("row {} out of range", r.row)));
+                return Err(IoError::format(
+                    &index_path,
+                    format!("row {} out of range", r.row),
+                ));
             }
             captions[r.row] = r.caption;
         }
@@ -92,9 +100,17 @@ impl Reference {
             .test
             .iter()
             .chain(&splits.nontest)
-            .chain(splits.runs.values().flat_map(|r| r.paired.iter().chain(&r.unpaired_img).chain(&r.unpaired_txt)));
+            .chain(splits.runs.values().flat_map(|r| {
+                r.paired
+                    .iter()
+                    .chain(&r.unpaired_img)
+                    .chain(&r.unpaired_txt)
+            }));
         if let Some(bad) = all.copied().find(|&i| i >= n) {
-            return Err(IoError::format(&splits_path, format!("row {bad} out of range ({n} rows)")));
+            return Err(IoError::format(
+                &splits_path,
+                format!("row {bad} out of range ({n} rows)"),
+            ));
         }
         Ok(Reference {
             dir: dir.to_path_buf(),
@@ -111,7 +127,10 @@ impl Reference {
     /// The split of one (seed, n) cell.
     pub fn run(&self, seed: u64, n: usize) -> Result<&RunSplit, IoError> {
         self.runs.get(&format!("{seed}_{n}")).ok_or_else(|| {
-            IoError::format(&self.dir.join("tuxpaint_splits.json"), format!("no split for seed {seed}, n {n}"))
+            IoError::format(
+                &self.dir.join("tuxpaint_splits.json"),
+                format!("no split for seed {seed}, n {n}"),
+            )
         })
     }
 
