@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sotalign", version, about = "Align frozen vision and text encoders with few pairs (SOTAlign)")]
+#[command(
+    name = "sotalign",
+    version,
+    about = "Align frozen vision and text encoders with few pairs (SOTAlign)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -12,6 +16,8 @@ struct Cli {
 enum Cmd {
     /// Print version and build information.
     Info,
+    /// Benchmark the nearest-neighbour index: HNSW vs exact search (build rate, latency, recall).
+    BenchIndex(sotalign::cli::index::BenchIndexArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -21,5 +27,6 @@ fn main() -> anyhow::Result<()> {
             println!("sotalign {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
     }
 }
