@@ -22,6 +22,8 @@ enum Cmd {
     Eval(sotalign::cli::eval::EvalArgs),
     /// Run the reference protocol (all methods x budgets x seeds) and update docs/RESULTS.md.
     Experiment(sotalign::cli::experiment::ExperimentArgs),
+    /// Benchmark the nearest-neighbour index: HNSW vs exact search (build rate, latency, recall).
+    BenchIndex(sotalign::cli::index::BenchIndexArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Align(a) => sotalign::cli::align::run(a),
         Cmd::Eval(a) => sotalign::cli::eval::run(a),
         Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
+        Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
     }
 }

@@ -4,3 +4,4 @@ pub mod align;
 pub mod data_args;
 pub mod eval;
 pub mod experiment;
+pub mod index;
