@@ -8,6 +8,8 @@
 //! - [`io`]: reading and writing embeddings (`.npy`, safetensors), manifests, checkpoints.
 
 pub mod align;
+pub mod cli;
+pub mod index;
 pub mod io;
 pub mod server;
 pub mod store;

@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sotalign", version, about = "Align frozen vision and text encoders with few pairs (SOTAlign)")]
+#[command(
+    name = "sotalign",
+    version,
+    about = "Align frozen vision and text encoders with few pairs (SOTAlign)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -14,6 +18,14 @@ enum Cmd {
     Info,
     /// Run the daemon: JSON-RPC (LSP framing) over --stdio or TCP --listen ADDR.
     Serve(sotalign::server::ServeArgs),
+    /// Fit an alignment method on embeddings (+ manifest) or a reference split; write a checkpoint.
+    Align(sotalign::cli::align::AlignArgs),
+    /// Print the retrieval metrics of a checkpoint on a test split.
+    Eval(sotalign::cli::eval::EvalArgs),
+    /// Run the reference protocol (all methods x budgets x seeds) and update docs/RESULTS.md.
+    Experiment(sotalign::cli::experiment::ExperimentArgs),
+    /// Benchmark the nearest-neighbour index: HNSW vs exact search (build rate, latency, recall).
+    BenchIndex(sotalign::cli::index::BenchIndexArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -24,5 +36,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Serve(args) => sotalign::server::run_cli(args),
+        Cmd::Align(a) => sotalign::cli::align::run(a),
+        Cmd::Eval(a) => sotalign::cli::eval::run(a),
+        Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
+        Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use rand::{Rng, SeedableRng};
-use sotalign_protocol::types::*;
 use sotalign_protocol::methods;
+use sotalign_protocol::types::*;
 
 const KILLS: usize = 20;
 
@@ -23,12 +23,18 @@ fn acknowledged_confirms_survive_kill_minus_nine() {
         c.initialize("durability", None).unwrap();
         ingest(&mut c, &fx.manifest);
         let list = |c: &mut StdioClient, m| {
-            c.call::<methods::ListSamples>(ListSamplesParams { modality: m, state: Some(SampleState::Unpaired), filter: None, offset: 0, limit: 1000 })
-                .unwrap()
-                .items
-                .into_iter()
-                .map(|s| s.id)
-                .collect::<Vec<_>>()
+            c.call::<methods::ListSamples>(ListSamplesParams {
+                modality: m,
+                state: Some(SampleState::Unpaired),
+                filter: None,
+                offset: 0,
+                limit: 1000,
+            })
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
         };
         (list(&mut c, Modality::Image), list(&mut c, Modality::Text))
     };
@@ -42,15 +48,26 @@ fn acknowledged_confirms_survive_kill_minus_nine() {
         // Everything acknowledged before any earlier kill is still there.
         let st = c.call::<methods::Status>(Empty {}).unwrap();
         let stored: HashSet<(SampleId, SampleId)> = c
-            .call::<methods::ListPairs>(ListPairsParams { state: Some(PairState::Confirmed), offset: 0, limit: 1000 })
+            .call::<methods::ListPairs>(ListPairsParams {
+                state: Some(PairState::Confirmed),
+                offset: 0,
+                limit: 1000,
+            })
             .unwrap()
             .items
             .iter()
             .map(|p| (p.image, p.text))
             .collect();
-        assert_eq!(st.counts.confirmed_pairs, stored.len() as u64, "round {round}: counts disagree with the pairs");
+        assert_eq!(
+            st.counts.confirmed_pairs,
+            stored.len() as u64,
+            "round {round}: counts disagree with the pairs"
+        );
         let lost: Vec<_> = acked.difference(&stored).collect();
-        assert!(lost.is_empty(), "round {round}: acknowledged confirms lost: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged confirms lost: {lost:?}"
+        );
         // At most one confirm per kill may be committed without having been acknowledged.
         assert!(stored.len() as u64 <= seed_pairs + acked.len() as u64 + round as u64);
 
@@ -60,12 +77,21 @@ fn acknowledged_confirms_survive_kill_minus_nine() {
         let killer = std::thread::spawn(move || {
             std::thread::sleep(delay);
             // SIGKILL: no chance to flush anything.
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
         });
         loop {
-            let pair = (images[k % images.len()], texts[(k / images.len() + k) % texts.len()]);
+            let pair = (
+                images[k % images.len()],
+                texts[(k / images.len() + k) % texts.len()],
+            );
             k += 1;
-            match c.call::<methods::Confirm>(DecideParams { image: pair.0, text: pair.1, source: None }) {
+            match c.call::<methods::Confirm>(DecideParams {
+                image: pair.0,
+                text: pair.1,
+                source: None,
+            }) {
                 Ok(_) => {
                     acked.insert(pair);
                 }
@@ -75,11 +101,19 @@ fn acknowledged_confirms_survive_kill_minus_nine() {
         killer.join().unwrap();
         let _ = d.child.wait();
     }
-    assert!(acked.len() > KILLS, "too few confirms acknowledged to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > KILLS,
+        "too few confirms acknowledged to mean anything: {}",
+        acked.len()
+    );
     // The store itself: opens, passes SQLite's integrity check, holds every acked pair.
     let store = sotalign::store::Store::open(&data).unwrap();
     assert_eq!(store.integrity_check().unwrap(), "ok");
-    let stored: HashSet<(SampleId, SampleId)> = store.pair_ids(PairState::Confirmed).unwrap().into_iter().collect();
+    let stored: HashSet<(SampleId, SampleId)> = store
+        .pair_ids(PairState::Confirmed)
+        .unwrap()
+        .into_iter()
+        .collect();
     assert!(acked.is_subset(&stored));
     let counts = store.counts().unwrap();
     assert_eq!(counts.confirmed_pairs, stored.len() as u64);

@@ -29,20 +29,32 @@ impl<R: std::io::Read, W: Write> Raw<R, W> {
     fn call(&mut self, method: &str, params: Value) -> i64 {
         let id = self.next;
         self.next += 1;
-        self.frame(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string());
+        self.frame(
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string(),
+        );
         id
     }
 
     /// The next response (notifications skipped): (id, Ok(result) | Err(code)).
     fn response(&mut self) -> (Option<i64>, Result<Value, (i64, Value)>) {
         loop {
-            match self.r.read_frame().unwrap().expect("daemon closed the connection").unwrap() {
+            match self
+                .r
+                .read_frame()
+                .unwrap()
+                .expect("daemon closed the connection")
+                .unwrap()
+            {
                 Message::Response(r) => {
                     let id = r.id.map(|i| match i {
                         sotalign_protocol::Id::Number(n) => n,
                         other => panic!("unexpected id {other:?}"),
                     });
-                    return (id, r.outcome.map_err(|e| (e.code, e.data.unwrap_or(Value::Null))));
+                    return (
+                        id,
+                        r.outcome
+                            .map_err(|e| (e.code, e.data.unwrap_or(Value::Null))),
+                    );
                 }
                 _ => continue,
             }
@@ -88,16 +100,26 @@ fn every_bad_input_class_is_answered_and_the_daemon_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let fx = fixture(dir.path(), 10, 5, 5);
     let (_d, stdout, stdin) = spawn_stdio_raw(&dir.path().join("data"), &["--max-body", "65536"]);
-    let mut raw = Raw { r: FrameReader::new(stdout), w: stdin, next: 100 };
+    let mut raw = Raw {
+        r: FrameReader::new(stdout),
+        w: stdin,
+        next: 100,
+    };
     // Before initialize: -32002.
     let id = raw.call("sotalign/status", json!({}));
     raw.expect_error(Some(id), codes::SERVER_NOT_INITIALIZED);
-    let id = raw.call("initialize", json!({"processId": null, "capabilities": {}, "clientInfo": {"name": "errors-test"}}));
+    let id = raw.call(
+        "initialize",
+        json!({"processId": null, "capabilities": {}, "clientInfo": {"name": "errors-test"}}),
+    );
     let (rid, out) = raw.response();
     assert_eq!(rid, Some(id));
     out.expect("initialize works");
     raw.frame(r#"{"jsonrpc":"2.0","method":"initialized","params":{}}"#);
-    raw.call("sotalign/ingest", json!({"source": {"manifest": fx.manifest.display().to_string()}}));
+    raw.call(
+        "sotalign/ingest",
+        json!({"source": {"manifest": fx.manifest.display().to_string()}}),
+    );
     let (_, out) = raw.response();
     let job = out.unwrap()["job"].clone();
     raw.wait_finished(&job);
@@ -137,7 +159,10 @@ fn every_bad_input_class_is_answered_and_the_daemon_keeps_serving() {
     raw.still_serving();
     // Unknown ids: sample, job, decision, run.
     let id = raw.call("sotalign/getSample", json!({"id": 987654}));
-    assert_eq!(raw.expect_error(Some(id), codes::UNKNOWN_SAMPLE), json!({"sample": 987654}));
+    assert_eq!(
+        raw.expect_error(Some(id), codes::UNKNOWN_SAMPLE),
+        json!({"sample": 987654})
+    );
     let id = raw.call("sotalign/cancel", json!({"job": 4242}));
     raw.expect_error(Some(id), codes::UNKNOWN_JOB);
     let id = raw.call("sotalign/undo", json!({"decision": 4242}));
@@ -148,18 +173,33 @@ fn every_bad_input_class_is_answered_and_the_daemon_keeps_serving() {
     // A NaN vector and a wrong dimension (the store holds 384-d texts, 1280-d images).
     let mut v: Vec<Value> = (0..384).map(|i| json!(i as f64 / 384.0)).collect();
     v[7] = json!("NaN");
-    let id = raw.call("sotalign/ingest", json!({"source": {"embedded": [{"modality": "text", "key": "bad", "vector": v}]}}));
-    assert_eq!(raw.expect_error(Some(id), codes::NON_FINITE_VECTOR)["index"], json!(7));
+    let id = raw.call(
+        "sotalign/ingest",
+        json!({"source": {"embedded": [{"modality": "text", "key": "bad", "vector": v}]}}),
+    );
+    assert_eq!(
+        raw.expect_error(Some(id), codes::NON_FINITE_VECTOR)["index"],
+        json!(7)
+    );
     let id = raw.call("sotalign/ingest", json!({"source": {"embedded": [{"modality": "text", "key": "bad", "vector": [1.0, 2.0, 3.0]}]}}));
-    assert_eq!(raw.expect_error(Some(id), codes::DIMENSION_MISMATCH), json!({"expected": 384, "actual": 3}));
+    assert_eq!(
+        raw.expect_error(Some(id), codes::DIMENSION_MISMATCH),
+        json!({"expected": 384, "actual": 3})
+    );
     // Wrong modality in a decision; a missing manifest.
     let (img, txt) = first_ids(&mut raw);
     let id = raw.call("sotalign/confirm", json!({"image": txt, "text": img}));
     raw.expect_error(Some(id), codes::WRONG_MODALITY);
-    let id = raw.call("sotalign/ingest", json!({"source": {"manifest": "/nonexistent/manifest.jsonl"}}));
+    let id = raw.call(
+        "sotalign/ingest",
+        json!({"source": {"manifest": "/nonexistent/manifest.jsonl"}}),
+    );
     raw.expect_error(Some(id), codes::INVALID_INPUT);
     // Search with a NaN vector needs a model first: NOT_READY, still an error not a crash.
-    let id = raw.call("sotalign/search", json!({"query": {"vector": {"modality": "text", "values": [1.0, "NaN"]}}}));
+    let id = raw.call(
+        "sotalign/search",
+        json!({"query": {"vector": {"modality": "text", "values": [1.0, "NaN"]}}}),
+    );
     raw.expect_error(Some(id), codes::NOT_READY);
     raw.still_serving();
     // Nothing bad was stored: the counts are the fixture's.
@@ -178,4 +218,3 @@ fn first_ids<R: std::io::Read, W: Write>(raw: &mut Raw<R, W>) -> (u64, u64) {
     };
     (get("image"), get("text"))
 }
-

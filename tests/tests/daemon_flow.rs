@@ -19,11 +19,18 @@ const N_UNPAIRED: usize = 60;
 fn check_progress(p: &[JobProgress], finished: &JobFinishedParams) {
     assert!(!p.is_empty(), "no progress notifications");
     let seqs: Vec<u64> = p.iter().map(|v| v.seq).collect();
-    assert_eq!(seqs, (1..=finished.last_seq).collect::<Vec<_>>(), "progress seqs out of order or missing");
+    assert_eq!(
+        seqs,
+        (1..=finished.last_seq).collect::<Vec<_>>(),
+        "progress seqs out of order or missing"
+    );
     assert_eq!(p[0].kind, ProgressKind::Begin);
     assert_eq!(p.last().unwrap().kind, ProgressKind::End);
     let pct: Vec<u32> = p.iter().filter_map(|v| v.percentage).collect();
-    assert!(pct.windows(2).all(|w| w[0] <= w[1]), "percentage went backwards: {pct:?}");
+    assert!(
+        pct.windows(2).all(|w| w[0] <= w[1]),
+        "percentage went backwards: {pct:?}"
+    );
 }
 
 fn flow<R: Read, W: Write>(c: &mut Client<R, W>, fx: &Fixture) {
@@ -36,14 +43,29 @@ fn flow<R: Read, W: Write>(c: &mut Client<R, W>, fx: &Fixture) {
     assert_eq!(added as usize, 2 * (N_TRAIN + N_TEST + N_UNPAIRED));
     let st = c.call::<methods::Status>(Empty {}).unwrap();
     let k = &st.counts;
-    assert_eq!((k.images, k.texts) , ((N_TRAIN + N_TEST + N_UNPAIRED) as u64, (N_TRAIN + N_TEST + N_UNPAIRED) as u64));
-    assert_eq!((k.confirmed_pairs, k.held_out_pairs, k.unpaired_images), (N_TRAIN as u64, N_TEST as u64, N_UNPAIRED as u64));
+    assert_eq!(
+        (k.images, k.texts),
+        (
+            (N_TRAIN + N_TEST + N_UNPAIRED) as u64,
+            (N_TRAIN + N_TEST + N_UNPAIRED) as u64
+        )
+    );
+    assert_eq!(
+        (k.confirmed_pairs, k.held_out_pairs, k.unpaired_images),
+        (N_TRAIN as u64, N_TEST as u64, N_UNPAIRED as u64)
+    );
     assert_eq!(st.image_encoder.as_ref().map(|e| e.dim), Some(1280));
     assert_eq!(st.text_encoder.as_ref().map(|e| e.dim), Some(384));
     assert!(st.model.is_none());
 
     // Suggestions before any model: a clear NOT_READY.
-    let e = c.call::<methods::SuggestPairs>(SuggestPairsParams { strategy: Strategy::Confidence, limit: 5, seed: None }).unwrap_err();
+    let e = c
+        .call::<methods::SuggestPairs>(SuggestPairsParams {
+            strategy: Strategy::Confidence,
+            limit: 5,
+            seed: None,
+        })
+        .unwrap_err();
     assert_eq!(e.code(), Some(codes::NOT_READY));
 
     // Align #1.
@@ -61,17 +83,37 @@ fn flow<R: Read, W: Write>(c: &mut Client<R, W>, fx: &Fixture) {
     assert_eq!(st.index.state, IndexState::Ready);
 
     // Global suggestions: unpaired on both sides, never twice the same text.
-    let sp = c.call::<methods::SuggestPairs>(SuggestPairsParams { strategy: Strategy::Confidence, limit: 10, seed: Some(3) }).unwrap();
+    let sp = c
+        .call::<methods::SuggestPairs>(SuggestPairsParams {
+            strategy: Strategy::Confidence,
+            limit: 10,
+            seed: Some(3),
+        })
+        .unwrap();
     assert_eq!(sp.run, a.run);
     assert!(!sp.suggestions.is_empty());
     let texts: HashSet<SampleId> = sp.suggestions.iter().map(|s| s.text.id).collect();
     assert_eq!(texts.len(), sp.suggestions.len());
     for s in &sp.suggestions {
-        assert_eq!((s.image.state, s.text.state), (SampleState::Unpaired, SampleState::Unpaired));
+        assert_eq!(
+            (s.image.state, s.text.state),
+            (SampleState::Unpaired, SampleState::Unpaired)
+        );
         assert!(s.score.is_finite() && s.score.abs() <= 1.0 + 1e-5);
     }
-    for strategy in [Strategy::Random, Strategy::MutualNn, Strategy::OtMass, Strategy::Diverse] {
-        let r = c.call::<methods::SuggestPairs>(SuggestPairsParams { strategy, limit: 5, seed: Some(1) }).unwrap();
+    for strategy in [
+        Strategy::Random,
+        Strategy::MutualNn,
+        Strategy::OtMass,
+        Strategy::Diverse,
+    ] {
+        let r = c
+            .call::<methods::SuggestPairs>(SuggestPairsParams {
+                strategy,
+                limit: 5,
+                seed: Some(1),
+            })
+            .unwrap();
         assert_eq!(r.strategy, strategy);
         assert!(r.suggestions.len() <= 5);
     }
@@ -88,21 +130,58 @@ fn flow<R: Read, W: Write>(c: &mut Client<R, W>, fx: &Fixture) {
         .unwrap();
     assert_eq!(unpaired.total, N_UNPAIRED as u64);
     let img = &unpaired.items[0];
-    let sug = c.call::<methods::SuggestForSample>(SuggestForSampleParams { sample: img.id, k: 5, include_rejected: false }).unwrap();
+    let sug = c
+        .call::<methods::SuggestForSample>(SuggestForSampleParams {
+            sample: img.id,
+            k: 5,
+            include_rejected: false,
+        })
+        .unwrap();
     assert_eq!(sug.candidates.len(), 5);
-    assert!(sug.candidates.iter().all(|c| c.sample.modality == Modality::Text && c.sample.state != SampleState::HeldOut));
+    assert!(
+        sug.candidates
+            .iter()
+            .all(|c| c.sample.modality == Modality::Text && c.sample.state != SampleState::HeldOut)
+    );
     assert!(sug.candidates.windows(2).all(|w| w[0].score >= w[1].score));
     // Reject the top candidate: it is not suggested again.
     let top = sug.candidates[0].sample.id;
-    c.call::<methods::Reject>(DecideParams { image: img.id, text: top, source: None }).unwrap();
-    let again = c.call::<methods::SuggestForSample>(SuggestForSampleParams { sample: img.id, k: 5, include_rejected: false }).unwrap();
+    c.call::<methods::Reject>(DecideParams {
+        image: img.id,
+        text: top,
+        source: None,
+    })
+    .unwrap();
+    let again = c
+        .call::<methods::SuggestForSample>(SuggestForSampleParams {
+            sample: img.id,
+            k: 5,
+            include_rejected: false,
+        })
+        .unwrap();
     assert!(again.candidates.iter().all(|c| c.sample.id != top));
 
     // Search by sample (image -> texts) and by free text (needs the encoder: NOT_READY here).
-    let hits = c.call::<methods::Search>(SearchParams { query: SearchQuery::Sample(img.id), target: None, k: 3 }).unwrap();
+    let hits = c
+        .call::<methods::Search>(SearchParams {
+            query: SearchQuery::Sample(img.id),
+            target: None,
+            k: 3,
+        })
+        .unwrap();
     assert_eq!(hits.hits.len(), 3);
-    assert!(hits.hits.iter().all(|h| h.sample.modality == Modality::Text));
-    let e = c.call::<methods::Search>(SearchParams { query: SearchQuery::Text("a penguin".into()), target: None, k: 3 }).unwrap_err();
+    assert!(
+        hits.hits
+            .iter()
+            .all(|h| h.sample.modality == Modality::Text)
+    );
+    let e = c
+        .call::<methods::Search>(SearchParams {
+            query: SearchQuery::Text("a penguin".into()),
+            target: None,
+            k: 3,
+        })
+        .unwrap_err();
     assert_eq!(e.code(), Some(codes::NOT_READY));
 
     // An annotator confirms 20 true pairs (the fixture's unpaired rows match by row).
@@ -117,37 +196,74 @@ fn flow<R: Read, W: Write>(c: &mut Client<R, W>, fx: &Fixture) {
         .unwrap();
     let mut confirmed = 0;
     for im in unpaired.items.iter().take(20) {
-        let t = texts_unpaired.items.iter().find(|t| t.key == im.key).expect("matching text");
-        let d = c.call::<methods::Confirm>(DecideParams { image: im.id, text: t.id, source: Some("test:oracle".into()) }).unwrap();
+        let t = texts_unpaired
+            .items
+            .iter()
+            .find(|t| t.key == im.key)
+            .expect("matching text");
+        let d = c
+            .call::<methods::Confirm>(DecideParams {
+                image: im.id,
+                text: t.id,
+                source: Some("test:oracle".into()),
+            })
+            .unwrap();
         assert!(d.changed);
         confirmed += 1;
         assert_eq!(d.counts.confirmed_pairs, (N_TRAIN + confirmed) as u64);
     }
     // Undo the last one, then redo it.
-    let u = c.call::<methods::Undo>(UndoParams { decision: None }).unwrap();
+    let u = c
+        .call::<methods::Undo>(UndoParams { decision: None })
+        .unwrap();
     assert_eq!(u.counts.confirmed_pairs, (N_TRAIN + 19) as u64);
-    c.call::<methods::Confirm>(DecideParams { image: u.undone.image, text: u.undone.text, source: None }).unwrap();
-    let pairs = c.call::<methods::ListPairs>(ListPairsParams { state: Some(PairState::Confirmed), offset: 0, limit: 5 }).unwrap();
+    c.call::<methods::Confirm>(DecideParams {
+        image: u.undone.image,
+        text: u.undone.text,
+        source: None,
+    })
+    .unwrap();
+    let pairs = c
+        .call::<methods::ListPairs>(ListPairsParams {
+            state: Some(PairState::Confirmed),
+            offset: 0,
+            limit: 5,
+        })
+        .unwrap();
     assert_eq!(pairs.total, (N_TRAIN + 20) as u64);
-    assert_eq!(pairs.items[0].source, "flow-test", "default source is the client name");
+    assert_eq!(
+        pairs.items[0].source, "flow-test",
+        "default source is the client name"
+    );
 
     // Re-align on 60 pairs; evaluate; runs show both, oldest first.
     let a2 = c.call::<methods::Align>(align_params(40)).unwrap();
     let f2 = wait_finished(c, a2.job);
     assert_eq!(f2.state, JobState::Succeeded, "{f2:?}");
     check_progress(&progress_of(c, a2.job), &f2);
-    let ev = c.call::<methods::Evaluate>(EvaluateParams { run: None }).unwrap();
+    let ev = c
+        .call::<methods::Evaluate>(EvaluateParams { run: None })
+        .unwrap();
     assert_eq!(ev.run, a2.run);
     for r in [ev.metrics.image_to_text, ev.metrics.text_to_image] {
         assert!(r.r1 <= r.r5 && r.r5 <= r.r10 && r.r10 <= 1.0, "{r:?}");
     }
-    assert_eq!(Some(ev.metrics), f2.metrics, "evaluate agrees with the job's metrics");
+    assert_eq!(
+        Some(ev.metrics),
+        f2.metrics,
+        "evaluate agrees with the job's metrics"
+    );
     let runs = c.call::<methods::Runs>(RunsParams { limit: 10 }).unwrap();
     let ids: Vec<RunId> = runs.runs.iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![a.run, a2.run]);
-    assert_eq!((runs.runs[0].pairs, runs.runs[1].pairs), (N_TRAIN as u64, (N_TRAIN + 20) as u64));
+    assert_eq!(
+        (runs.runs[0].pairs, runs.runs[1].pairs),
+        (N_TRAIN as u64, (N_TRAIN + 20) as u64)
+    );
     // The evaluation of an older run is its recorded metrics.
-    let old = c.call::<methods::Evaluate>(EvaluateParams { run: Some(a.run) }).unwrap();
+    let old = c
+        .call::<methods::Evaluate>(EvaluateParams { run: Some(a.run) })
+        .unwrap();
     assert_eq!(old.metrics, m1);
 
     c.shutdown().unwrap();
@@ -197,15 +313,23 @@ fn cancellation_stops_the_job_and_keeps_the_previous_model() {
     assert_eq!(e.code(), Some(codes::JOB_CONFLICT));
     // Wait until training runs, then cancel.
     let seen = match c
-        .wait_for(|n| matches!(n, sotalign_protocol::ServerNotification::Progress(p)
-            if p.value.job == a.job && p.value.stage == JobStage::Refine && p.value.step > 0))
+        .wait_for(|n| {
+            matches!(n, sotalign_protocol::ServerNotification::Progress(p)
+            if p.value.job == a.job && p.value.stage == JobStage::Refine && p.value.step > 0)
+        })
         .unwrap()
     {
         sotalign_protocol::ServerNotification::Progress(p) => p.value,
         _ => unreachable!(),
     };
-    let r = c.call::<methods::Cancel>(CancelParams { job: a.job }).unwrap();
-    assert!(matches!(r.job.state, JobState::Cancelling | JobState::Cancelled), "{:?}", r.job.state);
+    let r = c
+        .call::<methods::Cancel>(CancelParams { job: a.job })
+        .unwrap();
+    assert!(
+        matches!(r.job.state, JobState::Cancelling | JobState::Cancelled),
+        "{:?}",
+        r.job.state
+    );
     let f = wait_finished(&mut c, a.job);
     assert_eq!(f.state, JobState::Cancelled);
     // `wait_for` took one progress out of the queue; the rest arrived in order around it.
@@ -219,7 +343,9 @@ fn cancellation_stops_the_job_and_keeps_the_previous_model() {
     assert!(st.jobs.is_empty());
     let runs = c.call::<methods::Runs>(RunsParams { limit: 10 }).unwrap();
     assert_eq!(runs.runs[0].state, JobState::Cancelled);
-    let e = c.call::<methods::Cancel>(CancelParams { job: JobId(999) }).unwrap_err();
+    let e = c
+        .call::<methods::Cancel>(CancelParams { job: JobId(999) })
+        .unwrap_err();
     assert_eq!(e.code(), Some(codes::UNKNOWN_JOB));
     // The daemon aligns fine afterwards.
     let a2 = c.call::<methods::Align>(align_params(5)).unwrap();
@@ -241,7 +367,9 @@ fn token_is_required_off_loopback_and_checked_on_tcp() {
     let d = spawn_tcp(&dir.path().join("data"), &["--token", "s3cret"]);
     let addr = d.addr.clone().unwrap();
     let mut bad = connect(&addr);
-    let e = bad.initialize("intruder", Some("wrong".into())).unwrap_err();
+    let e = bad
+        .initialize("intruder", Some("wrong".into()))
+        .unwrap_err();
     assert_eq!(e.code(), Some(codes::UNAUTHORIZED));
     // The connection is closed after the error.
     assert!(bad.call::<methods::Status>(Empty {}).is_err());

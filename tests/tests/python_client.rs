@@ -18,7 +18,14 @@ fn python_example_client_initializes_and_reads_status() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "client.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "client.py failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("server: sotalign"), "{stdout}");
-    assert!(stdout.contains("protocol 1 counts {\"confirmedPairs\": 0"), "{stdout}");
+    assert!(
+        stdout.contains("protocol 1 counts {\"confirmedPairs\": 0"),
+        "{stdout}"
+    );
 }

@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sotalign_protocol::types::{AlignMethod, AlignParams, AlignResult, JobKind, JobStage, JobState, SampleId};
+use sotalign_protocol::types::{
+    AlignMethod, AlignParams, AlignResult, JobKind, JobStage, JobState, SampleId,
+};
 use sotalign_protocol::{ErrorObject, codes};
 
 use super::errors::{HResult, internal, not_ready};
@@ -71,13 +73,25 @@ pub fn config_for(p: &AlignParams) -> HResult<AlignConfig> {
 
 pub async fn start(shared: Arc<Shared>, p: AlignParams) -> HResult<AlignResult> {
     let cfg = config_for(&p)?;
-    let title = format!("align {}", serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
-    let handle = shared.jobs.start(JobKind::Align, None, title).map_err(|running| {
-        ErrorObject::new(codes::JOB_CONFLICT, "an alignment job is already running").with_data(json!({ "job": running }))
-    })?;
+    let title = format!(
+        "align {}",
+        serde_json::to_value(p.method)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    );
+    let handle = shared
+        .jobs
+        .start(JobKind::Align, None, title)
+        .map_err(|running| {
+            ErrorObject::new(codes::JOB_CONFLICT, "an alignment job is already running")
+                .with_data(json!({ "job": running }))
+        })?;
     let method = p.method;
     let cfg_json = serde_json::to_value(&cfg).map_err(internal)?;
-    let run = shared.store(move |s| s.create_run(method, &cfg_json, 0)).await?;
+    let run = shared
+        .store(move |s| s.create_run(method, &cfg_json, 0))
+        .await?;
     shared.jobs.set_run(handle.id, run);
     let job = handle.id;
     let sh = shared.clone();
@@ -91,10 +105,15 @@ pub async fn start(shared: Arc<Shared>, p: AlignParams) -> HResult<AlignResult> 
         match outcome {
             Ok(done) => {
                 // The run row was finished inside run_job, before the model was swapped in.
-                handle.finish(Outcome { metrics: done, ..Outcome::succeeded() });
+                handle.finish(Outcome {
+                    metrics: done,
+                    ..Outcome::succeeded()
+                });
             }
             Err(e) => {
-                if let Err(se) = sh.store_blocking(|s| s.finish_run(run, state, None, None, None, err.as_deref())) {
+                if let Err(se) = sh
+                    .store_blocking(|s| s.finish_run(run, state, None, None, None, err.as_deref()))
+                {
                     tracing::error!("run {run}: cannot record its end: {}", se.message);
                 }
                 handle.finish(match e {
@@ -130,7 +149,11 @@ impl From<AlignError> for JobError {
 }
 
 fn check_cancel(h: &JobHandle) -> Result<(), JobError> {
-    if h.is_cancelled() { Err(JobError::Cancelled) } else { Ok(()) }
+    if h.is_cancelled() {
+        Err(JobError::Cancelled)
+    } else {
+        Ok(())
+    }
 }
 
 /// Rows of `emb` for the given ids (all must be present).
@@ -142,15 +165,33 @@ fn rows_of(ids: &[SampleId], pos: &HashMap<SampleId, usize>, m: &Matrix) -> Matr
 /// Training data from a snapshot: confirmed pairs (caption groups by equal caption text) plus
 /// the unpaired pools.
 pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
-    let ipos: HashMap<SampleId, usize> = snap.images.ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    let tpos: HashMap<SampleId, usize> = snap.texts.ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    let pairs: Vec<(SampleId, SampleId)> =
-        snap.pairs.iter().filter(|(i, t)| ipos.contains_key(i) && tpos.contains_key(t)).copied().collect();
+    let ipos: HashMap<SampleId, usize> = snap
+        .images
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i))
+        .collect();
+    let tpos: HashMap<SampleId, usize> = snap
+        .texts
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i))
+        .collect();
+    let pairs: Vec<(SampleId, SampleId)> = snap
+        .pairs
+        .iter()
+        .filter(|(i, t)| ipos.contains_key(i) && tpos.contains_key(t))
+        .copied()
+        .collect();
     let mut groups: HashMap<String, u32> = HashMap::new();
     let pair_groups = pairs
         .iter()
         .map(|(_, t)| {
-            let key = snap.captions[tpos[t]].clone().unwrap_or_else(|| format!("#{t}"));
+            let key = snap.captions[tpos[t]]
+                .clone()
+                .unwrap_or_else(|| format!("#{t}"));
             let n = groups.len() as u32;
             *groups.entry(key).or_insert(n)
         })
@@ -163,6 +204,7 @@ pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
         xu: rows_of(&snap.unpaired_images, &ipos, &snap.images.matrix),
         yu: rows_of(&snap.unpaired_texts, &tpos, &snap.texts.matrix),
         pair_groups,
+        yu_groups: None,
     }
 }
 
@@ -174,15 +216,32 @@ fn run_job(
     cfg: &AlignConfig,
 ) -> Result<Option<sotalign_protocol::types::RetrievalMetrics>, JobError> {
     let report = |stage, step, total, pct, loss: Option<f64>, msg: String| {
-        h.progress(Report { stage, step, total, loss, percentage: pct, message: Some(msg) })
+        h.progress(Report {
+            stage,
+            step,
+            total,
+            loss,
+            percentage: pct,
+            message: Some(msg),
+        })
     };
-    report(JobStage::Teacher, 0, 1, PCT_TEACHER, None, "reading the store".into());
+    report(
+        JobStage::Teacher,
+        0,
+        1,
+        PCT_TEACHER,
+        None,
+        "reading the store".into(),
+    );
     let snap = shared.store_blocking(|s| s.training_snapshot())?;
     let data = align_data(&snap);
     if data.n_pairs() < 2 {
         return Err(JobError::Failed(not_ready(
             "not_enough_pairs",
-            format!("{} confirmed pair(s) with embeddings; at least 2 are needed", data.n_pairs()),
+            format!(
+                "{} confirmed pair(s) with embeddings; at least 2 are needed",
+                data.n_pairs()
+            ),
         )));
     }
     shared.store_blocking(|s| s.set_run_pairs(run, data.n_pairs() as u64))?;
@@ -197,10 +256,20 @@ fn run_job(
         let done = p.step >= p.total;
         if done || last.elapsed() >= REPORT_EVERY {
             last = Instant::now();
-            let frac = if p.total > 0 { p.step as f64 / p.total as f64 } else { 0.0 };
+            let frac = if p.total > 0 {
+                p.step as f64 / p.total as f64
+            } else {
+                0.0
+            };
             let (js, pct) = match stage {
-                fit::Stage::Teacher => (JobStage::Teacher, PCT_TEACHER + frac * (PCT_REFINE - PCT_TEACHER)),
-                fit::Stage::Refine => (JobStage::Refine, PCT_REFINE + frac * (PCT_INDEX - PCT_REFINE)),
+                fit::Stage::Teacher => (
+                    JobStage::Teacher,
+                    PCT_TEACHER + frac * (PCT_REFINE - PCT_TEACHER),
+                ),
+                fit::Stage::Refine => (
+                    JobStage::Refine,
+                    PCT_REFINE + frac * (PCT_INDEX - PCT_REFINE),
+                ),
             };
             let msg = match p.loss {
                 Some(l) => format!("{} {}/{}, loss {l:.4}", p.stage, p.step, p.total),
@@ -210,12 +279,33 @@ fn run_job(
         }
         ControlFlow::Continue(())
     };
-    let Fitted { model, fitted, checkpoint } = fit::fit(method, &data, cfg, &mut progress)?;
+    let fitted_model = fit::fit(method, &data, cfg, &mut progress)?;
     check_cancel(h)?;
+    // Checkpoint first (atomic), so a served run can always be restored after a restart.
+    let path = shared
+        .opts
+        .data_dir
+        .join("checkpoints")
+        .join(format!("run-{run}.safetensors"));
+    fit::save(&path, &fitted_model, run.0).map_err(|e| {
+        JobError::Failed(ErrorObject::new(
+            codes::STORAGE_ERROR,
+            format!("checkpoint: {e}"),
+        ))
+    })?;
+    let ck = Some(path.display().to_string());
+    let Fitted { model, fitted, .. } = fitted_model;
 
     // Map every sample into the new space (the search structure of this daemon).
     let n_items = (snap.images.ids.len() + snap.texts.ids.len()) as u64;
-    report(JobStage::Index, 0, n_items, PCT_INDEX, None, "embedding all samples".into());
+    report(
+        JobStage::Index,
+        0,
+        n_items,
+        PCT_INDEX,
+        None,
+        "embedding all samples".into(),
+    );
     shared.rebuilding.store(true, Ordering::SeqCst);
     let held: HashSet<SampleId> = snap.held_out.iter().flat_map(|(i, t)| [*i, *t]).collect();
     let built = Served::build(
@@ -232,7 +322,14 @@ fn run_job(
     );
     shared.rebuilding.store(false, Ordering::SeqCst);
     let mut served = built?;
-    report(JobStage::Index, n_items, n_items, PCT_EVAL, None, "embedded".into());
+    report(
+        JobStage::Index,
+        n_items,
+        n_items,
+        PCT_EVAL,
+        None,
+        "embedded".into(),
+    );
     check_cancel(h)?;
 
     let captions: HashMap<SampleId, String> = snap
@@ -243,24 +340,36 @@ fn run_job(
         .filter_map(|(id, c)| Some((*id, c.clone()?)))
         .collect();
     let n_held = snap.held_out.len() as u64;
-    report(JobStage::Evaluate, 0, n_held, PCT_EVAL, None, "evaluating on held-out pairs".into());
+    report(
+        JobStage::Evaluate,
+        0,
+        n_held,
+        PCT_EVAL,
+        None,
+        "evaluating on held-out pairs".into(),
+    );
     let metrics = served.evaluate(&snap.held_out, &captions);
     served.metrics = metrics;
-    report(JobStage::Evaluate, n_held, n_held, 99.0, None, "evaluated".into());
+    report(
+        JobStage::Evaluate,
+        n_held,
+        n_held,
+        99.0,
+        None,
+        "evaluated".into(),
+    );
     check_cancel(h)?;
 
-    // Checkpoint (atomic: temp file, fsync, rename), then record the run, then serve it.
-    let path = shared.opts.data_dir.join("checkpoints").join(format!("run-{run}.safetensors"));
-    let ck = match checkpoint {
-        Some(bytes) => {
-            crate::server::fit::write_atomic(&path, &bytes)
-                .map_err(|e| JobError::Failed(ErrorObject::new(codes::STORAGE_ERROR, format!("checkpoint: {e}"))))?;
-            Some(path.display().to_string())
-        }
-        None => None,
-    };
+    // Record the run, then serve it.
     shared.store_blocking(|s| {
-        s.finish_run(run, JobState::Succeeded, metrics.as_ref(), ck.as_deref(), Some(&fitted), None)
+        s.finish_run(
+            run,
+            JobState::Succeeded,
+            metrics.as_ref(),
+            ck.as_deref(),
+            Some(&fitted),
+            None,
+        )
     })?;
     shared.set_model(Arc::new(served));
     Ok(metrics)

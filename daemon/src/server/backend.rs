@@ -52,7 +52,10 @@ pub struct Backend {
 const MAX_PAGE: u32 = 1000;
 const MAX_K: u32 = 100;
 
-pub fn build_service(shared: Arc<Shared>, conn: Arc<ConnState>) -> (LspService<Backend>, tower_lsp_server::ClientSocket) {
+pub fn build_service(
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+) -> (LspService<Backend>, tower_lsp_server::ClientSocket) {
     LspService::build(move |_client| Backend { shared, conn })
         .custom_method(names::STATUS, Backend::status)
         .custom_method(names::LIST_SAMPLES, Backend::list_samples)
@@ -82,14 +85,21 @@ fn token_matches(given: &str, expected: &str) -> bool {
 impl LanguageServer for Backend {
     async fn initialize(&self, params: LspInitializeParams) -> RpcResult<lsp::InitializeResult> {
         if self.conn.needs_token {
-            let given = params.initialization_options.as_ref().and_then(|o| o.get("token")).and_then(|t| t.as_str());
+            let given = params
+                .initialization_options
+                .as_ref()
+                .and_then(|o| o.get("token"))
+                .and_then(|t| t.as_str());
             let ok = match (&self.shared.opts.token, given) {
                 (Some(expected), Some(g)) => token_matches(g, expected),
                 (Some(_), None) => false,
                 (None, _) => true,
             };
             if !ok {
-                tracing::warn!("connection {}: initialize with a missing or wrong token", self.conn.id);
+                tracing::warn!(
+                    "connection {}: initialize with a missing or wrong token",
+                    self.conn.id
+                );
                 return Err(to_rpc(ErrorObject::new(
                     codes::UNAUTHORIZED,
                     "missing or wrong token in initializationOptions.token",
@@ -97,7 +107,11 @@ impl LanguageServer for Backend {
             }
         }
         if let Some(info) = params.client_info {
-            *self.conn.client_name.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.name);
+            *self
+                .conn
+                .client_name
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(info.name);
         }
         self.conn.initialized.store(true, Ordering::SeqCst);
         let caps = SotalignCapabilities {
@@ -137,14 +151,39 @@ macro_rules! rpc {
 
 impl Backend {
     rpc!(status, Empty, StatusResult, Self::do_status);
-    rpc!(list_samples, ListSamplesParams, ListSamplesResult, Self::do_list_samples);
-    rpc!(get_sample, GetSampleParams, GetSampleResult, Self::do_get_sample);
-    rpc!(suggest_for_sample, SuggestForSampleParams, SuggestForSampleResult, Self::do_suggest_for_sample);
-    rpc!(suggest_pairs, SuggestPairsParams, SuggestPairsResult, Self::do_suggest_pairs);
+    rpc!(
+        list_samples,
+        ListSamplesParams,
+        ListSamplesResult,
+        Self::do_list_samples
+    );
+    rpc!(
+        get_sample,
+        GetSampleParams,
+        GetSampleResult,
+        Self::do_get_sample
+    );
+    rpc!(
+        suggest_for_sample,
+        SuggestForSampleParams,
+        SuggestForSampleResult,
+        Self::do_suggest_for_sample
+    );
+    rpc!(
+        suggest_pairs,
+        SuggestPairsParams,
+        SuggestPairsResult,
+        Self::do_suggest_pairs
+    );
     rpc!(confirm, DecideParams, DecisionResult, Self::do_confirm);
     rpc!(reject, DecideParams, DecisionResult, Self::do_reject);
     rpc!(undo, UndoParams, UndoResult, Self::do_undo);
-    rpc!(list_pairs, ListPairsParams, ListPairsResult, Self::do_list_pairs);
+    rpc!(
+        list_pairs,
+        ListPairsParams,
+        ListPairsResult,
+        Self::do_list_pairs
+    );
     rpc!(search, SearchParams, SearchResult, Self::do_search);
     rpc!(align, AlignParams, AlignResult, Self::do_align);
     rpc!(cancel, CancelParams, CancelResult, Self::do_cancel);
@@ -156,20 +195,38 @@ impl Backend {
     async fn do_status(&self, _: Empty) -> HResult<StatusResult> {
         let (counts, dims) = self
             .shared
-            .store(|s| Ok((s.counts()?, (s.dim(Modality::Image)?, s.dim(Modality::Text)?))))
+            .store(|s| {
+                Ok((
+                    s.counts()?,
+                    (s.dim(Modality::Image)?, s.dim(Modality::Text)?),
+                ))
+            })
             .await?;
         let model = self.shared.model();
         let encoder = |name: Option<String>, dim: Option<usize>| {
-            dim.map(|d| EncoderInfo { name: name.unwrap_or_else(|| "precomputed".into()), dim: d as u32 })
+            dim.map(|d| EncoderInfo {
+                name: name.unwrap_or_else(|| "precomputed".into()),
+                dim: d as u32,
+            })
         };
         let (img_name, txt_name) = self
             .shared
             .store(|s| Ok((s.meta("encoder.image")?, s.meta("encoder.text")?)))
             .await?;
         let index = match &model {
-            None => IndexInfo { state: IndexState::Empty, kind: None, images: 0, texts: 0, run: None },
+            None => IndexInfo {
+                state: IndexState::Empty,
+                kind: None,
+                images: 0,
+                texts: 0,
+                run: None,
+            },
             Some(m) => IndexInfo {
-                state: if self.shared.rebuilding.load(Ordering::SeqCst) { IndexState::Rebuilding } else { IndexState::Ready },
+                state: if self.shared.rebuilding.load(Ordering::SeqCst) {
+                    IndexState::Rebuilding
+                } else {
+                    IndexState::Ready
+                },
                 kind: Some(m.index_kind()),
                 images: m.images.len() as u64,
                 texts: m.texts.len() as u64,
@@ -202,31 +259,53 @@ impl Backend {
         let limit = p.limit.min(MAX_PAGE);
         let (items, total) = self
             .shared
-            .store(move |s| s.list_samples(p.modality, p.state, p.filter.as_deref(), p.offset, limit))
+            .store(move |s| {
+                s.list_samples(p.modality, p.state, p.filter.as_deref(), p.offset, limit)
+            })
             .await?;
         Ok(ListSamplesResult { items, total })
     }
 
     async fn do_get_sample(&self, p: GetSampleParams) -> HResult<GetSampleResult> {
-        let (sample, pairs) = self.shared.store(move |s| Ok((s.sample(p.id)?, s.pairs_of(p.id)?))).await?;
+        let (sample, pairs) = self
+            .shared
+            .store(move |s| Ok((s.sample(p.id)?, s.pairs_of(p.id)?)))
+            .await?;
         Ok(GetSampleResult { sample, pairs })
     }
 
     fn require_model(&self) -> HResult<Arc<super::model::Served>> {
-        self.shared.model().ok_or_else(|| not_ready("no_model", "no aligned model yet: run sotalign/align first"))
+        self.shared
+            .model()
+            .ok_or_else(|| not_ready("no_model", "no aligned model yet: run sotalign/align first"))
     }
 
-    async fn do_suggest_for_sample(&self, p: SuggestForSampleParams) -> HResult<SuggestForSampleResult> {
+    async fn do_suggest_for_sample(
+        &self,
+        p: SuggestForSampleParams,
+    ) -> HResult<SuggestForSampleResult> {
         let model = self.require_model()?;
         let id = p.sample;
-        let (sample, pairs) = self.shared.store(move |s| Ok((s.sample(id)?, s.pairs_of(id)?))).await?;
+        let (sample, pairs) = self
+            .shared
+            .store(move |s| Ok((s.sample(id)?, s.pairs_of(id)?)))
+            .await?;
         let Some(q) = model.space(sample.modality).vector(id).map(<[f32]>::to_vec) else {
-            return Err(not_ready("not_embedded", format!("sample {id} is not in the served model yet (re-run align)")));
+            return Err(not_ready(
+                "not_embedded",
+                format!("sample {id} is not in the served model yet (re-run align)"),
+            ));
         };
         let rejected: HashSet<SampleId> = pairs
             .iter()
             .filter(|pr| pr.state == PairState::Rejected)
-            .map(|pr| if sample.modality == Modality::Image { pr.text } else { pr.image })
+            .map(|pr| {
+                if sample.modality == Modality::Image {
+                    pr.text
+                } else {
+                    pr.image
+                }
+            })
             .collect();
         let target = sample.modality.other();
         let k = p.k.clamp(1, MAX_K) as usize;
@@ -234,7 +313,11 @@ impl Backend {
             !model.held_out.contains(&c) && (p.include_rejected || !rejected.contains(&c))
         });
         let candidates = self.candidates(&model, target, hits, Some(id)).await?;
-        Ok(SuggestForSampleResult { sample, candidates, run: model.run })
+        Ok(SuggestForSampleResult {
+            sample,
+            candidates,
+            run: model.run,
+        })
     }
 
     /// Attach sample records and mutual-nearest-neighbour flags to raw hits.
@@ -250,13 +333,20 @@ impl Backend {
         let by_id: HashMap<SampleId, Sample> = samples.into_iter().map(|s| (s.id, s)).collect();
         let mut out = Vec::new();
         for (rank, (id, score)) in hits.into_iter().enumerate() {
-            let Some(sample) = by_id.get(&id).cloned() else { continue };
+            let Some(sample) = by_id.get(&id).cloned() else {
+                continue;
+            };
             // Mutual: the query sample is also this candidate's best partner.
             let mutual_nn = match (query, model.space(target).vector(id)) {
                 (Some(q), Some(v)) => model.best_in(target.other(), v) == Some(q),
                 _ => false,
             };
-            out.push(Candidate { sample, score: score as f64, rank: rank as u32 + 1, mutual_nn });
+            out.push(Candidate {
+                sample,
+                score: score as f64,
+                rank: rank as u32 + 1,
+                mutual_nn,
+            });
         }
         Ok(out)
     }
@@ -266,13 +356,34 @@ impl Backend {
         let (imgs, txts, rejected) = self
             .shared
             .store(|s| {
-                let imgs = s.list_samples(Modality::Image, Some(SampleState::Unpaired), None, 0, u32::MAX)?.0;
-                let txts = s.list_samples(Modality::Text, Some(SampleState::Unpaired), None, 0, u32::MAX)?.0;
-                let rejected: HashSet<(SampleId, SampleId)> = s.pair_ids(PairState::Rejected)?.into_iter().collect();
+                let imgs = s
+                    .list_samples(
+                        Modality::Image,
+                        Some(SampleState::Unpaired),
+                        None,
+                        0,
+                        u32::MAX,
+                    )?
+                    .0;
+                let txts = s
+                    .list_samples(
+                        Modality::Text,
+                        Some(SampleState::Unpaired),
+                        None,
+                        0,
+                        u32::MAX,
+                    )?
+                    .0;
+                let rejected: HashSet<(SampleId, SampleId)> =
+                    s.pair_ids(PairState::Rejected)?.into_iter().collect();
                 Ok((imgs, txts, rejected))
             })
             .await?;
-        let by_id: HashMap<SampleId, Sample> = imgs.iter().chain(txts.iter()).map(|s| (s.id, s.clone())).collect();
+        let by_id: HashMap<SampleId, Sample> = imgs
+            .iter()
+            .chain(txts.iter())
+            .map(|s| (s.id, s.clone()))
+            .collect();
         let img_ids: Vec<SampleId> = imgs.iter().map(|s| s.id).collect();
         let txt_ids: Vec<SampleId> = txts.iter().map(|s| s.id).collect();
         let limit = p.limit.clamp(1, MAX_PAGE) as usize;
@@ -298,19 +409,31 @@ impl Backend {
                 })
             })
             .collect();
-        Ok(SuggestPairsResult { strategy, run: model.run, suggestions })
+        Ok(SuggestPairsResult {
+            strategy,
+            run: model.run,
+            suggestions,
+        })
     }
 
     fn source(&self, given: Option<String>) -> String {
         given
-            .or_else(|| self.conn.client_name.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .or_else(|| {
+                self.conn
+                    .client_name
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            })
             .unwrap_or_else(|| format!("connection-{}", self.conn.id))
     }
 
     async fn decide(&self, kind: DecisionKind, p: DecideParams) -> HResult<DecisionResult> {
         let source = self.source(p.source);
         // Answered only after the transaction committed (synchronous=FULL): durable when acked.
-        self.shared.store(move |s| s.decide(kind, p.image, p.text, &source)).await
+        self.shared
+            .store(move |s| s.decide(kind, p.image, p.text, &source))
+            .await
     }
 
     async fn do_confirm(&self, p: DecideParams) -> HResult<DecisionResult> {
@@ -327,7 +450,10 @@ impl Backend {
 
     async fn do_list_pairs(&self, p: ListPairsParams) -> HResult<ListPairsResult> {
         let limit = p.limit.min(MAX_PAGE);
-        let (items, total) = self.shared.store(move |s| s.list_pairs(p.state, p.offset, limit)).await?;
+        let (items, total) = self
+            .shared
+            .store(move |s| s.list_pairs(p.state, p.offset, limit))
+            .await?;
         Ok(ListPairsResult { items, total })
     }
 
@@ -342,19 +468,25 @@ impl Backend {
             SearchQuery::Sample(id) => {
                 let sample = self.shared.store(move |s| s.sample(id)).await?;
                 let Some(v) = model.space(sample.modality).vector(id) else {
-                    return Err(not_ready("not_embedded", format!("sample {id} is not in the served model yet (re-run align)")));
+                    return Err(not_ready(
+                        "not_embedded",
+                        format!("sample {id} is not in the served model yet (re-run align)"),
+                    ));
                 };
                 (sample.modality, v.to_vec())
             }
             SearchQuery::Vector { modality, values } => {
                 let dim = self.shared.store(move |s| s.dim(modality)).await?;
                 let Some(dim) = dim else {
-                    return Err(not_ready("no_samples", format!("no {modality:?} samples stored yet")));
+                    return Err(not_ready(
+                        "no_samples",
+                        format!("no {modality:?} samples stored yet"),
+                    ));
                 };
                 values.validate(dim)?;
-                let e = model
-                    .embed_raw(modality, &values.0)
-                    .map_err(|e| ErrorObject::invalid_params(format!("cannot embed the vector: {e}")))?;
+                let e = model.embed_raw(modality, &values.0).map_err(|e| {
+                    ErrorObject::invalid_params(format!("cannot embed the vector: {e}"))
+                })?;
                 (modality, e)
             }
             SearchQuery::Text(text) => {
@@ -368,7 +500,11 @@ impl Backend {
         let target = p.target.unwrap_or(query_modality.other());
         let hits = model.space(target).top_k(&q, k, |_| true);
         let hits = self.candidates(&model, target, hits, query_id).await?;
-        Ok(SearchResult { hits, run: model.run, index: model.index_kind() })
+        Ok(SearchResult {
+            hits,
+            run: model.run,
+            index: model.index_kind(),
+        })
     }
 
     async fn do_align(&self, p: AlignParams) -> HResult<AlignResult> {
@@ -380,13 +516,19 @@ impl Backend {
 
     async fn do_cancel(&self, p: CancelParams) -> HResult<CancelResult> {
         let job = self.shared.jobs.cancel(p.job).ok_or_else(|| {
-            ErrorObject::new(codes::UNKNOWN_JOB, format!("unknown job {}", p.job)).with_data(json!({ "job": p.job }))
+            ErrorObject::new(codes::UNKNOWN_JOB, format!("unknown job {}", p.job))
+                .with_data(json!({ "job": p.job }))
         })?;
         Ok(CancelResult { job })
     }
 
     async fn do_jobs(&self, p: JobsParams) -> HResult<JobsResult> {
-        Ok(JobsResult { jobs: self.shared.jobs.list(p.include_finished, p.limit.min(MAX_PAGE) as usize) })
+        Ok(JobsResult {
+            jobs: self
+                .shared
+                .jobs
+                .list(p.include_finished, p.limit.min(MAX_PAGE) as usize),
+        })
     }
 
     async fn do_evaluate(&self, p: EvaluateParams) -> HResult<EvaluateResult> {
@@ -397,7 +539,10 @@ impl Backend {
             let stored = self.shared.store(move |s| s.run(run)).await?;
             return match stored.info.metrics {
                 Some(metrics) => Ok(EvaluateResult { run, metrics }),
-                None => Err(not_ready("no_metrics", format!("run {run} has no recorded metrics"))),
+                None => Err(not_ready(
+                    "no_metrics",
+                    format!("run {run} has no recorded metrics"),
+                )),
             };
         }
         let (held, captions) = self
@@ -405,22 +550,29 @@ impl Backend {
             .store(|s| {
                 let held = s.pair_ids(PairState::HeldOut)?;
                 let texts: Vec<SampleId> = held.iter().map(|p| p.1).collect();
-                let caps: HashMap<SampleId, String> =
-                    s.samples(&texts)?.into_iter().filter_map(|t| Some((t.id, t.text?))).collect();
+                let caps: HashMap<SampleId, String> = s
+                    .samples(&texts)?
+                    .into_iter()
+                    .filter_map(|t| Some((t.id, t.text?)))
+                    .collect();
                 Ok((held, caps))
             })
             .await?;
         let metrics = model
             .evaluate(&held, &captions)
             .ok_or_else(|| not_ready("no_held_out", "no held-out pairs to evaluate on"))?;
-        self.shared.store(move |s| s.set_run_metrics(run, &metrics)).await?;
+        self.shared
+            .store(move |s| s.set_run_metrics(run, &metrics))
+            .await?;
         Ok(EvaluateResult { run, metrics })
     }
 
     async fn do_runs(&self, p: RunsParams) -> HResult<RunsResult> {
         let limit = p.limit.min(MAX_PAGE);
         let runs = self.shared.store(move |s| s.runs(limit)).await?;
-        Ok(RunsResult { runs: runs.into_iter().map(|r| r.info).collect() })
+        Ok(RunsResult {
+            runs: runs.into_iter().map(|r| r.info).collect(),
+        })
     }
 
     async fn do_ingest(&self, p: IngestParams) -> HResult<IngestResult> {

@@ -7,7 +7,11 @@ use crate::store::StoreError;
 
 /// Convert a protocol error object into tower-lsp-server's error type (same wire shape).
 pub fn to_rpc(e: ErrorObject) -> jsonrpc::Error {
-    jsonrpc::Error { code: jsonrpc::ErrorCode::from(e.code), message: e.message.into(), data: e.data }
+    jsonrpc::Error {
+        code: jsonrpc::ErrorCode::from(e.code),
+        message: e.message.into(),
+        data: e.data,
+    }
 }
 
 /// Handler result: the protocol's error object, converted at the tower-lsp boundary.
@@ -33,25 +37,34 @@ impl From<StoreError> for ErrorObject {
     fn from(e: StoreError) -> Self {
         let msg = e.to_string();
         match e {
-            StoreError::UnknownSample(id) => ErrorObject::new(codes::UNKNOWN_SAMPLE, msg).with_data(json!({ "sample": id })),
-            StoreError::WrongModality { sample, expected, .. } => {
-                ErrorObject::new(codes::WRONG_MODALITY, msg).with_data(json!({ "sample": sample, "expected": expected }))
+            StoreError::UnknownSample(id) => {
+                ErrorObject::new(codes::UNKNOWN_SAMPLE, msg).with_data(json!({ "sample": id }))
             }
+            StoreError::WrongModality {
+                sample, expected, ..
+            } => ErrorObject::new(codes::WRONG_MODALITY, msg)
+                .with_data(json!({ "sample": sample, "expected": expected })),
             StoreError::UnknownDecision(id) => {
                 ErrorObject::new(codes::UNKNOWN_DECISION, msg).with_data(json!({ "decision": id }))
             }
-            StoreError::UnknownRun(id) => ErrorObject::new(codes::UNKNOWN_RUN, msg).with_data(json!({ "run": id })),
-            StoreError::Conflict { reason, .. } => {
-                ErrorObject::new(codes::DECISION_CONFLICT, msg).with_data(json!({ "reason": reason }))
+            StoreError::UnknownRun(id) => {
+                ErrorObject::new(codes::UNKNOWN_RUN, msg).with_data(json!({ "run": id }))
             }
-            StoreError::NothingToUndo => {
-                ErrorObject::new(codes::DECISION_CONFLICT, msg).with_data(json!({ "reason": "nothing_to_undo" }))
-            }
-            StoreError::Dimension { expected, actual, .. } => ErrorObject::new(codes::DIMENSION_MISMATCH, msg)
+            StoreError::Conflict { reason, .. } => ErrorObject::new(codes::DECISION_CONFLICT, msg)
+                .with_data(json!({ "reason": reason })),
+            StoreError::NothingToUndo => ErrorObject::new(codes::DECISION_CONFLICT, msg)
+                .with_data(json!({ "reason": "nothing_to_undo" })),
+            StoreError::Dimension {
+                expected, actual, ..
+            } => ErrorObject::new(codes::DIMENSION_MISMATCH, msg)
                 .with_data(json!({ "expected": expected, "actual": actual })),
-            StoreError::Sqlite(_) | StoreError::Io { .. } | StoreError::SchemaTooNew { .. } | StoreError::Corrupt(_) => {
-                ErrorObject::new(codes::STORAGE_ERROR, format!("{msg}; the operation was not recorded"))
-            }
+            StoreError::Sqlite(_)
+            | StoreError::Io { .. }
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::Corrupt(_) => ErrorObject::new(
+                codes::STORAGE_ERROR,
+                format!("{msg}; the operation was not recorded"),
+            ),
         }
     }
 }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::json;
-use sotalign_protocol::types::{EmbeddedSample, IngestResult, IngestSource, JobKind, JobStage, Modality};
+use sotalign_protocol::types::{
+    EmbeddedSample, IngestResult, IngestSource, JobKind, JobStage, Modality,
+};
 use sotalign_protocol::vector::Vector;
 use sotalign_protocol::{ErrorObject, codes};
 
@@ -60,13 +62,30 @@ fn embedded_batch(items: Vec<EmbeddedSample>, mut dims: [Option<usize>; 2]) -> H
     }
     let mut samples = Vec::with_capacity(items.len());
     for (n, it) in items.into_iter().enumerate() {
-        check_vector(&it.vector, &format!("sample {n} ({:?})", it.key), &mut dims, it.modality)?;
+        check_vector(
+            &it.vector,
+            &format!("sample {n} ({:?})", it.key),
+            &mut dims,
+            it.modality,
+        )?;
         if it.key.is_empty() {
-            return Err(ErrorObject::invalid_params(format!("sample {n}: empty key")));
+            return Err(ErrorObject::invalid_params(format!(
+                "sample {n}: empty key"
+            )));
         }
-        samples.push(NewSample { modality: it.modality, key: it.key, path: it.path, text: it.text, vector: Some(it.vector.0) });
+        samples.push(NewSample {
+            modality: it.modality,
+            key: it.key,
+            path: it.path,
+            text: it.text,
+            vector: Some(it.vector.0),
+        });
     }
-    Ok(Batch { samples, pairs: Vec::new(), encoders: (None, None) })
+    Ok(Batch {
+        samples,
+        pairs: Vec::new(),
+        encoders: (None, None),
+    })
 }
 
 #[derive(Deserialize)]
@@ -103,10 +122,15 @@ pub fn read_npy_f32(path: &Path) -> Result<Matrix, String> {
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(bad(&format!("version {v}"))),
     };
-    let header = bytes.get(start..start + hlen).ok_or_else(|| bad("truncated header"))?;
+    let header = bytes
+        .get(start..start + hlen)
+        .ok_or_else(|| bad("truncated header"))?;
     let header = String::from_utf8_lossy(header);
     let compact: String = header.chars().filter(|c| !c.is_whitespace()).collect();
     if !compact.contains("'descr':'<f4'") {
@@ -120,38 +144,59 @@ pub fn read_npy_f32(path: &Path) -> Result<Matrix, String> {
         .nth(1)
         .and_then(|s| s.split(')').next())
         .ok_or_else(|| bad("no shape"))?;
-    let dims: Vec<usize> = shape.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| bad("bad shape"))).collect::<Result<_, _>>()?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| bad("bad shape")))
+        .collect::<Result<_, _>>()?;
     let [rows, cols] = dims[..] else {
         return Err(bad(&format!("expected a 2-D array, got shape ({shape})")));
     };
     let data = &bytes[start + hlen..];
     if data.len() != rows * cols * 4 {
-        return Err(bad(&format!("{} data bytes for shape ({rows}, {cols})", data.len())));
+        return Err(bad(&format!(
+            "{} data bytes for shape ({rows}, {cols})",
+            data.len()
+        )));
     }
-    let v = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let v = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     Matrix::from_vec(rows, cols, v).map_err(|e| bad(&e.to_string()))
 }
 
 fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
     let where_ = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| invalid_input(format!("cannot read manifest: {e}"), Some(&where_)))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid_input(format!("cannot read manifest: {e}"), Some(&where_)))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let line_err = |n: usize, msg: String| {
-        ErrorObject::new(codes::INVALID_INPUT, format!("{where_}:{n}: {msg}")).with_data(json!({ "path": where_, "line": n }))
+        ErrorObject::new(codes::INVALID_INPUT, format!("{where_}:{n}: {msg}"))
+            .with_data(json!({ "path": where_, "line": n }))
     };
-    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#')).peekable();
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .peekable();
     let mut mats: [Option<Matrix>; 2] = [None, None];
     let mut encoders = (None, None);
     if let Some((n, first)) = lines.peek().copied()
         && (first.contains("\"embeddings\"") || first.contains("\"encoders\""))
     {
         lines.next();
-        let h: Header = serde_json::from_str(first).map_err(|e| line_err(n, format!("bad header: {e}")))?;
+        let h: Header =
+            serde_json::from_str(first).map_err(|e| line_err(n, format!("bad header: {e}")))?;
         if let Some(f) = h.embeddings {
             for (slot, file) in [(0, f.image), (1, f.text)] {
                 if let Some(file) = file {
                     let p: PathBuf = base.join(&file);
-                    mats[slot] = Some(read_npy_f32(&p).map_err(|e| invalid_input(e, Some(&p.display().to_string())))?);
+                    mats[slot] = Some(
+                        read_npy_f32(&p)
+                            .map_err(|e| invalid_input(e, Some(&p.display().to_string())))?,
+                    );
                 }
             }
         }
@@ -162,24 +207,33 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
     let mut samples = Vec::new();
     let mut pairs = Vec::new();
     for (n, raw) in lines {
-        let l: Line = serde_json::from_str(raw).map_err(|e| line_err(n, format!("bad item: {e}")))?;
-        let mut side = |slot: usize, m: Modality, row: Option<usize>| -> HResult<Option<Vec<f32>>> {
-            let Some(r) = row else { return Ok(None) };
-            let mat = mats[slot].as_ref().ok_or_else(|| {
-                line_err(n, format!("{m:?} row given but the header names no {m:?} embeddings file").to_lowercase())
-            })?;
-            if r >= mat.rows {
-                return Err(line_err(n, format!("row {r} is out of range (the file has {} rows)", mat.rows)));
-            }
-            let v = Vector(mat.row(r).to_vec());
-            check_vector(&v, &format!("{where_}:{n}"), &mut dims, m).map_err(|mut e| {
-                if let Some(serde_json::Value::Object(d)) = &mut e.data {
-                    d.insert("line".into(), json!(n));
+        let l: Line =
+            serde_json::from_str(raw).map_err(|e| line_err(n, format!("bad item: {e}")))?;
+        let mut side =
+            |slot: usize, m: Modality, row: Option<usize>| -> HResult<Option<Vec<f32>>> {
+                let Some(r) = row else { return Ok(None) };
+                let mat = mats[slot].as_ref().ok_or_else(|| {
+                    line_err(
+                        n,
+                        format!("{m:?} row given but the header names no {m:?} embeddings file")
+                            .to_lowercase(),
+                    )
+                })?;
+                if r >= mat.rows {
+                    return Err(line_err(
+                        n,
+                        format!("row {r} is out of range (the file has {} rows)", mat.rows),
+                    ));
                 }
-                e
-            })?;
-            Ok(Some(v.0))
-        };
+                let v = Vector(mat.row(r).to_vec());
+                check_vector(&v, &format!("{where_}:{n}"), &mut dims, m).map_err(|mut e| {
+                    if let Some(serde_json::Value::Object(d)) = &mut e.data {
+                        d.insert("line".into(), json!(n));
+                    }
+                    e
+                })?;
+                Ok(Some(v.0))
+            };
         let ivec = side(0, Modality::Image, l.image_row)?;
         let tvec = side(1, Modality::Text, l.text_row)?;
         let has_image = l.image.is_some() || ivec.is_some();
@@ -196,7 +250,10 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
             ));
         }
         let key = l.key.clone().or_else(|| {
-            l.image.as_deref().and_then(|p| Path::new(p).file_stem()).map(|s| s.to_string_lossy().into_owned())
+            l.image
+                .as_deref()
+                .and_then(|p| Path::new(p).file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
         });
         let img_idx = has_image.then(|| {
             samples.push(NewSample {
@@ -220,21 +277,43 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
         });
         if let (Some(i), Some(t)) = (img_idx, txt_idx) {
             match l.split.as_deref().unwrap_or("train") {
-                "train" => pairs.push(NewPair { image: i, text: t, held_out: false }),
-                "test" => pairs.push(NewPair { image: i, text: t, held_out: true }),
+                "train" => pairs.push(NewPair {
+                    image: i,
+                    text: t,
+                    held_out: false,
+                }),
+                "test" => pairs.push(NewPair {
+                    image: i,
+                    text: t,
+                    held_out: true,
+                }),
                 "unpaired" => {}
-                other => return Err(line_err(n, format!("unknown split {other:?} (train, test, unpaired)"))),
+                other => {
+                    return Err(line_err(
+                        n,
+                        format!("unknown split {other:?} (train, test, unpaired)"),
+                    ));
+                }
             }
         }
     }
     if samples.is_empty() {
-        return Err(invalid_input(format!("{where_}: the manifest holds no items"), Some(&where_)));
+        return Err(invalid_input(
+            format!("{where_}: the manifest holds no items"),
+            Some(&where_),
+        ));
     }
-    Ok(Batch { samples, pairs, encoders })
+    Ok(Batch {
+        samples,
+        pairs,
+        encoders,
+    })
 }
 
 pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestResult> {
-    let dims = shared.store(|s| Ok([s.dim(Modality::Image)?, s.dim(Modality::Text)?])).await?;
+    let dims = shared
+        .store(|s| Ok([s.dim(Modality::Image)?, s.dim(Modality::Text)?]))
+        .await?;
     let batch = match source {
         IngestSource::Embedded(items) => embedded_batch(items, dims)?,
         IngestSource::Manifest(path) => {
@@ -251,9 +330,13 @@ pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestR
         }
     };
     let accepted = batch.samples.len() as u64;
-    let handle = shared.jobs.start(JobKind::Ingest, None, "ingest".into()).map_err(|running| {
-        ErrorObject::new(codes::JOB_CONFLICT, "an ingest job is already running").with_data(json!({ "job": running }))
-    })?;
+    let handle = shared
+        .jobs
+        .start(JobKind::Ingest, None, "ingest".into())
+        .map_err(|running| {
+            ErrorObject::new(codes::JOB_CONFLICT, "an ingest job is already running")
+                .with_data(json!({ "job": running }))
+        })?;
     let job = handle.id;
     let sh = shared.clone();
     tokio::task::spawn_blocking(move || {
@@ -284,16 +367,28 @@ pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestR
                     total,
                     loss: None,
                     percentage: 80.0,
-                    message: Some(format!("{} new, {} already stored, {} pairs", r.inserted, r.duplicates, r.pairs)),
+                    message: Some(format!(
+                        "{} new, {} already stored, {} pairs",
+                        r.inserted, r.duplicates, r.pairs
+                    )),
                 });
                 if r.inserted > 0
                     && let Err(e) = refresh_served(&sh)
                 {
-                    tracing::warn!("ingest: could not map the new samples into the served model: {}", e.message);
+                    tracing::warn!(
+                        "ingest: could not map the new samples into the served model: {}",
+                        e.message
+                    );
                 }
-                handle.finish(Outcome { ingested: Some(r.inserted), ..Outcome::succeeded() });
+                handle.finish(Outcome {
+                    ingested: Some(r.inserted),
+                    ..Outcome::succeeded()
+                });
             }
-            Err(e) => handle.finish(Outcome { ingested: Some(0), ..Outcome::failed(e) }),
+            Err(e) => handle.finish(Outcome {
+                ingested: Some(0),
+                ..Outcome::failed(e)
+            }),
         }
     });
     Ok(IngestResult { job, accepted })
@@ -302,7 +397,9 @@ pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestR
 /// Re-map every stored sample through the served model so new samples are searchable without
 /// a new alignment (the model itself is unchanged).
 fn refresh_served(shared: &Arc<Shared>) -> HResult<()> {
-    let Some(cur) = shared.model() else { return Ok(()) };
+    let Some(cur) = shared.model() else {
+        return Ok(());
+    };
     let snap = shared.store_blocking(|s| s.training_snapshot())?;
     let (model, fitted) = match shared.store_blocking(|s| s.run(cur.run))?.checkpoint {
         Some(p) => super::fit::restore(Path::new(&p)).map_err(internal)?,

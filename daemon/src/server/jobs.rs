@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use sotalign_protocol::types::{
-    JobFinishedParams, JobId, JobInfo, JobKind, JobProgress, JobStage, JobState, ProgressKind, ProgressParams,
-    ProgressToken, RetrievalMetrics, RunId,
+    JobFinishedParams, JobId, JobInfo, JobKind, JobProgress, JobStage, JobState, ProgressKind,
+    ProgressParams, ProgressToken, RetrievalMetrics, RunId,
 };
 use sotalign_protocol::{ErrorObject, Message, Notification, names};
 use tokio::sync::broadcast;
@@ -44,7 +44,13 @@ pub struct Jobs {
 
 impl Jobs {
     pub fn new(notify: broadcast::Sender<Message>) -> Self {
-        Self { inner: Mutex::new(Inner { next_id: 1, jobs: BTreeMap::new() }), notify }
+        Self {
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                jobs: BTreeMap::new(),
+            }),
+            notify,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -55,9 +61,18 @@ impl Jobs {
 
     /// Register a job of `kind`; refused (with the running job's id) when one of the same kind
     /// is still active: one alignment and one ingest at a time.
-    pub fn start(self: &Arc<Self>, kind: JobKind, run: Option<RunId>, title: String) -> Result<JobHandle, JobId> {
+    pub fn start(
+        self: &Arc<Self>,
+        kind: JobKind,
+        run: Option<RunId>,
+        title: String,
+    ) -> Result<JobHandle, JobId> {
         let mut g = self.lock();
-        if let Some(e) = g.jobs.values().find(|e| e.info.kind == kind && !e.info.state.is_finished()) {
+        if let Some(e) = g
+            .jobs
+            .values()
+            .find(|e| e.info.kind == kind && !e.info.state.is_finished())
+        {
             return Err(e.info.id);
         }
         let id = JobId(g.next_id);
@@ -82,7 +97,15 @@ impl Jobs {
                 cancel: cancel.clone(),
             },
         );
-        Ok(JobHandle { id, kind, jobs: self.clone(), cancel, started: Instant::now(), title, finished: false })
+        Ok(JobHandle {
+            id,
+            kind,
+            jobs: self.clone(),
+            cancel,
+            started: Instant::now(),
+            title,
+            finished: false,
+        })
     }
 
     /// Run ids are only known once the store has created the run; set it before the first
@@ -118,7 +141,12 @@ impl Jobs {
 
     /// Active jobs, oldest first.
     pub fn active(&self) -> Vec<JobInfo> {
-        self.lock().jobs.values().filter(|e| !e.info.state.is_finished()).map(|e| e.info.clone()).collect()
+        self.lock()
+            .jobs
+            .values()
+            .filter(|e| !e.info.state.is_finished())
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     /// Active jobs, plus finished ones when asked, newest first, at most `limit`.
@@ -185,7 +213,9 @@ impl JobHandle {
         let pct = r.percentage.clamp(0.0, 100.0);
         let eta = (pct >= 1.0 && pct < 100.0).then(|| elapsed * (100.0 - pct) / pct);
         let mut g = self.jobs.lock();
-        let Some(e) = g.jobs.get_mut(&self.id.0) else { return };
+        let Some(e) = g.jobs.get_mut(&self.id.0) else {
+            return;
+        };
         e.info.last_seq += 1;
         e.info.stage = Some(r.stage);
         e.info.step = r.step;
@@ -194,7 +224,11 @@ impl JobHandle {
         let params = ProgressParams {
             token: ProgressToken::for_job(self.id),
             value: JobProgress {
-                kind: if seq == 1 { ProgressKind::Begin } else { ProgressKind::Report },
+                kind: if seq == 1 {
+                    ProgressKind::Begin
+                } else {
+                    ProgressKind::Report
+                },
                 title: (seq == 1).then(|| self.title.clone()),
                 message: r.message,
                 percentage: Some(pct.round() as u32),
@@ -221,7 +255,9 @@ impl JobHandle {
     fn finish_inner(&self, o: Outcome) {
         let elapsed = self.elapsed_secs();
         let mut g = self.jobs.lock();
-        let Some(e) = g.jobs.get_mut(&self.id.0) else { return };
+        let Some(e) = g.jobs.get_mut(&self.id.0) else {
+            return;
+        };
         e.info.last_seq += 1;
         e.info.state = o.state;
         e.info.finished_at_ms = Some(now_ms());
@@ -240,7 +276,11 @@ impl JobHandle {
                 message: Some(match o.state {
                     JobState::Succeeded => "done".to_string(),
                     JobState::Cancelled => "cancelled".to_string(),
-                    _ => o.error.as_ref().map(|e| format!("failed: {}", e.message)).unwrap_or_else(|| "failed".into()),
+                    _ => o
+                        .error
+                        .as_ref()
+                        .map(|e| format!("failed: {}", e.message))
+                        .unwrap_or_else(|| "failed".into()),
                 }),
                 percentage: Some(100),
                 job: self.id,
@@ -267,8 +307,16 @@ impl JobHandle {
         };
         self.jobs.send(names::JOB_FINISHED, &fin);
         // Forget the oldest finished jobs beyond the cap.
-        let finished: Vec<u64> = g.jobs.iter().filter(|(_, e)| e.info.state.is_finished()).map(|(k, _)| *k).collect();
-        for k in finished.iter().take(finished.len().saturating_sub(KEEP_FINISHED)) {
+        let finished: Vec<u64> = g
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.info.state.is_finished())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in finished
+            .iter()
+            .take(finished.len().saturating_sub(KEEP_FINISHED))
+        {
             g.jobs.remove(k);
         }
     }
@@ -277,7 +325,9 @@ impl JobHandle {
 impl Drop for JobHandle {
     fn drop(&mut self) {
         if !self.finished {
-            self.finish_inner(Outcome::failed(crate::server::errors::internal("the job stopped unexpectedly")));
+            self.finish_inner(Outcome::failed(crate::server::errors::internal(
+                "the job stopped unexpectedly",
+            )));
         }
     }
 }
@@ -293,15 +343,30 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn succeeded() -> Self {
-        Self { state: JobState::Succeeded, metrics: None, ingested: None, error: None }
+        Self {
+            state: JobState::Succeeded,
+            metrics: None,
+            ingested: None,
+            error: None,
+        }
     }
 
     pub fn cancelled() -> Self {
-        Self { state: JobState::Cancelled, metrics: None, ingested: None, error: None }
+        Self {
+            state: JobState::Cancelled,
+            metrics: None,
+            ingested: None,
+            error: None,
+        }
     }
 
     pub fn failed(e: ErrorObject) -> Self {
-        Self { state: JobState::Failed, metrics: None, ingested: None, error: Some(e) }
+        Self {
+            state: JobState::Failed,
+            metrics: None,
+            ingested: None,
+            error: Some(e),
+        }
     }
 }
 
@@ -311,7 +376,14 @@ mod tests {
     use sotalign_protocol::ServerNotification;
 
     fn report(step: u64) -> Report {
-        Report { stage: JobStage::Refine, step, total: 10, loss: Some(1.0), percentage: step as f64 * 10.0, message: None }
+        Report {
+            stage: JobStage::Refine,
+            step,
+            total: 10,
+            loss: Some(1.0),
+            percentage: step as f64 * 10.0,
+            message: None,
+        }
     }
 
     #[test]
@@ -320,7 +392,10 @@ mod tests {
         let jobs = Arc::new(Jobs::new(tx));
         let h = jobs.start(JobKind::Align, None, "align".into()).unwrap();
         // A second alignment is refused while the first runs; an ingest is not.
-        assert_eq!(jobs.start(JobKind::Align, None, "x".into()).err(), Some(h.id));
+        assert_eq!(
+            jobs.start(JobKind::Align, None, "x".into()).err(),
+            Some(h.id)
+        );
         let other = jobs.start(JobKind::Ingest, None, "ingest".into()).unwrap();
         other.finish(Outcome::succeeded());
         while rx.try_recv().is_ok() {}
@@ -340,7 +415,12 @@ mod tests {
         }
         assert_eq!(
             seqs,
-            vec![(1, ProgressKind::Begin), (2, ProgressKind::Report), (3, ProgressKind::Report), (4, ProgressKind::End)]
+            vec![
+                (1, ProgressKind::Begin),
+                (2, ProgressKind::Report),
+                (3, ProgressKind::Report),
+                (4, ProgressKind::End)
+            ]
         );
         let f = finished.unwrap();
         assert_eq!((f.job, f.last_seq, f.state), (id, 4, JobState::Succeeded));

@@ -58,7 +58,9 @@ pub struct ServeArgs {
 }
 
 pub fn default_data_dir() -> PathBuf {
-    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("sotalign")
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("sotalign")
 }
 
 fn parse_device(d: &str) -> anyhow::Result<String> {
@@ -67,10 +69,14 @@ fn parse_device(d: &str) -> anyhow::Result<String> {
         d if d == "cuda" || d.starts_with("cuda:") => {
             if cfg!(feature = "cuda") {
                 let n = d.strip_prefix("cuda:").unwrap_or("0");
-                let n: usize = n.parse().with_context(|| format!("bad CUDA device index in {d:?}"))?;
+                let n: usize = n
+                    .parse()
+                    .with_context(|| format!("bad CUDA device index in {d:?}"))?;
                 Ok(format!("cuda:{n}"))
             } else {
-                bail!("--device {d}: this sotalign was built without the `cuda` feature (cargo build --features cuda)")
+                bail!(
+                    "--device {d}: this sotalign was built without the `cuda` feature (cargo build --features cuda)"
+                )
             }
         }
         other => bail!("unknown --device {other:?} (cpu, cuda, cuda:N)"),
@@ -86,7 +92,9 @@ pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
         && !addr.ip().is_loopback()
         && args.token.is_none()
     {
-        bail!("--listen {addr} is not a loopback address: clients on the network could reach the daemon, so --token is required");
+        bail!(
+            "--listen {addr} is not a loopback address: clients on the network could reach the daemon, so --token is required"
+        );
     }
     let device = parse_device(&args.device)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -94,10 +102,14 @@ pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sotalign-serve").build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sotalign-serve")
+        .build()?;
     let result = rt.block_on(serve(args, data_dir, device));
     // A blocking read of stdin may still be pending: do not wait for it.
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -105,14 +117,21 @@ pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Result<()> {
-    let mut store = crate::store::Store::open(&data_dir).with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let mut store = crate::store::Store::open(&data_dir)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let interrupted = store.fail_interrupted_runs()?;
     if interrupted > 0 {
         tracing::warn!("{interrupted} run(s) were interrupted by an earlier stop; marked failed");
     }
     let last = store.latest_servable_run()?;
     let shared = Shared::new(
-        Options { data_dir: data_dir.clone(), device, token: args.token.clone(), max_body: args.max_body, assets_dir: None },
+        Options {
+            data_dir: data_dir.clone(),
+            device,
+            token: args.token.clone(),
+            max_body: args.max_body,
+            assets_dir: None,
+        },
         store,
     );
     if let Some(run) = last {
@@ -127,9 +146,17 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
     spawn_signal_handler(shared.clone());
     if args.stdio {
         let conn = Arc::new(ConnState::new(shared.next_connection_id(), false));
-        transport::serve_connection(tokio::io::stdin(), tokio::io::stdout(), shared.clone(), conn).await;
+        transport::serve_connection(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+            shared.clone(),
+            conn,
+        )
+        .await;
     } else if let Some(addr) = args.listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
         // Tests and scripts read this line to learn the port (with --listen 127.0.0.1:0).
         eprintln!("sotalign: listening on {local}");
@@ -173,7 +200,10 @@ fn spawn_signal_handler(shared: Arc<Shared>) {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 tracing::error!("cannot install signal handlers");
                 return;
             };
@@ -192,9 +222,13 @@ fn spawn_signal_handler(shared: Arc<Shared>) {
 
 /// Rebuild the served model of a stored run from its checkpoint.
 fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), String> {
-    let Some(path) = run.checkpoint.as_deref() else { return Err("the run has no checkpoint".into()) };
+    let Some(path) = run.checkpoint.as_deref() else {
+        return Err("the run has no checkpoint".into());
+    };
     let (model, fitted) = fit::restore(std::path::Path::new(path))?;
-    let snap = shared.store_blocking(|s| s.training_snapshot()).map_err(|e| e.message)?;
+    let snap = shared
+        .store_blocking(|s| s.training_snapshot())
+        .map_err(|e| e.message)?;
     let held = snap.held_out.iter().flat_map(|(i, t)| [*i, *t]).collect();
     let served = model::Served::build(
         run.info.id,

@@ -12,7 +12,9 @@ use std::collections::{HashMap, HashSet};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sotalign_protocol::types::{AlignMethod, IndexKind, Modality, Recall, RetrievalMetrics, RunId, SampleId, Strategy};
+use sotalign_protocol::types::{
+    AlignMethod, IndexKind, Modality, Recall, RetrievalMetrics, RunId, SampleId, Strategy,
+};
 
 use crate::align::{AlignError, Aligned, Matrix};
 use crate::store::Embeddings;
@@ -28,7 +30,11 @@ pub struct Space {
 impl Space {
     fn new(ids: Vec<SampleId>, emb: Matrix) -> Self {
         let pos = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        Self { ids, pos, emb: emb.l2_normalized() }
+        Self {
+            ids,
+            pos,
+            emb: emb.l2_normalized(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -49,13 +55,25 @@ impl Space {
 
     /// Cosine of `q` (unit) against every row.
     pub fn scores(&self, q: &[f32]) -> Vec<f32> {
-        (0..self.emb.rows).map(|r| dot(self.emb.row(r), q)).collect()
+        (0..self.emb.rows)
+            .map(|r| dot(self.emb.row(r), q))
+            .collect()
     }
 
     /// The `k` best rows for `q` among those `keep` admits, best first.
-    pub fn top_k(&self, q: &[f32], k: usize, keep: impl Fn(SampleId) -> bool) -> Vec<(SampleId, f32)> {
-        let mut scored: Vec<(SampleId, f32)> =
-            self.scores(q).into_iter().enumerate().map(|(r, s)| (self.ids[r], s)).filter(|(id, _)| keep(*id)).collect();
+    pub fn top_k(
+        &self,
+        q: &[f32],
+        k: usize,
+        keep: impl Fn(SampleId) -> bool,
+    ) -> Vec<(SampleId, f32)> {
+        let mut scored: Vec<(SampleId, f32)> = self
+            .scores(q)
+            .into_iter()
+            .enumerate()
+            .map(|(r, s)| (self.ids[r], s))
+            .filter(|(id, _)| keep(*id))
+            .collect();
         let k = k.min(scored.len());
         if k == 0 {
             return Vec::new();
@@ -144,15 +162,24 @@ impl Served {
 
     /// The best partner (of modality `m`, not held out) of shared-space vector `q`.
     pub fn best_in(&self, m: Modality, q: &[f32]) -> Option<SampleId> {
-        self.space(m).top_k(q, 1, |id| !self.held_out.contains(&id)).first().map(|h| h.0)
+        self.space(m)
+            .top_k(q, 1, |id| !self.held_out.contains(&id))
+            .first()
+            .map(|h| h.0)
     }
 
     /// Retrieval on held-out pairs with the reference ranking rule (tests/fixtures/reference/
     /// PROTOCOL.md): the gallery is every held-out pair's other side; an item is correct when
     /// its caption equals the query's; rank = incorrect items scoring >= the best correct one.
-    pub fn evaluate(&self, pairs: &[(SampleId, SampleId)], captions: &HashMap<SampleId, String>) -> Option<RetrievalMetrics> {
-        let rows: Vec<(usize, usize)> =
-            pairs.iter().filter_map(|(i, t)| Some((self.images.row_of(*i)?, self.texts.row_of(*t)?))).collect();
+    pub fn evaluate(
+        &self,
+        pairs: &[(SampleId, SampleId)],
+        captions: &HashMap<SampleId, String>,
+    ) -> Option<RetrievalMetrics> {
+        let rows: Vec<(usize, usize)> = pairs
+            .iter()
+            .filter_map(|(i, t)| Some((self.images.row_of(*i)?, self.texts.row_of(*t)?)))
+            .collect();
         if rows.is_empty() {
             return None;
         }
@@ -166,21 +193,40 @@ impl Served {
                 *groups.entry(key).or_insert(n)
             })
             .collect();
-        let x = self.images.emb.select_rows(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
-        let y = self.texts.emb.select_rows(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let x = self
+            .images
+            .emb
+            .select_rows(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
+        let y = self
+            .texts
+            .emb
+            .select_rows(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
         let s = x.matmul_t(&y);
         let n = rows.len();
         let rank = |score: &dyn Fn(usize, usize) -> f32, q: usize| -> usize {
-            let best = (0..n).filter(|&g| labels[g] == labels[q]).map(|g| score(q, g)).fold(f32::NEG_INFINITY, f32::max);
-            (0..n).filter(|&g| labels[g] != labels[q] && score(q, g) >= best).count()
+            let best = (0..n)
+                .filter(|&g| labels[g] == labels[q])
+                .map(|g| score(q, g))
+                .fold(f32::NEG_INFINITY, f32::max);
+            (0..n)
+                .filter(|&g| labels[g] != labels[q] && score(q, g) >= best)
+                .count()
         };
         let i2t: Vec<usize> = (0..n).map(|q| rank(&|a, b| s.data[a * n + b], q)).collect();
         let t2i: Vec<usize> = (0..n).map(|q| rank(&|a, b| s.data[b * n + a], q)).collect();
         let recall = |r: &[usize]| {
             let at = |k: usize| r.iter().filter(|&&x| x < k).count() as f64 / r.len() as f64;
-            Recall { r1: at(1), r5: at(5), r10: at(10) }
+            Recall {
+                r1: at(1),
+                r5: at(5),
+                r10: at(10),
+            }
         };
-        Some(RetrievalMetrics { image_to_text: recall(&i2t), text_to_image: recall(&t2i), pairs: n as u64 })
+        Some(RetrievalMetrics {
+            image_to_text: recall(&i2t),
+            text_to_image: recall(&t2i),
+            pairs: n as u64,
+        })
     }
 
     /// Global pair suggestions between unpaired images and texts (never a rejected pair).
@@ -195,10 +241,14 @@ impl Served {
         seed: u64,
     ) -> Result<Vec<PairPick>, AlignError> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut imgs: Vec<(SampleId, usize)> =
-            unpaired_images.iter().filter_map(|id| Some((*id, self.images.row_of(*id)?))).collect();
-        let mut txts: Vec<(SampleId, usize)> =
-            unpaired_texts.iter().filter_map(|id| Some((*id, self.texts.row_of(*id)?))).collect();
+        let mut imgs: Vec<(SampleId, usize)> = unpaired_images
+            .iter()
+            .filter_map(|id| Some((*id, self.images.row_of(*id)?)))
+            .collect();
+        let mut txts: Vec<(SampleId, usize)> = unpaired_texts
+            .iter()
+            .filter_map(|id| Some((*id, self.texts.row_of(*id)?)))
+            .collect();
         // Bound the dense score matrix (and the OT problem) to MAX_SIDE per modality: a
         // seeded random subset of larger pools.
         for side in [&mut imgs, &mut txts] {
@@ -212,8 +262,14 @@ impl Served {
         if n == 0 || m == 0 {
             return Ok(Vec::new());
         }
-        let x = self.images.emb.select_rows(&imgs.iter().map(|p| p.1).collect::<Vec<_>>());
-        let y = self.texts.emb.select_rows(&txts.iter().map(|p| p.1).collect::<Vec<_>>());
+        let x = self
+            .images
+            .emb
+            .select_rows(&imgs.iter().map(|p| p.1).collect::<Vec<_>>());
+        let y = self
+            .texts
+            .emb
+            .select_rows(&txts.iter().map(|p| p.1).collect::<Vec<_>>());
         let s = x.matmul_t(&y);
         let banned = |i: usize, j: usize| rejected.contains(&(imgs[i].0, txts[j].0));
         // Best and second-best text per image, best image per text (rejected pairs excluded).
@@ -249,17 +305,27 @@ impl Served {
         };
         let margin = |i: usize| {
             let (_, b, sec) = row_best[i];
-            if sec.is_finite() { (b - sec) as f64 } else { b as f64 }
+            if sec.is_finite() {
+                (b - sec) as f64
+            } else {
+                b as f64
+            }
         };
         let valid: Vec<usize> = (0..n).filter(|&i| row_best[i].0 != usize::MAX).collect();
         let mut out: Vec<PairPick> = match strategy {
             Strategy::Random => {
                 let mut order = valid.clone();
                 order.shuffle(&mut rng);
-                order.into_iter().map(|i| pick(i, row_best[i].0, rng.random::<f64>(), None)).collect()
+                order
+                    .into_iter()
+                    .map(|i| pick(i, row_best[i].0, rng.random::<f64>(), None))
+                    .collect()
             }
             Strategy::Confidence | Strategy::Diverse => {
-                let mut v: Vec<PairPick> = valid.iter().map(|&i| pick(i, row_best[i].0, margin(i), None)).collect();
+                let mut v: Vec<PairPick> = valid
+                    .iter()
+                    .map(|&i| pick(i, row_best[i].0, margin(i), None))
+                    .collect();
                 v.sort_by(|a, b| b.priority.total_cmp(&a.priority));
                 v
             }
@@ -291,7 +357,9 @@ impl Served {
                         let (j, mass) = (0..m)
                             .filter(|&j| !banned(i, j))
                             .map(|j| (j, sk.plan_entry(i, j)))
-                            .fold((usize::MAX, f32::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+                            .fold((usize::MAX, f32::NEG_INFINITY), |a, b| {
+                                if b.1 > a.1 { b } else { a }
+                            });
                         // Scaled so that 1 = the image's whole row mass on this text.
                         let scaled = mass as f64 * n as f64;
                         pick(i, j, scaled, Some(scaled))
@@ -313,8 +381,16 @@ impl Served {
             }
             if strategy == Strategy::Diverse {
                 let close = chosen.iter().any(|c| {
-                    let a = self.images.vector(c.image).zip(self.images.vector(p.image)).map(|(a, b)| dot(a, b));
-                    let b = self.texts.vector(c.text).zip(self.texts.vector(p.text)).map(|(a, b)| dot(a, b));
+                    let a = self
+                        .images
+                        .vector(c.image)
+                        .zip(self.images.vector(p.image))
+                        .map(|(a, b)| dot(a, b));
+                    let b = self
+                        .texts
+                        .vector(c.text)
+                        .zip(self.texts.vector(p.text))
+                        .map(|(a, b)| dot(a, b));
                     a.is_some_and(|v| v > DIVERSE_MAX_COS) || b.is_some_and(|v| v > DIVERSE_MAX_COS)
                 });
                 if close {
@@ -363,12 +439,16 @@ mod tests {
         fn embed_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
             Ok(y.clone())
         }
+        fn export_state(&self) -> Result<crate::align::MethodState, AlignError> {
+            Err(AlignError::InvalidConfig("test model".into()))
+        }
     }
 
     fn emb(ids: &[u64], rows: &[[f32; 2]]) -> Embeddings {
         Embeddings {
             ids: ids.iter().map(|i| SampleId(*i)).collect(),
-            matrix: Matrix::from_vec(rows.len(), 2, rows.iter().flatten().copied().collect()).unwrap(),
+            matrix: Matrix::from_vec(rows.len(), 2, rows.iter().flatten().copied().collect())
+                .unwrap(),
         }
     }
 
@@ -377,17 +457,30 @@ mod tests {
         let a = |deg: f32| [deg.to_radians().cos(), deg.to_radians().sin()];
         let images = emb(&[1, 2, 3, 4], &[a(0.0), a(40.0), a(80.0), a(85.0)]);
         let texts = emb(&[11, 12, 13, 14], &[a(2.0), a(38.0), a(83.0), a(84.0)]);
-        Served::build(RunId(1), AlignMethod::Cca, "identity".into(), Box::new(Identity), &images, &texts, HashSet::new(), 0, 0, None)
-            .unwrap()
+        Served::build(
+            RunId(1),
+            AlignMethod::Cca,
+            "identity".into(),
+            Box::new(Identity),
+            &images,
+            &texts,
+            HashSet::new(),
+            0,
+            0,
+            None,
+        )
+        .unwrap()
     }
 
     #[test]
     fn evaluation_follows_the_pessimistic_rank_rule() {
         let s = served();
-        let pairs: Vec<(SampleId, SampleId)> = (1..=4).map(|i| (SampleId(i), SampleId(10 + i))).collect();
+        let pairs: Vec<(SampleId, SampleId)> =
+            (1..=4).map(|i| (SampleId(i), SampleId(10 + i))).collect();
         // Distinct captions: image 3 (80 deg) is closer to text 13 (83) than 14 (84) -> all
         // i2t at rank 0 except image 4 (85 deg): text 14 (84) beats... it is its own match.
-        let caps: HashMap<SampleId, String> = (11..=14).map(|t| (SampleId(t), format!("c{t}"))).collect();
+        let caps: HashMap<SampleId, String> =
+            (11..=14).map(|t| (SampleId(t), format!("c{t}"))).collect();
         let m = s.evaluate(&pairs, &caps).unwrap();
         assert_eq!(m.pairs, 4);
         assert_eq!(m.image_to_text.r1, 1.0);
@@ -406,25 +499,49 @@ mod tests {
         let imgs: Vec<SampleId> = (1..=4).map(SampleId).collect();
         let txts: Vec<SampleId> = (11..=14).map(SampleId).collect();
         let none = HashSet::new();
-        let conf = s.suggest_pairs(&imgs, &txts, &none, Strategy::Confidence, 10, 0).unwrap();
+        let conf = s
+            .suggest_pairs(&imgs, &txts, &none, Strategy::Confidence, 10, 0)
+            .unwrap();
         // Image 1's best text 11 has the largest margin (next text is 36 degrees further).
         assert_eq!((conf[0].image, conf[0].text), (SampleId(1), SampleId(11)));
         assert!(conf.windows(2).all(|w| w[0].priority >= w[1].priority));
-        let mnn = s.suggest_pairs(&imgs, &txts, &none, Strategy::MutualNn, 10, 0).unwrap();
+        let mnn = s
+            .suggest_pairs(&imgs, &txts, &none, Strategy::MutualNn, 10, 0)
+            .unwrap();
         assert!(mnn.iter().all(|p| p.mutual_nn));
-        assert!(mnn.iter().any(|p| (p.image, p.text) == (SampleId(2), SampleId(12))));
+        assert!(
+            mnn.iter()
+                .any(|p| (p.image, p.text) == (SampleId(2), SampleId(12)))
+        );
         let rejected: HashSet<_> = [(SampleId(1), SampleId(11))].into_iter().collect();
-        for st in [Strategy::Random, Strategy::Confidence, Strategy::MutualNn, Strategy::OtMass, Strategy::Diverse] {
+        for st in [
+            Strategy::Random,
+            Strategy::Confidence,
+            Strategy::MutualNn,
+            Strategy::OtMass,
+            Strategy::Diverse,
+        ] {
             let v = s.suggest_pairs(&imgs, &txts, &rejected, st, 10, 7).unwrap();
-            assert!(!v.iter().any(|p| (p.image, p.text) == (SampleId(1), SampleId(11))), "{st:?}");
+            assert!(
+                !v.iter()
+                    .any(|p| (p.image, p.text) == (SampleId(1), SampleId(11))),
+                "{st:?}"
+            );
             let texts: HashSet<_> = v.iter().map(|p| p.text).collect();
             assert_eq!(texts.len(), v.len(), "{st:?} suggested a text twice");
         }
-        let ot = s.suggest_pairs(&imgs, &txts, &none, Strategy::OtMass, 10, 0).unwrap();
-        assert!(ot.iter().all(|p| p.ot_mass.is_some_and(|m| m > 0.0 && m <= 1.0 + 1e-3)));
+        let ot = s
+            .suggest_pairs(&imgs, &txts, &none, Strategy::OtMass, 10, 0)
+            .unwrap();
+        assert!(
+            ot.iter()
+                .all(|p| p.ot_mass.is_some_and(|m| m > 0.0 && m <= 1.0 + 1e-3))
+        );
         assert_eq!((ot[0].image, ot[0].text), (SampleId(1), SampleId(11)));
         // Diverse skips image 4 / text 14, near-copies of image 3 / text 13.
-        let div = s.suggest_pairs(&imgs, &txts, &none, Strategy::Diverse, 10, 0).unwrap();
+        let div = s
+            .suggest_pairs(&imgs, &txts, &none, Strategy::Diverse, 10, 0)
+            .unwrap();
         assert!(div.len() < conf.len());
     }
 
@@ -433,6 +550,9 @@ mod tests {
         let s = served();
         let q = s.images.vector(SampleId(3)).unwrap().to_vec();
         let hits = s.texts.top_k(&q, 2, |id| id != SampleId(13));
-        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![SampleId(14), SampleId(12)]);
+        assert_eq!(
+            hits.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![SampleId(14), SampleId(12)]
+        );
     }
 }

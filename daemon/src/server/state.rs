@@ -73,7 +73,10 @@ impl Shared {
     }
 
     /// Direct access for code already on a blocking thread (jobs).
-    pub fn store_blocking<T>(&self, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> HResult<T> {
+    pub fn store_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> HResult<T> {
         let mut g = self.store.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g).map_err(ErrorObject::from)
     }

@@ -61,7 +61,8 @@ where
         tokio::spawn(async move {
             let mut frames = FramedRead::new(reader, FrameCodec::new(max_body));
             // The pipe carries frames we re-encode ourselves; its cap is ours plus headroom.
-            let mut to_lsp = FramedWrite::new(ours_write, FrameCodec::new(max_body.saturating_mul(2)));
+            let mut to_lsp =
+                FramedWrite::new(ours_write, FrameCodec::new(max_body.saturating_mul(2)));
             while let Some(item) = frames.next().await {
                 match item {
                     Ok(Ok(msg)) => {
@@ -71,7 +72,11 @@ where
                     }
                     Ok(Err(bad)) => {
                         tracing::debug!("bad frame: {bad}");
-                        if out_tx.send(Message::Response(bad.to_response())).await.is_err() {
+                        if out_tx
+                            .send(Message::Response(bad.to_response()))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -105,7 +110,13 @@ where
     drop(out_tx);
 
     let notifications = shared.notify.subscribe();
-    let writer_task = tokio::spawn(write_loop(writer, out_rx, notifications, conn.clone(), max_body));
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        out_rx,
+        notifications,
+        conn.clone(),
+        max_body,
+    ));
 
     // The connection ends when tower-lsp stops (exit, or end of input) or the writer stops
     // (peer gone, unauthorized); the daemon's shutdown aborts everything.
@@ -136,7 +147,10 @@ async fn serve_lsp<I, O>(
     I: AsyncRead + Unpin,
     O: AsyncWrite,
 {
-    Server::new(input, output, socket).concurrency_level(CONCURRENCY).serve(service).await;
+    Server::new(input, output, socket)
+        .concurrency_level(CONCURRENCY)
+        .serve(service)
+        .await;
 }
 
 /// Adjust a clean message before tower-lsp sees it: tower-lsp answers a request whose handler
@@ -187,7 +201,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 if let Message::Response(r) = &msg {
                     let e = sotalign_protocol::ErrorObject::new(
                         codes::INTERNAL_ERROR,
-                        format!("the result is {length} bytes, over the {max}-byte body cap; ask for less"),
+                        format!(
+                            "the result is {length} bytes, over the {max}-byte body cap; ask for less"
+                        ),
                     );
                     let resp = sotalign_protocol::Response::error(r.id.clone(), e);
                     if sink.send(Message::Response(resp)).await.is_err() {

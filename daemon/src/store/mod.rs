@@ -33,24 +33,38 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database schema version {found} is newer than this sotalign supports ({supported})")]
     SchemaTooNew { found: u32, supported: u32 },
     #[error("unknown sample {0}")]
     UnknownSample(SampleId),
     #[error("sample {sample} is a {actual}, expected a {expected}")]
-    WrongModality { sample: SampleId, expected: &'static str, actual: &'static str },
+    WrongModality {
+        sample: SampleId,
+        expected: &'static str,
+        actual: &'static str,
+    },
     #[error("unknown decision {0}")]
     UnknownDecision(DecisionId),
     #[error("unknown run {0}")]
     UnknownRun(RunId),
     /// A decision that contradicts the stored state; nothing was written.
     #[error("{message}")]
-    Conflict { reason: &'static str, message: String },
+    Conflict {
+        reason: &'static str,
+        message: String,
+    },
     #[error("no decision to undo")]
     NothingToUndo,
     #[error("{what}: expected dimension {expected}, got {actual}")]
-    Dimension { what: String, expected: usize, actual: usize },
+    Dimension {
+        what: String,
+        expected: usize,
+        actual: usize,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -214,11 +228,37 @@ fn blob_to_vector(b: &[u8], dim: usize) -> Result<Vec<f32>, StoreError> {
 
 const SAMPLE_COLS: &str = "id, modality, key, state, path, text, vector IS NOT NULL";
 
-fn row_to_sample(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String, String, String, Option<String>, Option<String>, bool)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+fn row_to_sample(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(
+    u64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    bool,
+)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
 }
 
-type RawSample = (u64, String, String, String, Option<String>, Option<String>, bool);
+type RawSample = (
+    u64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    bool,
+);
 
 fn to_sample(raw: RawSample) -> Result<Sample, StoreError> {
     let (id, modality, key, state, path, text, encoded) = raw;
@@ -251,7 +291,15 @@ fn to_decision(raw: RawDecision) -> Result<Decision, StoreError> {
 const DECISION_COLS: &str = "id, kind, image, text, at_ms, source, undone_at_ms";
 
 fn row_to_decision(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDecision> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
 }
 
 type RawPair = (u64, u64, String, Option<u64>, String, u64);
@@ -271,7 +319,14 @@ fn to_pair(raw: RawPair) -> Result<Pair, StoreError> {
 const PAIR_COLS: &str = "image, text, state, decision, source, at_ms";
 
 fn row_to_pair(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawPair> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 /// Recompute the derived `state` of some samples from the pairs table.
@@ -301,7 +356,15 @@ fn counts_in(conn: &Connection) -> Result<Counts, StoreError> {
             COALESCE(SUM(vector IS NULL), 0)
          FROM samples",
         [],
-        |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, r.get::<_, u64>(2)?, r.get::<_, u64>(3)?, r.get::<_, u64>(4)?)),
+        |r| {
+            Ok((
+                r.get::<_, u64>(0)?,
+                r.get::<_, u64>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, u64>(3)?,
+                r.get::<_, u64>(4)?,
+            ))
+        },
     )?;
     let p = conn.query_row(
         "SELECT
@@ -310,7 +373,13 @@ fn counts_in(conn: &Connection) -> Result<Counts, StoreError> {
             COALESCE(SUM(state = 'held_out'), 0)
          FROM pairs",
         [],
-        |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, r.get::<_, u64>(2)?)),
+        |r| {
+            Ok((
+                r.get::<_, u64>(0)?,
+                r.get::<_, u64>(1)?,
+                r.get::<_, u64>(2)?,
+            ))
+        },
     )?;
     Ok(Counts {
         images: c.0,
@@ -327,14 +396,20 @@ fn counts_in(conn: &Connection) -> Result<Counts, StoreError> {
 impl Store {
     /// Open (creating if needed) the store in `dir` and bring its schema up to date.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
         // WAL: readers never block the writer; FULL: fsync the WAL at every commit, so a
         // returned commit is durable (NORMAL could lose the last commits on power loss).
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Corrupt(format!("cannot enable the WAL journal (journal_mode = {mode})")));
+            return Err(StoreError::Corrupt(format!(
+                "cannot enable the WAL journal (journal_mode = {mode})"
+            )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -360,13 +435,16 @@ impl Store {
     /// Fold the WAL back into the database file (on graceful shutdown; durability never
     /// depends on it).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
     /// `PRAGMA integrity_check` result: `ok` when the file is sound.
     pub fn integrity_check(&self) -> Result<String, StoreError> {
-        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
     pub fn counts(&self) -> Result<Counts, StoreError> {
@@ -376,14 +454,22 @@ impl Store {
     /// The stored embedding dimension of a modality (fixed by the first encoded sample).
     pub fn dim(&self, m: Modality) -> Result<Option<usize>, StoreError> {
         let key = format!("dim.{}", modality_str(m));
-        let v: Option<String> =
-            self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?;
-        v.map(|s| s.parse::<usize>().map_err(|_| StoreError::Corrupt(format!("dimension {s:?}"))))
-            .transpose()
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?;
+        v.map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| StoreError::Corrupt(format!("dimension {s:?}")))
+        })
+        .transpose()
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
@@ -398,27 +484,38 @@ impl Store {
     /// Insert a batch of samples and the pairs that came with them, in one transaction.
     /// Samples whose (modality, key) exists are kept as they are (re-ingesting a manifest is a
     /// no-op); vectors must match the modality's dimension.
-    pub fn insert_samples(&mut self, samples: &[NewSample], pairs: &[NewPair]) -> Result<InsertReport, StoreError> {
+    pub fn insert_samples(
+        &mut self,
+        samples: &[NewSample],
+        pairs: &[NewPair],
+    ) -> Result<InsertReport, StoreError> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
         let mut dims = [None, None];
         for (i, m) in [Modality::Image, Modality::Text].into_iter().enumerate() {
             let key = format!("dim.{}", modality_str(m));
-            let v: Option<String> =
-                tx.query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| r.get(0)).optional()?;
+            let v: Option<String> = tx
+                .query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             dims[i] = v.and_then(|s| s.parse::<usize>().ok());
         }
         let mut report = InsertReport::default();
         let mut touched = Vec::new();
         {
-            let mut find = tx.prepare_cached("SELECT id FROM samples WHERE modality = ?1 AND key = ?2")?;
+            let mut find =
+                tx.prepare_cached("SELECT id FROM samples WHERE modality = ?1 AND key = ?2")?;
             let mut ins = tx.prepare_cached(
                 "INSERT INTO samples (modality, key, path, text, dim, vector, added_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (n, s) in samples.iter().enumerate() {
                 let m = modality_str(s.modality);
-                if let Some(id) = find.query_row(params![m, s.key], |r| r.get::<_, u64>(0)).optional()? {
+                if let Some(id) = find
+                    .query_row(params![m, s.key], |r| r.get::<_, u64>(0))
+                    .optional()?
+                {
                     report.ids.push(SampleId(id));
                     report.duplicates += 1;
                     continue;
@@ -458,11 +555,19 @@ impl Store {
                  ON CONFLICT (image, text) DO NOTHING",
             )?;
             for p in pairs {
-                let (Some(img), Some(txt)) = (report.ids.get(p.image), report.ids.get(p.text)) else {
-                    return Err(StoreError::Corrupt(format!("pair refers to batch items {} / {}", p.image, p.text)));
+                let (Some(img), Some(txt)) = (report.ids.get(p.image), report.ids.get(p.text))
+                else {
+                    return Err(StoreError::Corrupt(format!(
+                        "pair refers to batch items {} / {}",
+                        p.image, p.text
+                    )));
                 };
-                if samples[p.image].modality != Modality::Image || samples[p.text].modality != Modality::Text {
-                    return Err(StoreError::Corrupt("a pair must join an image and a text".into()));
+                if samples[p.image].modality != Modality::Image
+                    || samples[p.text].modality != Modality::Text
+                {
+                    return Err(StoreError::Corrupt(
+                        "a pair must join an image and a text".into(),
+                    ));
                 }
                 let state = if p.held_out { "held_out" } else { "confirmed" };
                 report.pairs += pins.execute(params![img.0, txt.0, state, now])? as u64;
@@ -476,27 +581,47 @@ impl Store {
     }
 
     /// Set embeddings of already stored samples (background encoding), in one transaction.
-    pub fn set_vectors(&mut self, m: Modality, rows: &[(SampleId, Vec<f32>)]) -> Result<(), StoreError> {
+    pub fn set_vectors(
+        &mut self,
+        m: Modality,
+        rows: &[(SampleId, Vec<f32>)],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let key = format!("dim.{}", modality_str(m));
         let mut dim: Option<usize> = tx
-            .query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| r.get::<_, String>(0))
+            .query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| {
+                r.get::<_, String>(0)
+            })
             .optional()?
             .and_then(|s| s.parse().ok());
         {
-            let mut up = tx.prepare_cached("UPDATE samples SET dim = ?2, vector = ?3 WHERE id = ?1 AND modality = ?4")?;
+            let mut up = tx.prepare_cached(
+                "UPDATE samples SET dim = ?2, vector = ?3 WHERE id = ?1 AND modality = ?4",
+            )?;
             for (id, v) in rows {
                 match dim {
                     Some(d) if d != v.len() => {
-                        return Err(StoreError::Dimension { what: format!("sample {id}"), expected: d, actual: v.len() });
+                        return Err(StoreError::Dimension {
+                            what: format!("sample {id}"),
+                            expected: d,
+                            actual: v.len(),
+                        });
                     }
                     Some(_) => {}
                     None => {
-                        tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![key, v.len().to_string()])?;
+                        tx.execute(
+                            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                            params![key, v.len().to_string()],
+                        )?;
                         dim = Some(v.len());
                     }
                 }
-                up.execute(params![id.0, v.len() as i64, vector_to_blob(v), modality_str(m)])?;
+                up.execute(params![
+                    id.0,
+                    v.len() as i64,
+                    vector_to_blob(v),
+                    modality_str(m)
+                ])?;
             }
         }
         tx.commit()?;
@@ -506,7 +631,11 @@ impl Store {
     pub fn sample(&self, id: SampleId) -> Result<Sample, StoreError> {
         let raw = self
             .conn
-            .query_row(&format!("SELECT {SAMPLE_COLS} FROM samples WHERE id = ?1"), [id.0], row_to_sample)
+            .query_row(
+                &format!("SELECT {SAMPLE_COLS} FROM samples WHERE id = ?1"),
+                [id.0],
+                row_to_sample,
+            )
             .optional()?
             .ok_or(StoreError::UnknownSample(id))?;
         to_sample(raw)
@@ -514,7 +643,9 @@ impl Store {
 
     /// Several samples by id (missing ids are skipped), in the order given.
     pub fn samples(&self, ids: &[SampleId]) -> Result<Vec<Sample>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {SAMPLE_COLS} FROM samples WHERE id = ?1"))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {SAMPLE_COLS} FROM samples WHERE id = ?1"))?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(raw) = stmt.query_row([id.0], row_to_sample).optional()? {
@@ -528,9 +659,11 @@ impl Store {
     pub fn vector(&self, id: SampleId) -> Result<(Modality, Option<Vec<f32>>), StoreError> {
         let (m, dim, blob): (String, Option<i64>, Option<Vec<u8>>) = self
             .conn
-            .query_row("SELECT modality, dim, vector FROM samples WHERE id = ?1", [id.0], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "SELECT modality, dim, vector FROM samples WHERE id = ?1",
+                [id.0],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?
             .ok_or(StoreError::UnknownSample(id))?;
         let m = parse_modality(&m)?;
@@ -549,7 +682,11 @@ impl Store {
         limit: u32,
     ) -> Result<(Vec<Sample>, u64), StoreError> {
         let pattern = filter.map(|f| {
-            let esc = f.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            let esc = f
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
             format!("%{esc}%")
         });
         let state = state.map(sample_state_str);
@@ -562,10 +699,13 @@ impl Store {
             params![modality_str(m), state, pattern],
             |r| r.get(0),
         )?;
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {SAMPLE_COLS} FROM samples WHERE {cond} ORDER BY id LIMIT ?4 OFFSET ?5"))?;
-        let rows = stmt.query_map(params![modality_str(m), state, pattern, limit as i64, offset as i64], row_to_sample)?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SAMPLE_COLS} FROM samples WHERE {cond} ORDER BY id LIMIT ?4 OFFSET ?5"
+        ))?;
+        let rows = stmt.query_map(
+            params![modality_str(m), state, pattern, limit as i64, offset as i64],
+            row_to_sample,
+        )?;
         let mut items = Vec::new();
         for r in rows {
             items.push(to_sample(r?)?);
@@ -582,10 +722,18 @@ impl Store {
         rows.map(|r| to_pair(r?)).collect()
     }
 
-    pub fn list_pairs(&self, state: Option<PairState>, offset: u64, limit: u32) -> Result<(Vec<Pair>, u64), StoreError> {
+    pub fn list_pairs(
+        &self,
+        state: Option<PairState>,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<Pair>, u64), StoreError> {
         let st = state.map(pair_state_str);
-        let total: u64 =
-            self.conn.query_row("SELECT COUNT(*) FROM pairs WHERE ?1 IS NULL OR state = ?1", [st], |r| r.get(0))?;
+        let total: u64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM pairs WHERE ?1 IS NULL OR state = ?1",
+            [st],
+            |r| r.get(0),
+        )?;
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {PAIR_COLS} FROM pairs WHERE ?1 IS NULL OR state = ?1
              ORDER BY at_ms DESC, rowid DESC LIMIT ?2 OFFSET ?3"
@@ -597,14 +745,20 @@ impl Store {
 
     /// Pairs of a state, as id tuples (for training, evaluation and filtering suggestions).
     pub fn pair_ids(&self, state: PairState) -> Result<Vec<(SampleId, SampleId)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT image, text FROM pairs WHERE state = ?1 ORDER BY image, text")?;
-        let rows = stmt.query_map([pair_state_str(state)], |r| Ok((SampleId(r.get(0)?), SampleId(r.get(1)?))))?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT image, text FROM pairs WHERE state = ?1 ORDER BY image, text",
+        )?;
+        let rows = stmt.query_map([pair_state_str(state)], |r| {
+            Ok((SampleId(r.get(0)?), SampleId(r.get(1)?)))
+        })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn modality_of(tx: &Transaction<'_>, id: SampleId) -> Result<Modality, StoreError> {
         let m: String = tx
-            .query_row("SELECT modality FROM samples WHERE id = ?1", [id.0], |r| r.get(0))
+            .query_row("SELECT modality FROM samples WHERE id = ?1", [id.0], |r| {
+                r.get(0)
+            })
             .optional()?
             .ok_or(StoreError::UnknownSample(id))?;
         parse_modality(&m)
@@ -623,7 +777,11 @@ impl Store {
         for (id, want) in [(image, Modality::Image), (text, Modality::Text)] {
             let got = Self::modality_of(&tx, id)?;
             if got != want {
-                return Err(StoreError::WrongModality { sample: id, expected: modality_str(want), actual: modality_str(got) });
+                return Err(StoreError::WrongModality {
+                    sample: id,
+                    expected: modality_str(want),
+                    actual: modality_str(got),
+                });
             }
         }
         let held: bool = tx.query_row(
@@ -700,11 +858,21 @@ impl Store {
         let id = match decision {
             Some(d) => d,
             None => tx
-                .query_row("SELECT MAX(id) FROM decisions WHERE undone_at_ms IS NULL", [], |r| r.get::<_, Option<u64>>(0))?
+                .query_row(
+                    "SELECT MAX(id) FROM decisions WHERE undone_at_ms IS NULL",
+                    [],
+                    |r| r.get::<_, Option<u64>>(0),
+                )?
                 .map(DecisionId)
                 .ok_or(StoreError::NothingToUndo)?,
         };
-        type Row = (RawDecision, Option<String>, Option<u64>, Option<String>, Option<u64>);
+        type Row = (
+            RawDecision,
+            Option<String>,
+            Option<u64>,
+            Option<String>,
+            Option<u64>,
+        );
         let (raw, prev_state, prev_decision, prev_source, prev_at): Row = tx
             .query_row(
                 &format!("SELECT {DECISION_COLS}, prev_state, prev_decision, prev_source, prev_at_ms FROM decisions WHERE id = ?1"),
@@ -715,20 +883,32 @@ impl Store {
             .ok_or(StoreError::UnknownDecision(id))?;
         let mut d = to_decision(raw)?;
         if d.undone_at_ms.is_some() {
-            return Err(StoreError::Conflict { reason: "already_undone", message: format!("decision {id} was already undone") });
+            return Err(StoreError::Conflict {
+                reason: "already_undone",
+                message: format!("decision {id} was already undone"),
+            });
         }
         let current: Option<Option<u64>> = tx
-            .query_row("SELECT decision FROM pairs WHERE image = ?1 AND text = ?2", params![d.image.0, d.text.0], |r| r.get(0))
+            .query_row(
+                "SELECT decision FROM pairs WHERE image = ?1 AND text = ?2",
+                params![d.image.0, d.text.0],
+                |r| r.get(0),
+            )
             .optional()?;
         if current != Some(Some(id.0)) {
             return Err(StoreError::Conflict {
                 reason: "superseded",
-                message: format!("decision {id} was superseded by a later decision on the same pair; undo that one first"),
+                message: format!(
+                    "decision {id} was superseded by a later decision on the same pair; undo that one first"
+                ),
             });
         }
         match prev_state {
             None => {
-                tx.execute("DELETE FROM pairs WHERE image = ?1 AND text = ?2", params![d.image.0, d.text.0])?;
+                tx.execute(
+                    "DELETE FROM pairs WHERE image = ?1 AND text = ?2",
+                    params![d.image.0, d.text.0],
+                )?;
             }
             Some(st) => {
                 tx.execute(
@@ -737,7 +917,10 @@ impl Store {
                 )?;
             }
         }
-        tx.execute("UPDATE decisions SET undone_at_ms = ?2 WHERE id = ?1", params![id.0, now])?;
+        tx.execute(
+            "UPDATE decisions SET undone_at_ms = ?2 WHERE id = ?1",
+            params![id.0, now],
+        )?;
         refresh_states(&tx, &[d.image.0, d.text.0])?;
         let counts = counts_in(&tx)?;
         tx.commit()?;
@@ -748,7 +931,11 @@ impl Store {
     pub fn decision(&self, id: DecisionId) -> Result<Decision, StoreError> {
         let raw = self
             .conn
-            .query_row(&format!("SELECT {DECISION_COLS} FROM decisions WHERE id = ?1"), [id.0], row_to_decision)
+            .query_row(
+                &format!("SELECT {DECISION_COLS} FROM decisions WHERE id = ?1"),
+                [id.0],
+                row_to_decision,
+            )
             .optional()?
             .ok_or(StoreError::UnknownDecision(id))?;
         to_decision(raw)
@@ -756,7 +943,9 @@ impl Store {
 
     /// Number of decisions ever recorded (undone ones included).
     pub fn decision_count(&self) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get(0))?)
     }
 
     /// Encoded embeddings of one modality, by ascending id.
@@ -773,12 +962,18 @@ impl Store {
             let d: i64 = r.get(1)?;
             let blob: Vec<u8> = r.get(2)?;
             if d as usize != dim {
-                return Err(StoreError::Corrupt(format!("sample {id} has dimension {d}, the modality {dim}")));
+                return Err(StoreError::Corrupt(format!(
+                    "sample {id} has dimension {d}, the modality {dim}"
+                )));
             }
             data.extend(blob_to_vector(&blob, dim)?);
             ids.push(SampleId(id));
         }
-        let matrix = Matrix { rows: ids.len(), cols: dim, data };
+        let matrix = Matrix {
+            rows: ids.len(),
+            cols: dim,
+            data,
+        };
         Ok(Embeddings { ids, matrix })
     }
 
@@ -795,7 +990,12 @@ impl Store {
 
     // ---- runs -------------------------------------------------------------------------------
 
-    pub fn create_run(&mut self, method: AlignMethod, config: &serde_json::Value, pairs: u64) -> Result<RunId, StoreError> {
+    pub fn create_run(
+        &mut self,
+        method: AlignMethod,
+        config: &serde_json::Value,
+        pairs: u64,
+    ) -> Result<RunId, StoreError> {
         self.conn.execute(
             "INSERT INTO runs (method, state, config, pairs, started_at_ms) VALUES (?1, 'running', ?2, ?3, ?4)",
             params![enum_str(&method), config.to_string(), pairs, now_ms()],
@@ -804,7 +1004,10 @@ impl Store {
     }
 
     pub fn set_run_pairs(&mut self, run: RunId, pairs: u64) -> Result<(), StoreError> {
-        self.conn.execute("UPDATE runs SET pairs = ?2 WHERE id = ?1", params![run.0, pairs])?;
+        self.conn.execute(
+            "UPDATE runs SET pairs = ?2 WHERE id = ?1",
+            params![run.0, pairs],
+        )?;
         Ok(())
     }
 
@@ -831,15 +1034,26 @@ impl Store {
     }
 
     /// Replace a run's metrics (a later `evaluate` of it).
-    pub fn set_run_metrics(&mut self, run: RunId, metrics: &RetrievalMetrics) -> Result<(), StoreError> {
+    pub fn set_run_metrics(
+        &mut self,
+        run: RunId,
+        metrics: &RetrievalMetrics,
+    ) -> Result<(), StoreError> {
         let m = serde_json::to_string(metrics).unwrap_or_default();
-        self.conn.execute("UPDATE runs SET metrics = ?2 WHERE id = ?1", params![run.0, m])?;
+        self.conn.execute(
+            "UPDATE runs SET metrics = ?2 WHERE id = ?1",
+            params![run.0, m],
+        )?;
         Ok(())
     }
 
     pub fn run(&self, id: RunId) -> Result<StoredRun, StoreError> {
         self.conn
-            .query_row(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"), [id.0], row_to_run)
+            .query_row(
+                &format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"),
+                [id.0],
+                row_to_run,
+            )
             .optional()?
             .ok_or(StoreError::UnknownRun(id))?
     }
@@ -860,9 +1074,14 @@ impl Store {
 
     /// The newest `limit` runs, returned oldest first.
     pub fn runs(&self, limit: u32) -> Result<Vec<StoredRun>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!("SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT ?1"))?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT ?1"
+        ))?;
         let rows = stmt.query_map([limit as i64], row_to_run)?;
-        let mut out = rows.collect::<Result<Vec<_>, _>>()?.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut out = rows
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
     }
@@ -904,7 +1123,10 @@ fn row_to_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredRun, Store
                 started_at_ms: started,
                 finished_at_ms: finished,
                 metrics: metrics
-                    .map(|m| serde_json::from_str(&m).map_err(|e| StoreError::Corrupt(format!("run {id} metrics: {e}"))))
+                    .map(|m| {
+                        serde_json::from_str(&m)
+                            .map_err(|e| StoreError::Corrupt(format!("run {id} metrics: {e}")))
+                    })
                     .transpose()?,
                 fitted: fitted.clone(),
                 error: error.clone(),
@@ -930,7 +1152,9 @@ impl StoreView<'_> {
     }
 
     fn pairs(&self, state: &str) -> Result<Vec<(SampleId, SampleId)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT image, text FROM pairs WHERE state = ?1 ORDER BY image, text")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT image, text FROM pairs WHERE state = ?1 ORDER BY image, text")?;
         let rows = stmt.query_map([state], |r| Ok((SampleId(r.get(0)?), SampleId(r.get(1)?))))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -938,7 +1162,11 @@ impl StoreView<'_> {
     fn embeddings(&self, m: &str) -> Result<(Embeddings, Vec<Option<String>>), StoreError> {
         let dim: usize = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [format!("dim.{m}")], |r| r.get::<_, String>(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [format!("dim.{m}")],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
@@ -952,7 +1180,17 @@ impl StoreView<'_> {
             ids.push(SampleId(r.get(0)?));
             caps.push(r.get(2)?);
         }
-        Ok((Embeddings { matrix: Matrix { rows: ids.len(), cols: dim, data }, ids }, caps))
+        Ok((
+            Embeddings {
+                matrix: Matrix {
+                    rows: ids.len(),
+                    cols: dim,
+                    data,
+                },
+                ids,
+            },
+            caps,
+        ))
     }
 
     fn snapshot(&self) -> Result<TrainingSnapshot, StoreError> {

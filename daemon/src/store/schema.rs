@@ -84,7 +84,10 @@ pub fn version(conn: &Connection) -> Result<u32, StoreError> {
 pub fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
     let found = version(conn)?;
     if found > LATEST {
-        return Err(StoreError::SchemaTooNew { found, supported: LATEST });
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: LATEST,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;

@@ -1,11 +1,23 @@
 use super::*;
 
 fn img(key: &str, v: Vec<f32>) -> NewSample {
-    NewSample { modality: Modality::Image, key: key.into(), path: Some(format!("/x/{key}.png")), text: None, vector: Some(v) }
+    NewSample {
+        modality: Modality::Image,
+        key: key.into(),
+        path: Some(format!("/x/{key}.png")),
+        text: None,
+        vector: Some(v),
+    }
 }
 
 fn txt(key: &str, caption: &str, v: Vec<f32>) -> NewSample {
-    NewSample { modality: Modality::Text, key: key.into(), path: None, text: Some(caption.into()), vector: Some(v) }
+    NewSample {
+        modality: Modality::Text,
+        key: key.into(),
+        path: None,
+        text: Some(caption.into()),
+        vector: Some(v),
+    }
 }
 
 /// Two images, three texts; (i0, t0) a seed pair, (i1, t1) held out, t2 unpaired.
@@ -20,7 +32,18 @@ fn seeded() -> (tempfile::TempDir, Store, Vec<SampleId>) {
         txt("t1", "A dog.", vec![0.0, 1.0, 0.0]),
         txt("t2", "A frog.", vec![0.0, 0.0, 1.0]),
     ];
-    let pairs = [NewPair { image: 0, text: 3, held_out: false }, NewPair { image: 1, text: 4, held_out: true }];
+    let pairs = [
+        NewPair {
+            image: 0,
+            text: 3,
+            held_out: false,
+        },
+        NewPair {
+            image: 1,
+            text: 4,
+            held_out: true,
+        },
+    ];
     let r = s.insert_samples(&samples, &pairs).unwrap();
     assert_eq!((r.inserted, r.duplicates, r.pairs), (6, 0, 2));
     let ids = r.ids.clone();
@@ -31,32 +54,67 @@ fn seeded() -> (tempfile::TempDir, Store, Vec<SampleId>) {
 fn insert_derives_states_and_counts_and_is_idempotent() {
     let (_d, mut s, ids) = seeded();
     let c = s.counts().unwrap();
-    assert_eq!((c.images, c.texts, c.unpaired_images, c.unpaired_texts), (3, 3, 1, 1));
-    assert_eq!((c.confirmed_pairs, c.held_out_pairs, c.rejected_pairs, c.pending_encoding), (1, 1, 0, 0));
+    assert_eq!(
+        (c.images, c.texts, c.unpaired_images, c.unpaired_texts),
+        (3, 3, 1, 1)
+    );
+    assert_eq!(
+        (
+            c.confirmed_pairs,
+            c.held_out_pairs,
+            c.rejected_pairs,
+            c.pending_encoding
+        ),
+        (1, 1, 0, 0)
+    );
     assert_eq!(s.sample(ids[0]).unwrap().state, SampleState::Paired);
     assert_eq!(s.sample(ids[1]).unwrap().state, SampleState::HeldOut);
     assert_eq!(s.sample(ids[5]).unwrap().state, SampleState::Unpaired);
     // Same keys again: nothing changes.
     let again = s.insert_samples(&[img("i0", vec![9.0, 9.0])], &[]).unwrap();
-    assert_eq!((again.inserted, again.duplicates, again.ids[0]), (0, 1, ids[0]));
+    assert_eq!(
+        (again.inserted, again.duplicates, again.ids[0]),
+        (0, 1, ids[0])
+    );
     assert_eq!(s.vector(ids[0]).unwrap().1.unwrap(), vec![1.0, 0.0]);
     // A wrong dimension is refused and nothing of the batch is written.
-    let err = s.insert_samples(&[img("i9", vec![1.0]), img("i8", vec![1.0, 2.0, 3.0])], &[]).unwrap_err();
-    assert!(matches!(err, StoreError::Dimension { expected: 2, actual: 1, .. }), "{err}");
+    let err = s
+        .insert_samples(&[img("i9", vec![1.0]), img("i8", vec![1.0, 2.0, 3.0])], &[])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Dimension {
+                expected: 2,
+                actual: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(s.counts().unwrap().images, 3);
 }
 
 #[test]
 fn listing_filters_by_state_and_substring() {
     let (_d, s, ids) = seeded();
-    let (items, total) = s.list_samples(Modality::Text, None, Some("DOG"), 0, 10).unwrap();
+    let (items, total) = s
+        .list_samples(Modality::Text, None, Some("DOG"), 0, 10)
+        .unwrap();
     assert_eq!((total, items[0].id), (1, ids[4]));
-    let (items, total) = s.list_samples(Modality::Image, Some(SampleState::Unpaired), None, 0, 10).unwrap();
+    let (items, total) = s
+        .list_samples(Modality::Image, Some(SampleState::Unpaired), None, 0, 10)
+        .unwrap();
     assert_eq!((total, items.len(), items[0].id), (1, 1, ids[2]));
     let (items, total) = s.list_samples(Modality::Image, None, None, 1, 1).unwrap();
     assert_eq!((total, items[0].id), (3, ids[1]));
     // `%` in a filter is a literal, not a wildcard.
-    assert_eq!(s.list_samples(Modality::Text, None, Some("%"), 0, 10).unwrap().1, 0);
+    assert_eq!(
+        s.list_samples(Modality::Text, None, Some("%"), 0, 10)
+            .unwrap()
+            .1,
+        0
+    );
 }
 
 #[test]
@@ -64,11 +122,20 @@ fn decisions_validate_and_undo_restores_exactly() {
     let (_d, mut s, ids) = seeded();
     let (i2, t2, t0) = (ids[2], ids[5], ids[3]);
     // Wrong modality, unknown sample, held-out sample: typed errors, nothing written.
-    assert!(matches!(s.decide(DecisionKind::Confirm, t2, i2, "x"), Err(StoreError::WrongModality { .. })));
-    assert!(matches!(s.decide(DecisionKind::Confirm, SampleId(999), t2, "x"), Err(StoreError::UnknownSample(_))));
+    assert!(matches!(
+        s.decide(DecisionKind::Confirm, t2, i2, "x"),
+        Err(StoreError::WrongModality { .. })
+    ));
+    assert!(matches!(
+        s.decide(DecisionKind::Confirm, SampleId(999), t2, "x"),
+        Err(StoreError::UnknownSample(_))
+    ));
     assert!(matches!(
         s.decide(DecisionKind::Confirm, ids[1], t2, "x"),
-        Err(StoreError::Conflict { reason: "held_out", .. })
+        Err(StoreError::Conflict {
+            reason: "held_out",
+            ..
+        })
     ));
     assert_eq!(s.decision_count().unwrap(), 0);
 
@@ -84,7 +151,13 @@ fn decisions_validate_and_undo_restores_exactly() {
     // Reject a seed pair; then the older confirm (d1) cannot be undone past d1b.
     let d2 = s.decide(DecisionKind::Reject, i2, t0, "tui:bob").unwrap();
     assert_eq!(d2.counts.rejected_pairs, 1);
-    assert!(matches!(s.undo(Some(d1.decision.id)), Err(StoreError::Conflict { reason: "superseded", .. })));
+    assert!(matches!(
+        s.undo(Some(d1.decision.id)),
+        Err(StoreError::Conflict {
+            reason: "superseded",
+            ..
+        })
+    ));
     // Undo with no id takes the newest: d2, then d1b, then d1.
     assert_eq!(s.undo(None).unwrap().undone.id, d2.decision.id);
     assert_eq!(s.undo(None).unwrap().undone.id, d1b.decision.id);
@@ -94,22 +167,51 @@ fn decisions_validate_and_undo_restores_exactly() {
     assert!(u.undone.undone_at_ms.is_some());
     assert_eq!(u.counts, before);
     assert_eq!(s.sample(i2).unwrap().state, SampleState::Unpaired);
-    assert!(matches!(s.undo(Some(d1.decision.id)), Err(StoreError::Conflict { reason: "already_undone", .. })));
-    assert!(matches!(s.undo(Some(DecisionId(77))), Err(StoreError::UnknownDecision(_))));
+    assert!(matches!(
+        s.undo(Some(d1.decision.id)),
+        Err(StoreError::Conflict {
+            reason: "already_undone",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.undo(Some(DecisionId(77))),
+        Err(StoreError::UnknownDecision(_))
+    ));
     assert!(matches!(s.undo(None), Err(StoreError::NothingToUndo)));
     // The seed pair came back with its original source.
     let p = s.pairs_of(t0).unwrap();
-    assert_eq!((p.len(), p[0].source.as_str(), p[0].state), (1, "manifest", PairState::Confirmed));
+    assert_eq!(
+        (p.len(), p[0].source.as_str(), p[0].state),
+        (1, "manifest", PairState::Confirmed)
+    );
 }
 
 #[test]
 fn decisions_survive_reopen_and_runs_round_trip() {
     let (d, mut s, ids) = seeded();
-    let r = s.decide(DecisionKind::Confirm, ids[2], ids[5], "a").unwrap();
-    let run = s.create_run(AlignMethod::Cca, &serde_json::json!({"seed": 1}), 2).unwrap();
-    let m = RetrievalMetrics { pairs: 1, ..Default::default() };
-    s.finish_run(run, JobState::Succeeded, Some(&m), Some("/ck"), Some("cca"), None).unwrap();
-    let pending = s.create_run(AlignMethod::Sotalign, &serde_json::json!({}), 2).unwrap();
+    let r = s
+        .decide(DecisionKind::Confirm, ids[2], ids[5], "a")
+        .unwrap();
+    let run = s
+        .create_run(AlignMethod::Cca, &serde_json::json!({"seed": 1}), 2)
+        .unwrap();
+    let m = RetrievalMetrics {
+        pairs: 1,
+        ..Default::default()
+    };
+    s.finish_run(
+        run,
+        JobState::Succeeded,
+        Some(&m),
+        Some("/ck"),
+        Some("cca"),
+        None,
+    )
+    .unwrap();
+    let pending = s
+        .create_run(AlignMethod::Sotalign, &serde_json::json!({}), 2)
+        .unwrap();
     drop(s);
     let mut s = Store::open(d.path()).unwrap();
     assert_eq!(s.fail_interrupted_runs().unwrap(), 1);
@@ -143,10 +245,13 @@ fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(Store::open(dir.path()).unwrap());
     let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-    conn.execute_batch(&format!("PRAGMA user_version = {}", schema::LATEST + 1)).unwrap();
+    conn.execute_batch(&format!("PRAGMA user_version = {}", schema::LATEST + 1))
+        .unwrap();
     drop(conn);
     match Store::open(dir.path()) {
-        Err(StoreError::SchemaTooNew { found, supported }) => assert_eq!((found, supported), (schema::LATEST + 1, schema::LATEST)),
+        Err(StoreError::SchemaTooNew { found, supported }) => {
+            assert_eq!((found, supported), (schema::LATEST + 1, schema::LATEST))
+        }
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("opened a newer schema"),
     }

@@ -15,12 +15,19 @@ use sotalign_protocol::{Client, ServerNotification, methods};
 
 pub fn bin() -> PathBuf {
     let p = assert_cmd::cargo::cargo_bin("sotalign");
-    assert!(p.exists(), "{} is missing: build it first (cargo build -p sotalign)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p sotalign)",
+        p.display()
+    );
     p
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub fn fixtures() -> PathBuf {
@@ -38,15 +45,33 @@ pub struct Fixture {
 }
 
 pub fn fixture(dir: &Path, n_train: usize, n_test: usize, n_unpaired: usize) -> Fixture {
-    let index: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tuxpaint_index.json")).unwrap()).unwrap();
+    let index: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tuxpaint_index.json")).unwrap(),
+    )
+    .unwrap();
     let rows = index["rows"].as_array().unwrap();
-    let captions: Vec<String> = rows.iter().map(|r| r["caption"].as_str().unwrap().to_string()).collect();
-    let splits: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tuxpaint_splits.json")).unwrap()).unwrap();
+    let captions: Vec<String> = rows
+        .iter()
+        .map(|r| r["caption"].as_str().unwrap().to_string())
+        .collect();
+    let splits: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tuxpaint_splits.json")).unwrap(),
+    )
+    .unwrap();
     // The reference's own test split; train/unpaired from its non-test rows.
-    let test: Vec<usize> = splits["test"].as_array().unwrap().iter().take(n_test).map(|v| v.as_u64().unwrap() as usize).collect();
-    let nontest: Vec<usize> = splits["nontest"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let test: Vec<usize> = splits["test"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(n_test)
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let nontest: Vec<usize> = splits["nontest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
     let train = nontest[..n_train].to_vec();
     let unpaired = nontest[n_train..n_train + n_unpaired].to_vec();
     let mut lines = vec![
@@ -72,11 +97,20 @@ pub fn fixture(dir: &Path, n_train: usize, n_test: usize, n_unpaired: usize) -> 
     }
     let manifest = dir.join("manifest.jsonl");
     std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
-    Fixture { manifest, train, test, unpaired, captions }
+    Fixture {
+        manifest,
+        train,
+        test,
+        unpaired,
+        captions,
+    }
 }
 
 fn rows_file(index: &Value, r: usize) -> String {
-    index["rows"][r]["file"].as_str().unwrap_or("x.png").to_string()
+    index["rows"][r]["file"]
+        .as_str()
+        .unwrap_or("x.png")
+        .to_string()
 }
 
 /// A writer shared between the typed client and raw-byte tests.
@@ -120,7 +154,10 @@ pub fn spawn_stdio(data: &Path, extra: &[&str]) -> (Daemon, StdioClient, SharedW
 }
 
 /// `sotalign serve --stdio` with its raw stdout and stdin.
-pub fn spawn_stdio_raw(data: &Path, extra: &[&str]) -> (Daemon, ChildStdout, SharedWriter<ChildStdin>) {
+pub fn spawn_stdio_raw(
+    data: &Path,
+    extra: &[&str],
+) -> (Daemon, ChildStdout, SharedWriter<ChildStdin>) {
     let mut child = Command::new(bin())
         .args(["serve", "--stdio", "--data-dir"])
         .arg(data)
@@ -162,7 +199,10 @@ pub fn spawn_tcp(data: &Path, extra: &[&str]) -> Daemon {
         let mut sink = Vec::new();
         let _ = err.read_to_end(&mut sink);
     });
-    Daemon { child, addr: Some(addr) }
+    Daemon {
+        child,
+        addr: Some(addr),
+    }
 }
 
 pub type TcpClient = Client<TcpStream, TcpStream>;
@@ -176,7 +216,9 @@ pub fn connect(addr: &str) -> TcpClient {
 /// Ingest a manifest and wait for the job to finish; returns the samples added.
 pub fn ingest<R: Read, W: Write>(c: &mut Client<R, W>, manifest: &Path) -> u64 {
     let r = c
-        .call::<methods::Ingest>(IngestParams { source: IngestSource::Manifest(manifest.display().to_string()) })
+        .call::<methods::Ingest>(IngestParams {
+            source: IngestSource::Manifest(manifest.display().to_string()),
+        })
         .unwrap();
     let f = wait_finished(c, r.job);
     assert_eq!(f.state, JobState::Succeeded, "{f:?}");
@@ -185,7 +227,10 @@ pub fn ingest<R: Read, W: Write>(c: &mut Client<R, W>, manifest: &Path) -> u64 {
 
 /// Wait for a job's `jobFinished`; progress notifications stay queued.
 pub fn wait_finished<R: Read, W: Write>(c: &mut Client<R, W>, job: JobId) -> JobFinishedParams {
-    match c.wait_for(|n| matches!(n, ServerNotification::JobFinished(f) if f.job == job)).unwrap() {
+    match c
+        .wait_for(|n| matches!(n, ServerNotification::JobFinished(f) if f.job == job))
+        .unwrap()
+    {
         ServerNotification::JobFinished(f) => f,
         _ => unreachable!(),
     }
@@ -207,7 +252,9 @@ pub fn align_params(steps: u64) -> AlignParams {
     AlignParams {
         method: AlignMethod::Siglip,
         preset: None,
-        config: Some(json!({"optim": {"steps": steps, "kind": "adam", "lr": 0.001, "warmup_frac": 0.0, "cosine": false}, "heads": {"dim": 128}})),
+        config: Some(
+            json!({"optim": {"steps": steps, "kind": "adam", "lr": 0.001, "warmup_frac": 0.0, "cosine": false}, "heads": {"dim": 128}}),
+        ),
         seed: Some(1),
     }
 }
