@@ -10,7 +10,15 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod heads;
+pub mod klot;
 pub mod matrix;
+pub mod optim;
+pub mod progress;
+pub mod siglip;
+pub mod sinkhorn;
+pub mod synthetic;
+pub mod train;
 
 pub use config::AlignConfig;
 pub use data::AlignData;
