@@ -11,5 +11,6 @@ pub mod align;
 pub mod assets;
 pub mod cli;
 pub mod encoders;
+pub mod index;
 pub mod ingest;
 pub mod io;

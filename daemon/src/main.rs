@@ -25,6 +25,14 @@ enum Cmd {
         #[command(subcommand)]
         what: sotalign::cli::bench::BenchCmd,
     },
+    /// Fit an alignment method on embeddings (+ manifest) or a reference split; write a checkpoint.
+    Align(sotalign::cli::align::AlignArgs),
+    /// Print the retrieval metrics of a checkpoint on a test split.
+    Eval(sotalign::cli::eval::EvalArgs),
+    /// Run the reference protocol (all methods x budgets x seeds) and update docs/RESULTS.md.
+    Experiment(sotalign::cli::experiment::ExperimentArgs),
+    /// Benchmark the nearest-neighbour index: HNSW vs exact search (build rate, latency, recall).
+    BenchIndex(sotalign::cli::index::BenchIndexArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +45,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fetch(a) => sotalign::cli::encoders::fetch(a),
         Cmd::Encode(a) => sotalign::cli::encoders::encode(a),
         Cmd::Bench { what } => sotalign::cli::bench::run(what),
+        Cmd::Align(a) => sotalign::cli::align::run(a),
+        Cmd::Eval(a) => sotalign::cli::eval::run(a),
+        Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
+        Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
     }
 }

@@ -24,7 +24,7 @@ use super::klot::Klot;
 use super::optim::Optimizer;
 use super::progress::Progress;
 use super::siglip::{label_matrix, siglip_loss};
-use super::{AlignConfig, AlignData, AlignError, Aligned, Matrix};
+use super::{AlignConfig, AlignData, AlignError, Aligned, Matrix, MethodState};
 
 /// What the student needs from its teacher: canonical coordinates (for the head init) and the
 /// normalised embeddings whose dot products are the teacher affinity K* ([`Aligned`]).
@@ -154,6 +154,44 @@ impl Aligned for StudentHeads {
 
     fn embed_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
         self.embed(&self.y, y, "text")
+    }
+
+    /// Every parameter as an f32 tensor (1-D ones as 1 x d), named as in [`Self::tensors`].
+    fn export_state(&self) -> Result<MethodState, AlignError> {
+        let mut tensors: Vec<(String, Matrix)> = Vec::new();
+        for (name, t) in self.tensors()? {
+            let t = if t.rank() == 1 { t.unsqueeze(0)? } else { t };
+            tensors.push((name, to_matrix(&t)?));
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(MethodState {
+            method: self.name.clone(),
+            tensors,
+            meta: serde_json::json!({ "ln_eps": self.x.ln_eps, "dim": self.x.d_out() }),
+        })
+    }
+}
+
+impl StudentHeads {
+    /// Rebuild from [`Aligned::export_state`] output (checkpoints).
+    pub fn from_state(state: &MethodState) -> Result<Self, AlignError> {
+        let ln_eps = state
+            .meta
+            .get("ln_eps")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1e-5);
+        let mut map = HashMap::new();
+        for (name, m) in &state.tensors {
+            let t = to_tensor(m, &Device::Cpu)?;
+            // Vectors were stored as 1 x d.
+            let t = if name.ends_with("linear.weight") {
+                t
+            } else {
+                t.flatten_all()?
+            };
+            map.insert(name.clone(), t);
+        }
+        Self::from_tensors(&state.method, map, ln_eps)
     }
 }
 
@@ -450,6 +488,16 @@ mod tests {
         }
         fn embed_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
             Ok(self.coords_y(y)?.l2_normalized())
+        }
+        fn export_state(&self) -> Result<MethodState, AlignError> {
+            Ok(MethodState {
+                method: "linear".into(),
+                tensors: vec![
+                    ("ax".into(), self.ax.clone()),
+                    ("ay".into(), self.ay.clone()),
+                ],
+                meta: serde_json::Value::Null,
+            })
         }
     }
 
