@@ -22,6 +22,9 @@ enum Cmd {
     Eval(sotalign::cli::eval::EvalArgs),
     /// Run the reference protocol (all methods x budgets x seeds) and update docs/RESULTS.md.
     Experiment(sotalign::cli::experiment::ExperimentArgs),
+    /// Benchmarks that print what they measured (e.g. `bench synthetic`).
+    #[command(subcommand)]
+    Bench(sotalign::cli::bench::BenchCmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Align(a) => sotalign::cli::align::run(a),
         Cmd::Eval(a) => sotalign::cli::eval::run(a),
         Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
+        Cmd::Bench(c) => sotalign::cli::bench::run(c),
     }
 }
