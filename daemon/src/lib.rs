@@ -9,4 +9,5 @@
 
 pub mod align;
 pub mod cli;
+pub mod index;
 pub mod io;

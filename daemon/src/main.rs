@@ -25,6 +25,8 @@ enum Cmd {
     /// Benchmarks that print what they measured (e.g. `bench synthetic`).
     #[command(subcommand)]
     Bench(sotalign::cli::bench::BenchCmd),
+    /// Benchmark the nearest-neighbour index: HNSW vs exact search (build rate, latency, recall).
+    BenchIndex(sotalign::cli::index::BenchIndexArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Eval(a) => sotalign::cli::eval::run(a),
         Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
         Cmd::Bench(c) => sotalign::cli::bench::run(c),
+        Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
     }
 }

@@ -5,3 +5,4 @@ pub mod bench;
 pub mod data_args;
 pub mod eval;
 pub mod experiment;
+pub mod index;
