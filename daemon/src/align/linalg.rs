@@ -176,6 +176,37 @@ pub fn sym_inv_sqrt(c: MatRef<'_, f64>, what: &str) -> Result<Mat<f64>, AlignErr
     sym_apply(c, what, |w| if w > 0.0 { 1.0 / w.sqrt() } else { f64::NAN })
 }
 
+/// `(Z^T Z / n + ridge I)^-1/2` for centred rows Z (n x d), `ridge > 0`.
+///
+/// When n < d (few pairs, wide features: the usual case here) the covariance has rank < n and
+/// the inverse root is computed from the thin SVD of Z, `Z = P S Q^T`:
+/// `(Q diag(s^2/n) Q^T + ridge I)^-1/2 = ridge^-1/2 I + Q diag((s^2/n + ridge)^-1/2 - ridge^-1/2) Q^T`,
+/// O(n^2 d + d^2 r) instead of the O(d^3) eigendecomposition (1280-d image features: ~10x
+/// faster at n = 100). Otherwise the d x d covariance is eigendecomposed.
+pub fn ridge_inv_sqrt(z: MatRef<'_, f64>, ridge: f64, what: &str) -> Result<Mat<f64>, AlignError> {
+    let (n, d) = (z.nrows(), z.ncols());
+    if !(ridge > 0.0 && ridge.is_finite()) {
+        let mut c = covariance(z);
+        add_ridge(&mut c, ridge);
+        return sym_inv_sqrt(c.as_ref(), what);
+    }
+    if n >= d {
+        let mut c = covariance(z);
+        add_ridge(&mut c, ridge);
+        return sym_inv_sqrt(c.as_ref(), what);
+    }
+    let svd = thin_svd(z, what)?;
+    let base = 1.0 / ridge.sqrt();
+    let nf = n.max(1) as f64;
+    let r = svd.s.len();
+    let qd = Mat::from_fn(d, r, |i, j| {
+        svd.v[(i, j)] * (1.0 / (svd.s[j] * svd.s[j] / nf + ridge).sqrt() - base)
+    });
+    let mut out = &qd * svd.v.transpose();
+    add_ridge(&mut out, base);
+    Ok(out)
+}
+
 /// Thin SVD `A = U diag(S) V^T` with S non-increasing; U is rows x r, V is cols x r,
 /// r = min(rows, cols).
 pub struct ThinSvd {
@@ -249,6 +280,21 @@ mod tests {
                     "{i},{j}: {}",
                     prod[(i, j)]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn low_rank_inverse_root_equals_eigendecomposition() {
+        // n = 4 < d = 7 takes the low-rank path; compare with the dense one.
+        let z = Mat::from_fn(4, 7, |i, j| ((i * 5 + j * 3) % 7) as f64 / 7.0 - 0.4);
+        let fast = ridge_inv_sqrt(z.as_ref(), 0.1, "z").unwrap();
+        let mut c = covariance(z.as_ref());
+        add_ridge(&mut c, 0.1);
+        let dense = sym_inv_sqrt(c.as_ref(), "c").unwrap();
+        for i in 0..7 {
+            for j in 0..7 {
+                assert!((fast[(i, j)] - dense[(i, j)]).abs() < 1e-12, "{i},{j}");
             }
         }
     }

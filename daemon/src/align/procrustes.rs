@@ -121,11 +121,14 @@ fn zca(
             u[(i - np, j)] - mean[j]
         }
     });
-    let mut c = linalg::covariance(z.as_ref());
-    let d = c.nrows().max(1) as f64;
-    let ridge = shrink * linalg::trace(c.as_ref()) / d;
-    linalg::add_ridge(&mut c, ridge);
-    linalg::sym_inv_sqrt(c.as_ref(), &format!("{what} pool covariance + shrinkage"))
+    let d = z.ncols().max(1) as f64;
+    let trace = z.as_ref().squared_norm_l2() / z.nrows().max(1) as f64;
+    let ridge = shrink * trace / d;
+    linalg::ridge_inv_sqrt(
+        z.as_ref(),
+        ridge,
+        &format!("{what} pool covariance + shrinkage"),
+    )
 }
 
 fn transform(mut z: Mat<f64>, mean: &[f64], w: Option<&Mat<f64>>) -> Mat<f64> {

@@ -60,16 +60,14 @@ impl CcaTeacher {
         linalg::centre(&mut zx, &mean_x);
         linalg::centre(&mut zy, &mean_y);
 
-        let mut cxx = linalg::covariance(zx.as_ref());
-        let mut cyy = linalg::covariance(zy.as_ref());
         let mut cxy = zx.transpose() * &zy;
         cxy *= faer::Scale(1.0 / n as f64);
-        let ridge_x = ridge(cfg, &cxx);
-        let ridge_y = ridge(cfg, &cyy);
-        linalg::add_ridge(&mut cxx, ridge_x);
-        linalg::add_ridge(&mut cyy, ridge_y);
-        let ix = linalg::sym_inv_sqrt(cxx.as_ref(), "image covariance + ridge")?;
-        let iy = linalg::sym_inv_sqrt(cyy.as_ref(), "text covariance + ridge")?;
+        // tr(Z^T Z / n) without forming the d x d covariance.
+        let tr = |z: &Mat<f64>| z.as_ref().squared_norm_l2() / n as f64;
+        let ridge_x = ridge(cfg, tr(&zx), zx.ncols());
+        let ridge_y = ridge(cfg, tr(&zy), zy.ncols());
+        let ix = linalg::ridge_inv_sqrt(zx.as_ref(), ridge_x, "image covariance + ridge")?;
+        let iy = linalg::ridge_inv_sqrt(zy.as_ref(), ridge_y, "text covariance + ridge")?;
         let t = &ix * &cxy * &iy;
         let svd = linalg::thin_svd(t.as_ref(), "whitened cross-covariance")?;
 
@@ -192,9 +190,9 @@ impl CcaTeacher {
 }
 
 /// The ridge for one covariance: absolute, or relative to its mean eigenvalue tr(C)/d.
-fn ridge(cfg: &TeacherConfig, c: &Mat<f64>) -> f64 {
+fn ridge(cfg: &TeacherConfig, trace: f64, d: usize) -> f64 {
     if cfg.lambda_relative {
-        cfg.lambda * linalg::trace(c.as_ref()) / c.nrows().max(1) as f64
+        cfg.lambda * trace / d.max(1) as f64
     } else {
         cfg.lambda
     }

@@ -71,6 +71,11 @@ pub fn run(args: AlignArgs) -> Result<()> {
         "command": std::env::args().collect::<Vec<_>>().join(" "),
     });
     let state = model.export_state()?;
+    if let Some(dir) = args.out.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
     write_checkpoint(&args.out, &state, &cfg, info)?;
     eprintln!(
         "fitted {} on {} pairs ({} + {} unpaired) in {secs:.2} s; wrote {}",
