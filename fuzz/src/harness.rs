@@ -55,7 +55,11 @@ fn drain(
     let mut budget = 4 * buf.len() + 16;
     loop {
         let before = buf.len();
-        let out = if eof { codec.decode_eof(buf) } else { codec.decode(buf) };
+        let out = if eof {
+            codec.decode_eof(buf)
+        } else {
+            codec.decode(buf)
+        };
         let out = out.expect("the decoder reports bad frames as items, never as fatal errors");
         match out {
             Some(item) => items.push(item),
@@ -73,9 +77,18 @@ fn drain(
 fn roundtrip(msg: &Message) {
     let mut codec = FrameCodec::new(usize::MAX / 4);
     let mut out = BytesMut::new();
-    codec.encode_message(msg, &mut out).expect("a decoded message re-encodes");
-    let again = codec.decode(&mut out).expect("no fatal error").expect("one whole frame");
-    assert_eq!(again.as_ref().ok(), Some(msg), "frame round trip changed the message");
+    codec
+        .encode_message(msg, &mut out)
+        .expect("a decoded message re-encodes");
+    let again = codec
+        .decode(&mut out)
+        .expect("no fatal error")
+        .expect("one whole frame");
+    assert_eq!(
+        again.as_ref().ok(),
+        Some(msg),
+        "frame round trip changed the message"
+    );
     assert!(out.is_empty(), "re-encoded frame left {} bytes", out.len());
 }
 

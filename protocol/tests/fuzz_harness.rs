@@ -7,11 +7,16 @@ use proptest::prelude::*;
 mod harness;
 
 fn corpus(dir: &str) -> Vec<Vec<u8>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(dir);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(dir);
     let mut files: Vec<_> = std::fs::read_dir(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+        })
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no seed files in {}", path.display());
@@ -44,12 +49,20 @@ fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::Flip(i, b)),
         (any::<usize>(), 0usize..40).prop_map(|(i, n)| Edit::Cut(i, n)),
-        (any::<usize>(), prop::collection::vec(any::<u8>(), 0..12)).prop_map(|(i, v)| Edit::Insert(i, v)),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 0..12))
+            .prop_map(|(i, v)| Edit::Insert(i, v)),
         // Header-shaped insertions reach the resync and length paths more often.
-        (any::<usize>(), prop::sample::select(vec![
-            b"Content-Length: ".to_vec(), b"\r\n\r\n".to_vec(), b"content-length:99999999999999999999\r\n".to_vec(),
-            b"Content-Length: -1\r\n\r\n".to_vec(), b"{\"jsonrpc\":\"2.0\"}".to_vec(),
-        ])).prop_map(|(i, v)| Edit::Insert(i, v)),
+        (
+            any::<usize>(),
+            prop::sample::select(vec![
+                b"Content-Length: ".to_vec(),
+                b"\r\n\r\n".to_vec(),
+                b"content-length:99999999999999999999\r\n".to_vec(),
+                b"Content-Length: -1\r\n\r\n".to_vec(),
+                b"{\"jsonrpc\":\"2.0\"}".to_vec(),
+            ])
+        )
+            .prop_map(|(i, v)| Edit::Insert(i, v)),
     ]
 }
 
