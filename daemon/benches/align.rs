@@ -1,9 +1,79 @@
-//! Criterion benchmarks for the alignment engine (KLOT step, CCA fit). Filled by the engine work.
-use criterion::{Criterion, criterion_group, criterion_main};
+//! Criterion benchmarks of the alignment engine's hot paths.
+//!
+//! - `klot_step/B`: one KLOT step on a B x B batch: student and teacher Sinkhorn plans (100
+//!   iterations each, eps_s = 0.05, eps_t = 0.01), KL(P* || P) and the gradient (P - P*)/eps_s,
+//!   on cosine affinities of random unit vectors (dim 64). The same computation as
+//!   `scripts/bench_reference.py` (numpy and jax-jit); `scripts/bench-reference.sh` runs both
+//!   and prints the ratio table of docs/BENCHMARKS.md.
+//! - `sinkhorn/B`: one 100-iteration plan at eps = 0.05 (half a KLOT step).
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sotalign::align::Matrix;
+use sotalign::align::klot::Klot;
+use sotalign::align::sinkhorn::Sinkhorn;
+use std::hint::black_box;
+use std::time::Duration;
 
-fn placeholder(c: &mut Criterion) {
-    c.bench_function("noop", |b| b.iter(|| 1 + 1));
+fn unit_rows(n: usize, d: usize, rng: &mut ChaCha8Rng) -> Matrix {
+    let data = (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Matrix {
+        rows: n,
+        cols: d,
+        data,
+    }
+    .l2_normalized()
 }
 
-criterion_group!(benches, placeholder);
+fn affinity(b: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = unit_rows(b, 64, &mut rng);
+    let y = unit_rows(b, 64, &mut rng);
+    x.matmul_t(&y).data
+}
+
+fn klot_step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("klot_step");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for &b in &[256usize, 1024, 2048, 4096] {
+        let ks = affinity(b, 1);
+        let kt = affinity(b, 2);
+        let mut k = Klot::new(b, b);
+        g.bench_with_input(BenchmarkId::from_parameter(b), &b, |bench, _| {
+            bench.iter(|| {
+                black_box(
+                    k.step(&ks, &kt, 0.05, 0.01, 100)
+                        .map(|v| v.kl)
+                        .unwrap_or(f64::NAN),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+fn sinkhorn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sinkhorn");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for &b in &[256usize, 1024, 2048] {
+        let k = affinity(b, 3);
+        let mut s = Sinkhorn::new(b, b);
+        g.bench_with_input(BenchmarkId::from_parameter(b), &b, |bench, _| {
+            bench.iter(|| {
+                black_box(
+                    s.solve(&k, 0.05, 100)
+                        .map(|st| st.marginal_error)
+                        .unwrap_or(f64::NAN),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, klot_step, sinkhorn);
 criterion_main!(benches);

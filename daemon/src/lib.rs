@@ -8,4 +8,6 @@
 //! - [`io`]: reading and writing embeddings (`.npy`, safetensors), manifests, checkpoints.
 
 pub mod align;
+pub mod cli;
+pub mod index;
 pub mod io;

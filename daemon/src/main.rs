@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sotalign", version, about = "Align frozen vision and text encoders with few pairs (SOTAlign)")]
+#[command(
+    name = "sotalign",
+    version,
+    about = "Align frozen vision and text encoders with few pairs (SOTAlign)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -12,6 +16,14 @@ struct Cli {
 enum Cmd {
     /// Print version and build information.
     Info,
+    /// Fit an alignment method on embeddings (+ manifest) or a reference split; write a checkpoint.
+    Align(sotalign::cli::align::AlignArgs),
+    /// Print the retrieval metrics of a checkpoint on a test split.
+    Eval(sotalign::cli::eval::EvalArgs),
+    /// Run the reference protocol (all methods x budgets x seeds) and update docs/RESULTS.md.
+    Experiment(sotalign::cli::experiment::ExperimentArgs),
+    /// Benchmark the nearest-neighbour index: HNSW vs exact search (build rate, latency, recall).
+    BenchIndex(sotalign::cli::index::BenchIndexArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -21,5 +33,9 @@ fn main() -> anyhow::Result<()> {
             println!("sotalign {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Cmd::Align(a) => sotalign::cli::align::run(a),
+        Cmd::Eval(a) => sotalign::cli::eval::run(a),
+        Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
+        Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
     }
 }

@@ -19,6 +19,29 @@ pub struct AlignConfig {
     pub siglip: SiglipConfig,
     pub klot: KlotConfig,
     pub optim: OptimConfig,
+    pub auto: AutoConfig,
+}
+
+/// Search space and validation of the `auto` method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AutoConfig {
+    /// Disjoint held-out blocks averaged (1 = exactly the protocol's single last block).
+    pub folds: usize,
+    /// Relative ridges tried for the teacher (`lambda * tr(C)/d`), besides the absolute one.
+    pub ridge_grid: Vec<f64>,
+    /// ASIF powers tried (plain and centred).
+    pub asif_p_grid: Vec<f64>,
+}
+
+impl Default for AutoConfig {
+    fn default() -> Self {
+        Self {
+            folds: 3,
+            ridge_grid: vec![0.03, 0.1, 0.3, 1.0],
+            asif_p_grid: vec![4.0, 8.0, 16.0],
+        }
+    }
 }
 
 /// Ridge CCA teacher.
@@ -59,6 +82,9 @@ pub struct AsifConfig {
     pub k: usize,
     /// Exponent applied to the kept similarities.
     pub p: f64,
+    /// Centre anchors and queries on the paired means (and re-normalise) before the cosines
+    /// (the reference's `asif_c`).
+    pub centre: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,43 +163,66 @@ impl Default for AlignConfig {
             siglip: SiglipConfig::default(),
             klot: KlotConfig::default(),
             optim: OptimConfig::default(),
+            auto: AutoConfig::default(),
         }
     }
 }
 
 impl Default for TeacherConfig {
     fn default() -> Self {
-        Self { lambda: 0.1, lambda_relative: false, rel_tol: 1e-6, max_components: None }
+        Self {
+            lambda: 0.1,
+            lambda_relative: false,
+            rel_tol: 1e-6,
+            max_components: None,
+        }
     }
 }
 
 impl Default for ProcrustesConfig {
     fn default() -> Self {
-        Self { whiten: false, whiten_shrink: 0.1 }
+        Self {
+            whiten: false,
+            whiten_shrink: 0.1,
+        }
     }
 }
 
 impl Default for CsaConfig {
     fn default() -> Self {
-        Self { s: None, s_grid: vec![8, 16, 32, 64, 128] }
+        Self {
+            s: None,
+            s_grid: vec![8, 16, 32, 64, 128],
+        }
     }
 }
 
 impl Default for AsifConfig {
     fn default() -> Self {
-        Self { k: 800, p: 8.0 }
+        Self {
+            k: 800,
+            p: 8.0,
+            centre: false,
+        }
     }
 }
 
 impl Default for HeadsConfig {
     fn default() -> Self {
-        Self { dim: 512, init: HeadInit::Teacher, ln_eps: 1e-5 }
+        Self {
+            dim: 512,
+            init: HeadInit::Teacher,
+            ln_eps: 1e-5,
+        }
     }
 }
 
 impl Default for SiglipConfig {
     fn default() -> Self {
-        Self { logit_scale_init: 20f64.ln(), bias_init: -10.0 }
+        Self {
+            logit_scale_init: 20f64.ln(),
+            bias_init: -10.0,
+        }
     }
 }
 

@@ -7,6 +7,11 @@ use super::{AlignError, Matrix};
 /// are unpaired pools with no correspondence between them (either may have 0 rows).
 /// `pair_groups[i]` identifies the caption of pair i: two pairs with the same group are both
 /// positives for each other (e.g. several stamps sharing one caption).
+///
+/// `yu_groups`, when known, gives each unpaired text a group in the same id space as
+/// `pair_groups` (an unpaired text *is* a caption, so its caption is known even though its image
+/// is not). Validation uses it: an unpaired text with the query's caption counts as a correct
+/// retrieval, while unpaired images are never correct (their captions are unknown).
 #[derive(Debug, Clone)]
 pub struct AlignData {
     pub xp: Matrix,
@@ -14,6 +19,7 @@ pub struct AlignData {
     pub xu: Matrix,
     pub yu: Matrix,
     pub pair_groups: Vec<u32>,
+    pub yu_groups: Option<Vec<u32>>,
 }
 
 impl AlignData {
@@ -26,6 +32,7 @@ impl AlignData {
             xp,
             yp,
             pair_groups: (0..n as u32).collect(),
+            yu_groups: None,
         }
     }
 
@@ -62,6 +69,15 @@ impl AlignData {
                 what: "pair_groups length".into(),
                 expected: n,
                 got: self.pair_groups.len(),
+            });
+        }
+        if let Some(g) = &self.yu_groups
+            && g.len() != self.yu.rows
+        {
+            return Err(AlignError::DimensionMismatch {
+                what: "yu_groups length (must equal unpaired texts)".into(),
+                expected: self.yu.rows,
+                got: g.len(),
             });
         }
         if self.xu.cols != self.xp.cols && self.xu.rows > 0 {

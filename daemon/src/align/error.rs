@@ -4,7 +4,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum AlignError {
     #[error("dimension mismatch: {what}: expected {expected}, got {got}")]
-    DimensionMismatch { what: String, expected: usize, got: usize },
+    DimensionMismatch {
+        what: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("non-finite value (NaN or Inf) in {what} at row {row}")]
     NonFinite { what: String, row: usize },
     #[error("not enough data: {0}")]

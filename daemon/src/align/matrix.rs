@@ -15,7 +15,11 @@ pub struct Matrix {
 
 impl Matrix {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Self { rows, cols, data: vec![0.0; rows * cols] }
+        Self {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
 
     /// Build from row-major data; errors when the length does not match.
@@ -45,14 +49,21 @@ impl Matrix {
         for &i in idx {
             data.extend_from_slice(self.row(i));
         }
-        Self { rows: idx.len(), cols: self.cols, data }
+        Self {
+            rows: idx.len(),
+            cols: self.cols,
+            data,
+        }
     }
 
     /// Error naming the first row with a NaN or Inf.
     pub fn check_finite(&self, what: &str) -> Result<(), AlignError> {
         for r in 0..self.rows {
             if self.row(r).iter().any(|v| !v.is_finite()) {
-                return Err(AlignError::NonFinite { what: what.to_string(), row: r });
+                return Err(AlignError::NonFinite {
+                    what: what.to_string(),
+                    row: r,
+                });
             }
         }
         Ok(())
@@ -63,7 +74,11 @@ impl Matrix {
         let mut out = self.clone();
         for r in 0..out.rows {
             let row = out.row_mut(r);
-            let n = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+            let n = row
+                .iter()
+                .map(|v| (*v as f64) * (*v as f64))
+                .sum::<f64>()
+                .sqrt();
             if n > 0.0 {
                 let inv = (1.0 / n) as f32;
                 row.iter_mut().for_each(|v| *v *= inv);
@@ -78,13 +93,16 @@ impl Matrix {
         assert_eq!(self.cols, other.cols, "matmul_t inner dimension");
         let mut out = Matrix::zeros(self.rows, other.rows);
         let n = other.rows;
-        out.data.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, orow)| {
-            let a = self.row(i);
-            for (j, o) in orow.iter_mut().enumerate() {
-                let b = other.row(j);
-                *o = a.iter().zip(b).map(|(x, y)| x * y).sum();
-            }
-        });
+        out.data
+            .par_chunks_mut(n.max(1))
+            .enumerate()
+            .for_each(|(i, orow)| {
+                let a = self.row(i);
+                for (j, o) in orow.iter_mut().enumerate() {
+                    let b = other.row(j);
+                    *o = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                }
+            });
         out
     }
 }

@@ -7,15 +7,61 @@
 //!   evaluation, the daemon's index and suggestions all rely on this;
 //! - inputs are validated at the boundary and bad input is a typed [`AlignError`], never a panic.
 
+pub mod asif;
+pub mod auto;
 pub mod config;
+pub mod csa;
 pub mod data;
 pub mod error;
+pub mod eval;
+pub mod heads;
+pub mod klot;
+pub mod linalg;
 pub mod matrix;
+pub mod methods;
+pub mod optim;
+pub mod procrustes;
+pub mod progress;
+pub mod siglip;
+pub mod sinkhorn;
+pub mod synthetic;
+pub mod teacher;
+pub mod train;
+pub mod validation;
 
 pub use config::AlignConfig;
 pub use data::AlignData;
 pub use error::AlignError;
 pub use matrix::Matrix;
+
+use faer::Mat;
+
+/// The learned state of a fitted method, as named f32 tensors plus JSON metadata: what a
+/// checkpoint stores and what the method registry rebuilds a method from. 1-D vectors (means,
+/// correlations) are stored as 1 x d tensors.
+#[derive(Debug, Clone)]
+pub struct MethodState {
+    /// Registry name of the method (`cca`, `csa`, `asif`, ...).
+    pub method: String,
+    pub tensors: Vec<(String, Matrix)>,
+    pub meta: serde_json::Value,
+}
+
+impl MethodState {
+    /// The tensor called `name`, or a typed error naming what is missing.
+    pub fn tensor(&self, name: &str) -> Result<&Matrix, AlignError> {
+        self.tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m)
+            .ok_or_else(|| {
+                AlignError::InvalidConfig(format!(
+                    "checkpoint of `{}` has no tensor `{name}`",
+                    self.method
+                ))
+            })
+    }
+}
 
 /// A fitted alignment: maps images (x) and texts (y) into a shared space where
 /// `score(x_i, y_j) = embed_x(x)_i . embed_y(y)_j`.
@@ -35,4 +81,20 @@ pub trait Aligned: Send + Sync {
         let ey = self.embed_y(y)?;
         Ok(ex.matmul_t(&ey))
     }
+    /// f64 embeddings. The default widens the f32 ones; closed-form methods override it so that
+    /// evaluation keeps f64 precision end to end (exact agreement with an f64 reference).
+    fn embed_x_f64(&self, x: &Matrix) -> Result<Mat<f64>, AlignError> {
+        Ok(linalg::to_faer(&self.embed_x(x)?))
+    }
+    fn embed_y_f64(&self, y: &Matrix) -> Result<Mat<f64>, AlignError> {
+        Ok(linalg::to_faer(&self.embed_y(y)?))
+    }
+    /// f64 score matrix (images x texts): what evaluation ranks.
+    fn score_f64(&self, x: &Matrix, y: &Matrix) -> Result<Mat<f64>, AlignError> {
+        let ex = self.embed_x_f64(x)?;
+        let ey = self.embed_y_f64(y)?;
+        Ok(&ex * ey.transpose())
+    }
+    /// Export the fitted state (checkpointing); `crate::align::methods::restore` rebuilds it.
+    fn export_state(&self) -> Result<MethodState, AlignError>;
 }

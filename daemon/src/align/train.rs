@@ -1,0 +1,655 @@
+//! Stage 2 of SOTAlign: train the student heads.
+//!
+//! Each step (PROTOCOL.md): SigLIP on *all* pairs as one batch, plus `alpha` times KLOT on a
+//! fresh unpaired batch of `B` images and `B` texts drawn independently:
+//! `KLOT = KL(P* || P)`, `P = Sinkhorn(Ks / eps_s)` from the student's cosine matrix,
+//! `P* = Sinkhorn(K* / eps_t)` from the teacher's (cosine in CCA space). The KLOT gradient enters
+//! the candle graph as `alpha * sum(stopgrad((P - P*) / eps_s) * Ks)` (see [`super::klot`] for
+//! why that is the exact gradient); the loss we report uses the true KL value.
+//!
+//! `alpha = 0` with random init is the pairs-only SigLIP baseline; the teacher is needed when
+//! `alpha > 0` or the heads are initialised from it. A fixed `cfg.seed` fixes the initial weights
+//! and the batch draws, so a fit is deterministic.
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::config::HeadInit;
+use super::heads::{self, Head, HeadInitValues, l2_normalize, standardize, to_matrix, to_tensor};
+use super::klot::Klot;
+use super::optim::Optimizer;
+use super::progress::Progress;
+use super::siglip::{label_matrix, siglip_loss};
+use super::{AlignConfig, AlignData, AlignError, Aligned, Matrix, MethodState};
+
+/// What the student needs from its teacher: canonical coordinates (for the head init) and the
+/// normalised embeddings whose dot products are the teacher affinity K* ([`Aligned`]).
+/// Implemented by the ridge-CCA teacher; a trait so the training loop does not care how the
+/// teacher was fitted.
+pub trait StudentTeacher: Aligned {
+    /// Number of canonical components.
+    fn components(&self) -> usize;
+    /// Canonical coordinates (not normalised) of raw image features.
+    fn coords_x(&self, x: &Matrix) -> Result<Matrix, AlignError>;
+    /// Canonical coordinates (not normalised) of raw text features.
+    fn coords_y(&self, y: &Matrix) -> Result<Matrix, AlignError>;
+}
+
+/// One training step's numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRecord {
+    pub siglip: f64,
+    /// KL(P* || P) on the step's unpaired batch (None when alpha = 0).
+    pub klot: Option<f64>,
+    /// siglip + alpha * klot.
+    pub total: f64,
+    pub lr: f64,
+}
+
+/// Trained heads: the `siglip` / `sotalign` methods.
+#[derive(Debug, Clone)]
+pub struct StudentHeads {
+    name: String,
+    pub x: Head,
+    pub y: Head,
+    /// Learned log logit scale `t` and bias `b` of the SigLIP loss (not used for retrieval:
+    /// scores are the cosine, a monotone function of the logits).
+    pub log_scale: f64,
+    pub logit_bias: f64,
+    /// Per-step losses of the fit (empty for heads loaded from a checkpoint).
+    pub log: Vec<StepRecord>,
+}
+
+impl StudentHeads {
+    /// All parameters by name (`x.ln.weight`, `x.ln.bias`, `x.linear.weight`, `x.linear.bias`,
+    /// the same under `y.`, plus `logit_scale` and `logit_bias`): what a checkpoint stores.
+    pub fn tensors(&self) -> Result<HashMap<String, Tensor>, AlignError> {
+        let dev = Device::Cpu;
+        let mut m = HashMap::new();
+        for (p, h) in [("x", &self.x), ("y", &self.y)] {
+            m.insert(format!("{p}.ln.weight"), h.ln_weight.clone());
+            m.insert(format!("{p}.ln.bias"), h.ln_bias.clone());
+            m.insert(format!("{p}.linear.weight"), h.weight.clone());
+            m.insert(format!("{p}.linear.bias"), h.bias.clone());
+        }
+        m.insert(
+            "logit_scale".into(),
+            Tensor::new(&[self.log_scale as f32], &dev)?,
+        );
+        m.insert(
+            "logit_bias".into(),
+            Tensor::new(&[self.logit_bias as f32], &dev)?,
+        );
+        Ok(m)
+    }
+
+    /// Rebuild from [`StudentHeads::tensors`] output (e.g. a loaded checkpoint).
+    pub fn from_tensors(
+        name: &str,
+        tensors: HashMap<String, Tensor>,
+        ln_eps: f64,
+    ) -> Result<Self, AlignError> {
+        let shape = |k: &str| -> Result<Vec<usize>, AlignError> {
+            tensors
+                .get(k)
+                .map(|t| t.dims().to_vec())
+                .ok_or_else(|| AlignError::InvalidConfig(format!("checkpoint lacks tensor `{k}`")))
+        };
+        let wx = shape("x.linear.weight")?;
+        let wy = shape("y.linear.weight")?;
+        if wx.len() != 2 || wy.len() != 2 {
+            return Err(AlignError::InvalidConfig("head weights must be 2-D".into()));
+        }
+        let scalar = |k: &str| -> Result<f64, AlignError> {
+            let t = tensors.get(k).ok_or_else(|| {
+                AlignError::InvalidConfig(format!("checkpoint lacks tensor `{k}`"))
+            })?;
+            Ok(t.flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .first()
+                .copied()
+                .unwrap_or(0.0) as f64)
+        };
+        let (log_scale, logit_bias) = (scalar("logit_scale")?, scalar("logit_bias")?);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let x = Head::load(vb.pp("x"), wx[1], wx[0], ln_eps)?;
+        let y = Head::load(vb.pp("y"), wy[1], wy[0], ln_eps)?;
+        Ok(Self {
+            name: name.to_string(),
+            x,
+            y,
+            log_scale,
+            logit_bias,
+            log: Vec::new(),
+        })
+    }
+
+    fn embed(&self, head: &Head, m: &Matrix, what: &str) -> Result<Matrix, AlignError> {
+        if m.cols != head.d_in() {
+            return Err(AlignError::DimensionMismatch {
+                what: format!("{what} feature dimension for the {} heads", self.name),
+                expected: head.d_in(),
+                got: m.cols,
+            });
+        }
+        m.check_finite(what)?;
+        let x = to_tensor(&m.l2_normalized(), &Device::Cpu)?;
+        to_matrix(&l2_normalize(&head.forward(&x)?)?)
+    }
+}
+
+impl Aligned for StudentHeads {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn embed_x(&self, x: &Matrix) -> Result<Matrix, AlignError> {
+        self.embed(&self.x, x, "image")
+    }
+
+    fn embed_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
+        self.embed(&self.y, y, "text")
+    }
+
+    /// Every parameter as an f32 tensor (1-D ones as 1 x d), named as in [`Self::tensors`].
+    fn export_state(&self) -> Result<MethodState, AlignError> {
+        let mut tensors: Vec<(String, Matrix)> = Vec::new();
+        for (name, t) in self.tensors()? {
+            let t = if t.rank() == 1 { t.unsqueeze(0)? } else { t };
+            tensors.push((name, to_matrix(&t)?));
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(MethodState {
+            method: self.name.clone(),
+            tensors,
+            meta: serde_json::json!({ "ln_eps": self.x.ln_eps, "dim": self.x.d_out() }),
+        })
+    }
+}
+
+impl StudentHeads {
+    /// Rebuild from [`Aligned::export_state`] output (checkpoints).
+    pub fn from_state(state: &MethodState) -> Result<Self, AlignError> {
+        let ln_eps = state
+            .meta
+            .get("ln_eps")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1e-5);
+        let mut map = HashMap::new();
+        for (name, m) in &state.tensors {
+            let t = to_tensor(m, &Device::Cpu)?;
+            // Vectors were stored as 1 x d.
+            let t = if name.ends_with("linear.weight") {
+                t
+            } else {
+                t.flatten_all()?
+            };
+            map.insert(name.clone(), t);
+        }
+        Self::from_tensors(&state.method, map, ln_eps)
+    }
+}
+
+/// Train student heads. `alpha = cfg.klot.alpha`; the method is named `sotalign` when
+/// `alpha > 0`, `siglip` otherwise.
+///
+/// Errors: the teacher is missing but needed; fewer unpaired samples than `klot.batch` on either
+/// side; a NaN/Inf loss (with the step); [`AlignError::Cancelled`] when `progress` breaks.
+pub fn fit_student<T: StudentTeacher + ?Sized>(
+    data: &AlignData,
+    teacher: Option<&T>,
+    cfg: &AlignConfig,
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<StudentHeads, AlignError> {
+    data.validate()?;
+    let alpha = cfg.klot.alpha;
+    let name = if alpha > 0.0 { "sotalign" } else { "siglip" };
+    check_config(cfg)?;
+    let needs_teacher = alpha > 0.0 || cfg.heads.init == HeadInit::Teacher;
+    let teacher = match (teacher, needs_teacher) {
+        (Some(t), _) => Some(t),
+        (None, false) => None,
+        (None, true) => {
+            return Err(AlignError::InvalidConfig(format!(
+                "{name}: a fitted teacher is required (klot.alpha = {alpha}, heads.init = {:?}); \
+                 fit the CCA teacher first or use alpha = 0 with heads.init = random",
+                cfg.heads.init
+            )));
+        }
+    };
+    let batch = cfg.klot.batch;
+    if alpha > 0.0 {
+        for (what, have) in [("images", data.xu.rows), ("texts", data.yu.rows)] {
+            if have < batch {
+                return Err(AlignError::NotEnoughData(format!(
+                    "{have} unpaired {what} but klot.batch = {batch}: lower klot.batch to at most \
+                     {have}, add unpaired {what}, or set klot.alpha = 0 (pairs-only SigLIP)"
+                )));
+            }
+        }
+    }
+
+    let dev = Device::Cpu;
+    let d_out = cfg.heads.dim;
+    let eps = cfg.heads.ln_eps;
+    let (dx, dy) = (data.dx(), data.dy());
+
+    // Initial weights.
+    let (init_x, init_y) = match (cfg.heads.init, teacher) {
+        (HeadInit::Teacher, Some(t)) => {
+            let pool_x = stack(&data.xp, &data.xu);
+            let pool_y = stack(&data.yp, &data.yu);
+            let cx = t.coords_x(&pool_x)?;
+            let cy = t.coords_y(&pool_y)?;
+            (
+                heads::init_from_teacher(&pool_x.l2_normalized(), &cx, d_out, eps, &dev)?,
+                heads::init_from_teacher(&pool_y.l2_normalized(), &cy, d_out, eps, &dev)?,
+            )
+        }
+        _ => (
+            heads::init_random(dx, d_out, cfg.seed.wrapping_mul(2).wrapping_add(1), &dev)?,
+            heads::init_random(dy, d_out, cfg.seed.wrapping_mul(2).wrapping_add(2), &dev)?,
+        ),
+    };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let mut params: Vec<(Var, bool)> = Vec::new();
+    let head_x = make_head(&varmap, &vb, "x", dx, d_out, eps, init_x, &mut params)?;
+    let head_y = make_head(&varmap, &vb, "y", dy, d_out, eps, init_y, &mut params)?;
+    let log_scale = Var::from_tensor(&Tensor::new(&[cfg.siglip.logit_scale_init as f32], &dev)?)?;
+    let logit_bias = Var::from_tensor(&Tensor::new(&[cfg.siglip.bias_init as f32], &dev)?)?;
+    params.push((log_scale.clone(), false));
+    params.push((logit_bias.clone(), false));
+    let mut opt = Optimizer::new(params, &cfg.optim)?;
+
+    // Frozen inputs, standardised once.
+    let xp = standardize(&to_tensor(&data.xp.l2_normalized(), &dev)?, eps)?;
+    let yp = standardize(&to_tensor(&data.yp.l2_normalized(), &dev)?, eps)?;
+    let z = label_matrix(&data.pair_groups, &dev)?;
+    let unpaired = if alpha > 0.0 {
+        let t = teacher.ok_or_else(|| AlignError::InvalidConfig("teacher missing".into()))?;
+        Some(UnpairedPool {
+            xu: standardize(&to_tensor(&data.xu.l2_normalized(), &dev)?, eps)?,
+            yu: standardize(&to_tensor(&data.yu.l2_normalized(), &dev)?, eps)?,
+            tx: to_tensor(&t.embed_x(&data.xu)?, &dev)?,
+            ty: to_tensor(&t.embed_y(&data.yu)?, &dev)?,
+            klot: Klot::new(batch, batch),
+        })
+    } else {
+        None
+    };
+    let mut pool = unpaired;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_0F_50_7A11);
+    let steps = cfg.optim.steps;
+    let mut log = Vec::with_capacity(steps);
+
+    for step in 0..steps {
+        let ex = l2_normalize(&head_x.forward_normalized(&xp)?)?;
+        let ey = l2_normalize(&head_y.forward_normalized(&yp)?)?;
+        let sig = siglip_loss(&ex, &ey, &z, log_scale.as_tensor(), logit_bias.as_tensor())?;
+        let sig_value = sig.to_scalar::<f32>()? as f64;
+        let (loss, kl) = match pool.as_mut() {
+            Some(p) => {
+                let ix = sample_indices(&mut rng, p.xu.dim(0)?, batch, &dev)?;
+                let iy = sample_indices(&mut rng, p.yu.dim(0)?, batch, &dev)?;
+                let sx = l2_normalize(&head_x.forward_normalized(&p.xu.index_select(&ix, 0)?)?)?;
+                let sy = l2_normalize(&head_y.forward_normalized(&p.yu.index_select(&iy, 0)?)?)?;
+                let ks = sx.matmul(&sy.t()?)?;
+                let kt =
+                    p.tx.index_select(&ix, 0)?
+                        .matmul(&p.ty.index_select(&iy, 0)?.t()?)?;
+                let ks_v = ks.flatten_all()?.to_vec1::<f32>()?;
+                let kt_v = kt.flatten_all()?.to_vec1::<f32>()?;
+                let out = p
+                    .klot
+                    .step(&ks_v, &kt_v, cfg.klot.eps_s, cfg.klot.eps_t, cfg.klot.iters)
+                    .map_err(|e| AlignError::Numerical(format!("KLOT at step {step}: {e}")))?;
+                let g = Tensor::from_slice(p.klot.grad(), (batch, batch), &dev)?;
+                let surrogate = (ks * g)?.sum_all()?;
+                ((sig + (surrogate * alpha)?)?, Some(out.kl))
+            }
+            None => (sig, None),
+        };
+        let total = sig_value + alpha * kl.unwrap_or(0.0);
+        if !total.is_finite() {
+            return Err(AlignError::Numerical(format!(
+                "{name}: loss is NaN/Inf at step {step} (siglip {sig_value}, klot {kl:?}); \
+                 try a lower optim.lr or a larger klot.eps_s"
+            )));
+        }
+        let lr = opt.schedule().lr(step);
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        log.push(StepRecord {
+            siglip: sig_value,
+            klot: kl,
+            total,
+            lr,
+        });
+        let report = Progress {
+            stage: name.to_string(),
+            step: step + 1,
+            total: steps,
+            loss: Some(total),
+        };
+        if progress(&report).is_break() {
+            return Err(AlignError::Cancelled);
+        }
+    }
+
+    let scalar = |v: &Var| -> Result<f64, AlignError> {
+        Ok(v.as_tensor()
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .first()
+            .copied()
+            .unwrap_or(0.0) as f64)
+    };
+    Ok(StudentHeads {
+        name: name.to_string(),
+        x: detach_head(&head_x),
+        y: detach_head(&head_y),
+        log_scale: scalar(&log_scale)?,
+        logit_bias: scalar(&logit_bias)?,
+        log,
+    })
+}
+
+struct UnpairedPool {
+    xu: Tensor,
+    yu: Tensor,
+    /// Teacher embeddings (L2-normalised) of the pools: K* = tx[ix] . ty[iy]^T.
+    tx: Tensor,
+    ty: Tensor,
+    klot: Klot,
+}
+
+fn check_config(cfg: &AlignConfig) -> Result<(), AlignError> {
+    let bad = |m: String| Err(AlignError::InvalidConfig(m));
+    if cfg.heads.dim == 0 {
+        return bad("heads.dim must be >= 1".into());
+    }
+    if cfg.optim.steps == 0 {
+        return bad("optim.steps must be >= 1".into());
+    }
+    let a = cfg.klot.alpha;
+    if !(a.is_finite() && a >= 0.0) {
+        return bad(format!("klot.alpha must be >= 0, got {a}"));
+    }
+    if a > 0.0 {
+        if cfg.klot.batch < 2 {
+            return bad("klot.batch must be >= 2".into());
+        }
+        for (n, e) in [("eps_s", cfg.klot.eps_s), ("eps_t", cfg.klot.eps_t)] {
+            if !(e.is_finite() && e > 0.0) {
+                return bad(format!("klot.{n} must be > 0, got {e}"));
+            }
+        }
+        if cfg.klot.iters == 0 {
+            return bad("klot.iters must be >= 1".into());
+        }
+    }
+    Ok(())
+}
+
+/// Register one head's parameters in the VarMap with the given initial values, then load it
+/// through the VarBuilder so its tensors are the trainable variables.
+#[allow(clippy::too_many_arguments)]
+fn make_head(
+    varmap: &VarMap,
+    vb: &VarBuilder,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+    eps: f64,
+    init: HeadInitValues,
+    params: &mut Vec<(Var, bool)>,
+) -> Result<Head, AlignError> {
+    let entries = [
+        ("ln.weight", init.ln_weight, false),
+        ("ln.bias", init.ln_bias, false),
+        ("linear.weight", init.weight, true),
+        ("linear.bias", init.bias, false),
+    ];
+    let mut vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| AlignError::Numerical("VarMap lock poisoned".into()))?;
+    for (name, value, decay) in entries {
+        let var = Var::from_tensor(&value)?;
+        params.push((var.clone(), decay));
+        vars.insert(format!("{prefix}.{name}"), var);
+    }
+    drop(vars);
+    Ok(Head::load(vb.pp(prefix), d_in, d_out, eps)?)
+}
+
+/// Copy of a head whose tensors no longer track the training variables.
+fn detach_head(h: &Head) -> Head {
+    Head {
+        ln_weight: h.ln_weight.detach(),
+        ln_bias: h.ln_bias.detach(),
+        weight: h.weight.detach(),
+        bias: h.bias.detach(),
+        ln_eps: h.ln_eps,
+    }
+}
+
+fn stack(a: &Matrix, b: &Matrix) -> Matrix {
+    let mut data = Vec::with_capacity(a.data.len() + b.data.len());
+    data.extend_from_slice(&a.data);
+    data.extend_from_slice(&b.data);
+    Matrix {
+        rows: a.rows + b.rows,
+        cols: a.cols,
+        data,
+    }
+}
+
+/// `k` distinct indices out of `n`, as a u32 tensor.
+fn sample_indices(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    k: usize,
+    dev: &Device,
+) -> Result<Tensor, AlignError> {
+    let idx: Vec<u32> = rand::seq::index::sample(rng, n, k)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    Ok(Tensor::from_vec(idx, k, dev)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::align::config::{HeadInit, OptimKind};
+    use crate::align::progress;
+    use crate::align::synthetic::{Platonic, PlatonicSpec, mean_r1};
+
+    /// A fixed linear teacher for exercising the loop's mechanics (the real one is the CCA
+    /// teacher): coordinates are the inputs times a fixed matrix.
+    struct LinearTeacher {
+        ax: Matrix, // k x dx
+        ay: Matrix, // k x dy
+    }
+
+    impl Aligned for LinearTeacher {
+        fn name(&self) -> &str {
+            "linear"
+        }
+        fn embed_x(&self, x: &Matrix) -> Result<Matrix, AlignError> {
+            Ok(self.coords_x(x)?.l2_normalized())
+        }
+        fn embed_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
+            Ok(self.coords_y(y)?.l2_normalized())
+        }
+        fn export_state(&self) -> Result<MethodState, AlignError> {
+            Ok(MethodState {
+                method: "linear".into(),
+                tensors: vec![
+                    ("ax".into(), self.ax.clone()),
+                    ("ay".into(), self.ay.clone()),
+                ],
+                meta: serde_json::Value::Null,
+            })
+        }
+    }
+
+    impl StudentTeacher for LinearTeacher {
+        fn components(&self) -> usize {
+            self.ax.rows
+        }
+        fn coords_x(&self, x: &Matrix) -> Result<Matrix, AlignError> {
+            Ok(x.l2_normalized().matmul_t(&self.ax))
+        }
+        fn coords_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
+            Ok(y.l2_normalized().matmul_t(&self.ay))
+        }
+    }
+
+    fn small_cfg(alpha: f64, init: HeadInit) -> AlignConfig {
+        let mut c = AlignConfig::default();
+        c.heads.dim = 32;
+        c.heads.init = init;
+        c.klot.alpha = alpha;
+        c.klot.batch = 32;
+        c.klot.iters = 30;
+        c.optim.kind = OptimKind::Adam;
+        c.optim.lr = 1e-2;
+        c.optim.steps = 40;
+        c.optim.warmup_frac = 0.0;
+        c.optim.cosine = false;
+        c
+    }
+
+    fn data() -> (AlignData, Matrix, Matrix) {
+        let spec = PlatonicSpec {
+            latent: 6,
+            hidden: 32,
+            dx: 24,
+            dy: 20,
+            noise: 0.1,
+            seed: 3,
+        };
+        Platonic::new(spec).unwrap().split(60, 100, 80, 1)
+    }
+
+    fn teacher(d: &AlignData) -> LinearTeacher {
+        let k = 8;
+        let mut ax = Matrix::zeros(k, d.dx());
+        let mut ay = Matrix::zeros(k, d.dy());
+        for i in 0..k {
+            ax.data[i * d.dx() + i] = 1.0;
+            ay.data[i * d.dy() + i] = 1.0;
+        }
+        LinearTeacher { ax, ay }
+    }
+
+    #[test]
+    fn pairs_only_siglip_learns_and_is_deterministic() {
+        let (d, xt, yt) = data();
+        let cfg = small_cfg(0.0, HeadInit::Random);
+        let a = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap();
+        assert_eq!(a.name(), "siglip");
+        assert_eq!(a.log.len(), 40);
+        let first = a.log[0].siglip;
+        let last = a.log[39].siglip;
+        assert!(last < 0.5 * first, "siglip loss {first} -> {last}");
+        // Held-out retrieval is far above chance (1/80).
+        let r1 = mean_r1(&a.score(&xt, &yt).unwrap());
+        assert!(r1 > 0.1, "held-out R@1 {r1}");
+        let b = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap();
+        assert_eq!(
+            a.x.weight.to_vec2::<f32>().unwrap(),
+            b.x.weight.to_vec2::<f32>().unwrap()
+        );
+        let mut other = cfg.clone();
+        other.seed = 1;
+        let c = fit_student::<LinearTeacher>(&d, None, &other, &mut progress::ignore).unwrap();
+        assert_ne!(
+            a.x.weight.to_vec2::<f32>().unwrap(),
+            c.x.weight.to_vec2::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn klot_term_is_reported_and_checkpoint_round_trips() {
+        let (d, xt, yt) = data();
+        let t = teacher(&d);
+        let cfg = small_cfg(1.0, HeadInit::Teacher);
+        let s = fit_student(&d, Some(&t), &cfg, &mut progress::ignore).unwrap();
+        assert_eq!(s.name(), "sotalign");
+        assert!(
+            s.log
+                .iter()
+                .all(|r| r.klot.is_some_and(|k| k.is_finite() && k >= -1e-6))
+        );
+        let back =
+            StudentHeads::from_tensors("sotalign", s.tensors().unwrap(), cfg.heads.ln_eps).unwrap();
+        let a = s.score(&xt, &yt).unwrap();
+        let b = back.score(&xt, &yt).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_input_gets_typed_errors() {
+        let (d, _, _) = data();
+        let t = teacher(&d);
+        // Teacher needed but missing.
+        let cfg = small_cfg(1.0, HeadInit::Random);
+        assert!(matches!(
+            fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore),
+            Err(AlignError::InvalidConfig(_))
+        ));
+        // Fewer unpaired samples than the batch.
+        let mut cfg = small_cfg(1.0, HeadInit::Teacher);
+        cfg.klot.batch = 500;
+        match fit_student(&d, Some(&t), &cfg, &mut progress::ignore) {
+            Err(AlignError::NotEnoughData(m)) => assert!(m.contains("klot.batch"), "{m}"),
+            other => panic!("expected NotEnoughData, got {:?}", other.map(|_| ())),
+        }
+        // Dimension mismatch at embed time.
+        let cfg = small_cfg(0.0, HeadInit::Random);
+        let mut short = cfg.clone();
+        short.optim.steps = 1;
+        let s = fit_student::<LinearTeacher>(&d, None, &short, &mut progress::ignore).unwrap();
+        assert!(matches!(
+            s.embed_x(&Matrix::zeros(2, 5)),
+            Err(AlignError::DimensionMismatch { .. })
+        ));
+        // A diverging learning rate is reported with its step.
+        let mut hot = cfg.clone();
+        hot.optim.lr = 1e30;
+        hot.optim.kind = OptimKind::Lion;
+        match fit_student::<LinearTeacher>(&d, None, &hot, &mut progress::ignore) {
+            Err(AlignError::Numerical(m)) => assert!(m.contains("at step"), "{m}"),
+            other => panic!("expected Numerical, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn progress_break_cancels() {
+        let (d, _, _) = data();
+        let cfg = small_cfg(0.0, HeadInit::Random);
+        let mut seen = 0;
+        let mut cb = |p: &Progress| {
+            seen = p.step;
+            if p.step == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        assert!(matches!(
+            fit_student::<LinearTeacher>(&d, None, &cfg, &mut cb),
+            Err(AlignError::Cancelled)
+        ));
+        assert_eq!(seen, 3);
+    }
+}

@@ -1,0 +1,108 @@
+//! Validation on the paired data only (PROTOCOL.md): the last `max(5, round(0.2 n))` pairs are
+//! held out, the method is fitted on the rest (plus the unpaired pools), and the held-out pairs
+//! are retrieved among distractors from the unpaired pool. Score = mean MRR of both directions.
+//!
+//! Labels in the galleries follow what is knowable without the test set: held-out pairs carry
+//! their caption groups; an unpaired *text* is a caption, so it is correct when its caption equals
+//! the query's (`AlignData::yu_groups`, or, when unknown, bit-identical text features); unpaired
+//! *images* have unknown captions and are pure distractors. This reproduces the reference's
+//! tuning scores (`tuxpaint_tuning.json`) exactly.
+use std::collections::HashMap;
+
+use super::eval::{RetrievalReport, retrieval_with_distractors};
+use super::{AlignData, AlignError, Aligned, Matrix};
+
+/// Number of held-out pairs for n pairs.
+pub fn val_size(n: usize) -> usize {
+    5usize.max((0.2 * n as f64).round() as usize)
+}
+
+/// A train / validation division of one [`AlignData`].
+#[derive(Debug, Clone)]
+pub struct Holdout {
+    /// First n - v pairs plus the full unpaired pools.
+    pub train: AlignData,
+    pub xq: Matrix,
+    pub yq: Matrix,
+    pub q_labels: Vec<u32>,
+    pub y_extra_labels: Vec<Option<u32>>,
+}
+
+impl Holdout {
+    /// The protocol's split: the last `val_size(n)` pairs are held out.
+    pub fn new(data: &AlignData) -> Result<Holdout, AlignError> {
+        Self::fold(data, 0)
+    }
+
+    /// Fold `f`: the f-th block of `val_size(n)` pairs counted from the end is held out (fold 0
+    /// is the protocol's split). Used to average validation over disjoint blocks.
+    pub fn fold(data: &AlignData, f: usize) -> Result<Holdout, AlignError> {
+        data.validate()?;
+        let n = data.n_pairs();
+        let v = val_size(n);
+        if n < (f + 1) * v + 2 {
+            return Err(AlignError::NotEnoughData(format!(
+                "validation fold {f} holds out {v} of {n} pairs and needs at least 2 left to fit; give at least {} pairs",
+                (f + 1) * v + 2
+            )));
+        }
+        let (lo, hi) = (n - (f + 1) * v, n - f * v);
+        let tr: Vec<usize> = (0..lo).chain(hi..n).collect();
+        let va: Vec<usize> = (lo..hi).collect();
+        let train = AlignData {
+            xp: data.xp.select_rows(&tr),
+            yp: data.yp.select_rows(&tr),
+            xu: data.xu.clone(),
+            yu: data.yu.clone(),
+            pair_groups: tr.iter().map(|&i| data.pair_groups[i]).collect(),
+            yu_groups: data.yu_groups.clone(),
+        };
+        let yq = data.yp.select_rows(&va);
+        let q_labels: Vec<u32> = va.iter().map(|&i| data.pair_groups[i]).collect();
+        let y_extra_labels = match &data.yu_groups {
+            Some(g) => g.iter().map(|&x| Some(x)).collect(),
+            None => {
+                // Same caption <=> same encoder output: match unpaired texts to held-out texts
+                // by their exact feature bits.
+                let mut by_bits: HashMap<Vec<u32>, u32> = HashMap::new();
+                for (r, &l) in q_labels.iter().enumerate() {
+                    by_bits.insert(yq.row(r).iter().map(|v| v.to_bits()).collect(), l);
+                }
+                (0..data.yu.rows)
+                    .map(|r| {
+                        by_bits
+                            .get(
+                                &data
+                                    .yu
+                                    .row(r)
+                                    .iter()
+                                    .map(|v| v.to_bits())
+                                    .collect::<Vec<_>>(),
+                            )
+                            .copied()
+                    })
+                    .collect()
+            }
+        };
+        Ok(Holdout {
+            train,
+            xq: data.xp.select_rows(&va),
+            yq,
+            q_labels,
+            y_extra_labels,
+        })
+    }
+
+    /// Retrieval of the held-out pairs among the unpaired distractors.
+    pub fn evaluate(&self, model: &dyn Aligned) -> Result<RetrievalReport, AlignError> {
+        retrieval_with_distractors(
+            model,
+            &self.xq,
+            &self.yq,
+            &self.q_labels,
+            &self.train.xu,
+            &self.train.yu,
+            &self.y_extra_labels,
+        )
+    }
+}

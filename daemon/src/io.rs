@@ -1,1 +1,0 @@
-//! File formats: embeddings (`.npy`, safetensors), manifests, checkpoints. Filled by the engine work.
