@@ -14,6 +14,7 @@ use futures::StreamExt;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui_image::picker::Picker;
+use sotalign_protocol::types::AlignParams;
 use sotalign_tui::images::Images;
 use sotalign_tui::net::{self, Endpoint, NetConfig};
 use sotalign_tui::rpc::Call;
@@ -44,6 +45,16 @@ struct Args {
     /// half-blocks); `halfblocks` works everywhere, including plain SSH and tmux.
     #[arg(long, value_enum, default_value_t = ImageMode::Auto)]
     images: ImageMode,
+    /// Alignment method `r` starts (sotalign, cca, procrustes, csa, asif, siglip; default:
+    /// the daemon's default).
+    #[arg(long, value_name = "METHOD")]
+    align_method: Option<String>,
+    /// Named engine preset for `r` (see the daemon's documentation).
+    #[arg(long, value_name = "NAME")]
+    align_preset: Option<String>,
+    /// JSON overrides of the engine configuration for `r`, e.g. '{"optim":{"steps":200}}'.
+    #[arg(long, value_name = "JSON")]
+    align_config: Option<String>,
     /// Name recorded as the source of your decisions (default: tui:$USER).
     #[arg(long)]
     source: Option<String>,
@@ -53,6 +64,24 @@ struct Args {
 enum ImageMode {
     Auto,
     Halfblocks,
+}
+
+fn align_params(args: &Args) -> Result<AlignParams> {
+    let mut p = AlignParams::default();
+    if let Some(m) = &args.align_method {
+        p.method = serde_json::from_value(serde_json::Value::String(m.clone()))
+            .with_context(|| format!("unknown --align-method {m:?}"))?;
+    }
+    p.preset = args.align_preset.clone();
+    if let Some(c) = &args.align_config {
+        let v: serde_json::Value =
+            serde_json::from_str(c).context("--align-config is not valid JSON")?;
+        if !v.is_object() {
+            bail!("--align-config must be a JSON object");
+        }
+        p.config = Some(v);
+    }
+    Ok(p)
 }
 
 fn find_daemon(explicit: Option<PathBuf>) -> Result<PathBuf> {
@@ -139,7 +168,12 @@ fn send_all(tx: &UnboundedSender<Call>, calls: Vec<Call>) {
     }
 }
 
-async fn run(terminal: &mut Term, args: &Args, endpoint: Endpoint) -> Result<()> {
+async fn run(
+    terminal: &mut Term,
+    args: &Args,
+    endpoint: Endpoint,
+    align: AlignParams,
+) -> Result<()> {
     let picker = match args.images {
         // Must run after entering the alternate screen and before reading events.
         ImageMode::Auto => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
@@ -162,6 +196,7 @@ async fn run(terminal: &mut Term, args: &Args, endpoint: Endpoint) -> Result<()>
     let net_task = tokio::spawn(net::run(cfg, call_rx, net_tx));
 
     let mut app = App::new();
+    app.align = align;
     app.handle(Event::Tick { now_ms: now_ms() });
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -201,13 +236,14 @@ async fn run(terminal: &mut Term, args: &Args, endpoint: Endpoint) -> Result<()>
 fn main() -> Result<()> {
     let args = Args::parse();
     let endpoint = endpoint(&args)?;
+    let align = align_params(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let mut terminal = setup_terminal()?;
-    let result = rt.block_on(run(&mut terminal, &args, endpoint));
+    let result = rt.block_on(run(&mut terminal, &args, endpoint, align));
     restore_terminal();
     let _ = terminal.show_cursor();
     result

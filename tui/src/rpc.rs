@@ -52,7 +52,8 @@ pub enum Call {
     Captions {
         image: SampleId,
     },
-    Align,
+    /// Start an alignment with these parameters (method, preset, config overrides).
+    Align(AlignParams),
     CancelJob {
         job: JobId,
     },
@@ -157,7 +158,7 @@ impl Call {
                 target: Some(Modality::Image),
                 k: SEARCH_K,
             }),
-            Call::Align => params::<methods::Align>(AlignParams::default()),
+            Call::Align(p) => params::<methods::Align>(p.clone()),
             Call::CancelJob { job } => params::<methods::Cancel>(CancelParams { job: *job }),
         }
     }
@@ -174,7 +175,7 @@ impl Call {
             Call::Reject { .. } => Reply::Reject(parse::<methods::Reject>(result)?),
             Call::Undo { .. } => Reply::Undo(parse::<methods::Undo>(result)?),
             Call::Search { .. } => Reply::Search(parse::<methods::Search>(result)?),
-            Call::Align => Reply::Align(parse::<methods::Align>(result)?),
+            Call::Align(_) => Reply::Align(parse::<methods::Align>(result)?),
             Call::CancelJob { .. } => Reply::CancelJob(parse::<methods::Cancel>(result)?),
         })
     }

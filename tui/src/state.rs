@@ -321,6 +321,8 @@ pub struct App {
     pub message: Option<StatusMsg>,
     /// Errors seen this session (the status line shows the latest).
     pub error_count: u64,
+    /// What `r` asks the daemon to fit (default: the daemon's default method and preset).
+    pub align: AlignParams,
     /// The next `status` answer follows a reconnect: reconcile jobs against it.
     reconcile_jobs: bool,
     ever_connected: bool,
@@ -361,6 +363,7 @@ impl App {
             },
             message: None,
             error_count: 0,
+            align: AlignParams::default(),
             reconcile_jobs: false,
             ever_connected: false,
             should_quit: false,
@@ -558,7 +561,7 @@ impl App {
             return;
         }
         self.info("starting a new alignment run...");
-        calls.push(Call::Align);
+        calls.push(Call::Align(self.align.clone()));
     }
 
     fn decide(&mut self, kind: DecisionKind, calls: &mut Vec<Call>) {
@@ -1041,7 +1044,7 @@ impl App {
             Call::Reject { .. } => "reject (not saved)",
             Call::Undo { .. } => "undo (not undone)",
             Call::Search { .. } => "search",
-            Call::Align => "re-align",
+            Call::Align(_) => "re-align",
             Call::CancelJob { .. } => "cancel",
         };
         self.error(format!("{what}: {e}"));

@@ -453,9 +453,9 @@ fn progress_is_ordered_by_seq_and_nothing_applies_after_job_finished() {
     let mut app = ready_app();
     app.handle(Event::Tick { now_ms: 10_000 });
     let c = app.handle(key('r'));
-    assert_eq!(c, vec![Call::Align]);
+    assert_eq!(c, vec![Call::Align(AlignParams::default())]);
     app.handle(reply(
-        Call::Align,
+        Call::Align(AlignParams::default()),
         Reply::Align(AlignResult {
             job: JobId(4),
             run: RunId(4),
@@ -649,7 +649,7 @@ fn help_is_modal() {
 fn jobs_that_ended_while_disconnected_are_not_shown_as_running_forever() {
     let mut app = ready_app();
     app.handle(reply(
-        Call::Align,
+        Call::Align(AlignParams::default()),
         Reply::Align(AlignResult {
             job: JobId(4),
             run: RunId(4),

@@ -365,7 +365,7 @@ fn dashboard_job_running() {
     key(&mut app, KeyCode::Char('r'));
     ok(
         &mut app,
-        Call::Align,
+        Call::Align(AlignParams::default()),
         Reply::Align(AlignResult {
             job: JobId(4),
             run: RunId(5),
