@@ -7,6 +7,7 @@
 //!   evaluation, the daemon's index and suggestions all rely on this;
 //! - inputs are validated at the boundary and bad input is a typed [`AlignError`], never a panic.
 
+pub mod acquire;
 pub mod asif;
 pub mod auto;
 pub mod config;
