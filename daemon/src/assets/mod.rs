@@ -1,0 +1,85 @@
+//! Where the real model weights and data sets live on disk, and how they get there.
+//!
+//! Layout under the assets root (`$SOTALIGN_ASSETS`, else `<user cache dir>/sotalign/assets`):
+//!
+//! ```text
+//! minilm/          all-MiniLM-L6-v2, HF format (config.json, model.safetensors, tokenizer.json, ...)
+//! effnet-lite0/    efficientnet-lite0-57934424.pth (legacy PyTorch format)
+//! tuxpaint/stamps/ Tux Paint stamps: <category>/<sub>/<name>.{png,svg,txt}
+//! ```
+//!
+//! Each asset directory holds a `.sotalign-complete.json` marker written last; a directory
+//! without it is treated as absent. See [`fetch`] for how assets are obtained.
+pub mod fetch;
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable that overrides the assets root.
+pub const ENV_VAR: &str = "SOTALIGN_ASSETS";
+/// Name of the marker file written when an asset is completely in place.
+pub const MARKER: &str = ".sotalign-complete.json";
+
+/// The assets root: `$SOTALIGN_ASSETS`, else `<cache dir>/sotalign/assets`, else `./.sotalign-assets`.
+pub fn default_root() -> PathBuf {
+    if let Some(p) = std::env::var_os(ENV_VAR).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    match dirs::cache_dir() {
+        Some(c) => c.join("sotalign").join("assets"),
+        None => PathBuf::from(".sotalign-assets"),
+    }
+}
+
+/// Paths of the known assets under one root.
+#[derive(Debug, Clone)]
+pub struct Assets {
+    pub root: PathBuf,
+}
+
+impl Assets {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Assets at [`default_root`].
+    pub fn default_location() -> Self {
+        Self::new(default_root())
+    }
+
+    /// HF-format directory of all-MiniLM-L6-v2.
+    pub fn minilm_dir(&self) -> PathBuf {
+        self.root.join("minilm")
+    }
+
+    /// The EfficientNet-Lite0 legacy `.pth` weights.
+    pub fn effnet_pth(&self) -> PathBuf {
+        self.root
+            .join("effnet-lite0")
+            .join("efficientnet-lite0-57934424.pth")
+    }
+
+    /// Root of the Tux Paint stamp tree (`<category>/<sub>/<stamp>.{png,svg,txt}`).
+    pub fn tuxpaint_stamps(&self) -> PathBuf {
+        self.root.join("tuxpaint").join("stamps")
+    }
+
+    /// True when the named asset (`minilm`, `effnet-lite0`, `tuxpaint`) is completely in place.
+    pub fn is_complete(&self, name: &str) -> bool {
+        is_complete_dir(&self.root.join(name))
+    }
+}
+
+/// A directory counts as complete when its marker exists and every file it lists has its size.
+pub fn is_complete_dir(dir: &Path) -> bool {
+    let Ok(s) = std::fs::read_to_string(dir.join(MARKER)) else {
+        return false;
+    };
+    let Ok(m) = serde_json::from_str::<fetch::Marker>(&s) else {
+        return false;
+    };
+    m.files.iter().all(|(rel, size)| {
+        std::fs::metadata(dir.join(rel))
+            .map(|md| md.len() == *size)
+            .unwrap_or(false)
+    })
+}
