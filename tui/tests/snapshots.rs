@@ -114,6 +114,7 @@ fn status(model: bool, c: Counts) -> StatusResult {
             pairs: 100,
             trained_at_ms: NOW,
             metrics: Some(metrics(0.25, 0.25)),
+            fitted: None,
         }),
         index: IndexInfo {
             state: if model {
@@ -343,6 +344,8 @@ fn runs(app: &mut App) {
         started_at_ms: NOW,
         finished_at_ms: Some(NOW),
         metrics: m,
+        fitted: None,
+        error: None,
     };
     ok(
         app,
