@@ -24,6 +24,8 @@ enum Cmd {
     Experiment(sotalign::cli::experiment::ExperimentArgs),
     /// Benchmark the nearest-neighbour index: HNSW vs exact search (build rate, latency, recall).
     BenchIndex(sotalign::cli::index::BenchIndexArgs),
+    /// Simulate active curation with an oracle on the reference split; writes docs/CURATION.md.
+    Simulate(sotalign::cli::simulate::SimulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Eval(a) => sotalign::cli::eval::run(a),
         Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
         Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
+        Cmd::Simulate(a) => sotalign::cli::simulate::run(a),
     }
 }

@@ -5,3 +5,5 @@ pub mod data_args;
 pub mod eval;
 pub mod experiment;
 pub mod index;
+pub mod plot;
+pub mod simulate;
