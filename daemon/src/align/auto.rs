@@ -175,25 +175,37 @@ pub fn validate_candidates(
         // CCA does not depend on s: fit each teacher once per fold, reuse it for every CSA s.
         let mut fitted: Vec<Option<CcaTeacher>> = vec![None; teachers.len()];
         for (i, c) in cands.iter().enumerate() {
-            let model: Box<dyn Aligned> = match c.kind {
+            // A candidate that cannot be fitted on this fold (e.g. a degenerate CCA) is out of
+            // the running: its score becomes -inf, the search goes on.
+            let model: Result<Box<dyn Aligned>, AlignError> = match c.kind {
                 Kind::Teacher { t, csa_s } => {
                     if fitted[t].is_none() {
-                        fitted[t] = Some(CcaTeacher::fit(&h.train, &teachers[t].1)?);
+                        fitted[t] = CcaTeacher::fit(&h.train, &teachers[t].1).ok();
                     }
-                    let teacher = fitted[t]
-                        .clone()
-                        .ok_or_else(|| AlignError::Numerical("teacher cache".into()))?;
-                    match csa_s {
-                        None => Box::new(teacher),
-                        s => Box::new(Csa::from_teacher(teacher, s)?),
+                    match (fitted[t].clone(), csa_s) {
+                        (None, _) => Err(AlignError::NotEnoughData(format!("{} failed", c.label))),
+                        (Some(t), None) => Ok(Box::new(t)),
+                        (Some(t), s) => {
+                            Csa::from_teacher(t, s).map(|m| Box::new(m) as Box<dyn Aligned>)
+                        }
                     }
                 }
-                _ => fit_candidate(c, &h.train)?,
+                _ => fit_candidate(c, &h.train),
             };
-            let s = h.evaluate(model.as_ref())?.mean_mrr();
+            let s = match model.and_then(|m| h.evaluate(m.as_ref())) {
+                Ok(r) => r.mean_mrr(),
+                Err(AlignError::Cancelled) => return Err(AlignError::Cancelled),
+                Err(_) => f64::NEG_INFINITY,
+            };
             sums[i] += s;
             step += 1;
-            report(progress, "validate", step, total, Some(s))?;
+            report(
+                progress,
+                "validate",
+                step,
+                total,
+                s.is_finite().then_some(s),
+            )?;
         }
     }
     Ok((sums.into_iter().map(|s| s / folds as f64).collect(), folds))
@@ -220,6 +232,11 @@ pub fn fit_auto(
         if s > scores[best] {
             best = i;
         }
+    }
+    if !scores[best].is_finite() {
+        return Err(AlignError::NotEnoughData(
+            "auto: no candidate could be fitted on the validation split".into(),
+        ));
     }
     let choice = cands[best].clone();
     report(

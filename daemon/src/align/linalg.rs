@@ -230,7 +230,12 @@ pub fn thin_svd(a: MatRef<'_, f64>, what: &str) -> Result<ThinSvd, AlignError> {
         .thin_svd()
         .map_err(|e| AlignError::Numerical(format!("SVD of {what} failed: {e:?}")))?;
     let sv = svd.S().column_vector();
-    let s = (0..sv.nrows()).map(|i| sv[i]).collect();
+    let s: Vec<f64> = (0..sv.nrows()).map(|i| sv[i]).collect();
+    if s.iter().any(|v| !v.is_finite()) {
+        return Err(AlignError::Numerical(format!(
+            "SVD of {what} returned non-finite singular values"
+        )));
+    }
     Ok(ThinSvd {
         u: svd.U().to_owned(),
         s,

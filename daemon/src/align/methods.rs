@@ -304,6 +304,39 @@ mod tests {
     }
 
     #[test]
+    fn auto_picks_the_validated_best_and_restores_as_it() {
+        let data = toy();
+        let cfg = AlignConfig::default();
+        let mut seen = 0;
+        let m = fit(Method::Auto, &data, &cfg, &mut |p| {
+            seen += 1;
+            assert!(p.step <= p.total);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert!(seen > 10, "progress reported per candidate");
+        let st = m.export_state().unwrap();
+        let auto = &st.meta["auto"];
+        let scores = auto["scores"].as_array().unwrap();
+        let best = scores
+            .iter()
+            .map(|s| s["score"].as_f64().unwrap())
+            .fold(f64::NEG_INFINITY, f64::max);
+        let chosen = scores
+            .iter()
+            .find(|s| s["label"] == auto["choice"])
+            .unwrap();
+        assert_eq!(chosen["score"].as_f64().unwrap(), best);
+        // The checkpoint restores as the chosen method with the same scores.
+        let back = restore(&st).unwrap();
+        let a = m.score(&data.xp, &data.yp).unwrap();
+        let b = back.score(&data.xp, &data.yp).unwrap();
+        for (u, v) in a.data.iter().zip(&b.data) {
+            assert!((u - v).abs() < 1e-4);
+        }
+    }
+
+    #[test]
     fn break_cancels() {
         let data = toy();
         let r = fit(Method::Cca, &data, &AlignConfig::default(), &mut |_| {

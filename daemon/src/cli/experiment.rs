@@ -92,6 +92,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     let t_start = Instant::now();
     let mut cells: Vec<CellResult> = Vec::new();
     let mut chosen_s: BTreeMap<usize, (usize, Option<usize>)> = BTreeMap::new();
+    let mut chosen_alpha: BTreeMap<usize, (f64, Option<f64>)> = BTreeMap::new();
     for &n in &args.budgets {
         // CSA's s by validation, exactly as the reference: mean over tune seeds of mean MRR.
         let mut sums = [0.0f64; CSA_GRID.len()];
@@ -122,6 +123,45 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                     .map(|c| c.best_csa_s),
             ),
         );
+        // SOTAlign's alpha by the same validation (only when sotalign is run): each alpha of
+        // the grid trains teacher-initialised heads on the held-out split of each tune seed.
+        let alpha = if methods.contains(&Method::Sotalign) {
+            let grid: Vec<f64> = base_cfg
+                .klot
+                .alpha_grid
+                .iter()
+                .copied()
+                .filter(|&a| a > 0.0)
+                .collect();
+            let mut sums = vec![0.0f64; grid.len()];
+            for &seed in &args.tune_seeds {
+                let h = Holdout::new(&reference.align_data(reference.run(seed, n)?))?;
+                for (i, &a) in grid.iter().enumerate() {
+                    pb.set_message(format!("tune alpha={a} n={n} seed={seed}"));
+                    let mut cfg = base_cfg.clone();
+                    cfg.klot.alpha = a;
+                    let model = methods::fit(Method::Sotalign, &h.train, &cfg, &mut |_| {
+                        ControlFlow::Continue(())
+                    })?;
+                    sums[i] += h.evaluate(model.as_ref())?.mean_mrr();
+                }
+            }
+            let best = (0..grid.len()).fold(0, |b, i| if sums[i] > sums[b] { i } else { b });
+            let a = grid.get(best).copied().unwrap_or(base_cfg.klot.alpha);
+            chosen_alpha.insert(
+                n,
+                (
+                    a,
+                    ref_tuning
+                        .as_ref()
+                        .and_then(|t| t.get(&n))
+                        .map(|c| c.best_alpha),
+                ),
+            );
+            a
+        } else {
+            base_cfg.klot.alpha
+        };
         for &seed in &args.seeds {
             let data = reference.align_data(reference.run(seed, n)?);
             let ref_cell = ref_results.as_ref().and_then(|r| r.run(seed, n));
@@ -129,6 +169,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                 pb.set_message(format!("{m} n={n} seed={seed}"));
                 let mut cfg: AlignConfig = base_cfg.clone();
                 cfg.csa.s = Some(s);
+                cfg.klot.alpha = alpha;
                 let t0 = Instant::now();
                 let bar = pb.clone();
                 let mut cb = move |p: &Progress| {
@@ -167,7 +208,20 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         std::fs::write(j, serde_json::to_string_pretty(&cells)?)
             .with_context(|| format!("writing {}", j.display()))?;
     }
-    let section = render(&args, &cells, &chosen_s, ref_results.as_ref(), wall);
+    let mut section = render(&args, &cells, &chosen_s, ref_results.as_ref(), wall);
+    if !chosen_alpha.is_empty() {
+        section.push_str(&format!(
+            "\nSOTAlign alpha chosen by our validation (reference's choice): {}.\n",
+            chosen_alpha
+                .iter()
+                .map(|(n, (a, r))| format!(
+                    "n={n}: {a} ({})",
+                    r.map(|v| v.to_string()).unwrap_or_else(|| "–".into())
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     println!("{section}");
     update_markdown(&args.out, &section)?;
     eprintln!("wrote {} ({wall:.0} s)", args.out.display());
