@@ -1,0 +1,257 @@
+//! Images in the terminal: decoding off the UI thread, and a cache of encoded pictures.
+//!
+//! Decoding a large PNG or rasterising an SVG takes tens of milliseconds, too long for a
+//! frame, so the widgets only *look up* a picture for (path, cell size) and note what they
+//! missed ([`Images::wanted`]); the event loop then starts the decode on a blocking thread
+//! ([`Images::start_wanted`]) and the finished picture arrives through a channel. The cache
+//! is render-side data, not application state: it holds terminal encodings (kitty, sixel,
+//! iTerm2 or unicode half-blocks, whatever ratatui-image's `Picker` chose for this terminal).
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+
+use image::DynamicImage;
+use ratatui::layout::Size;
+use ratatui_image::Resize;
+use ratatui_image::picker::Picker;
+use ratatui_image::protocol::Protocol;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+/// Entries kept; more are dropped oldest-request-first (a queue shows one image at a time).
+const CACHE_CAP: usize = 48;
+/// SVGs are rasterised to fit this many pixels on their longer side.
+const SVG_PIXELS: f32 = 512.0;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageKey {
+    pub path: String,
+    pub width: u16,
+    pub height: u16,
+}
+
+pub enum Slot {
+    Loading,
+    Ready(Protocol),
+    /// Why it cannot be shown (missing file, corrupt data): the widget shows a placeholder
+    /// with the file name instead.
+    Failed(String),
+}
+
+/// Why an image could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot decode image: {0}")]
+    Decode(#[from] image::ImageError),
+    #[error("cannot parse SVG: {0}")]
+    Svg(String),
+    #[error("cannot encode for the terminal: {0}")]
+    Encode(String),
+}
+
+pub struct Images {
+    picker: Picker,
+    slots: HashMap<ImageKey, Slot>,
+    order: Vec<ImageKey>,
+    wanted: RefCell<Vec<ImageKey>>,
+    tx: UnboundedSender<(ImageKey, Result<Protocol, String>)>,
+    rx: UnboundedReceiver<(ImageKey, Result<Protocol, String>)>,
+}
+
+impl Images {
+    pub fn new(picker: Picker) -> Self {
+        let (tx, rx) = unbounded_channel();
+        Self {
+            picker,
+            slots: HashMap::new(),
+            order: Vec::new(),
+            wanted: RefCell::new(Vec::new()),
+            tx,
+            rx,
+        }
+    }
+
+    /// Which terminal graphics protocol is in use (for the title bar).
+    pub fn protocol_name(&self) -> &'static str {
+        use ratatui_image::picker::ProtocolType::*;
+        match self.picker.protocol_type() {
+            Halfblocks => "half-blocks",
+            Sixel => "sixel",
+            Kitty => "kitty",
+            Iterm2 => "iTerm2",
+        }
+    }
+
+    /// The picture for `path` at `size` cells, if decoded; otherwise it is noted as wanted.
+    pub fn get(&self, path: &str, size: Size) -> Option<&Slot> {
+        let key = ImageKey {
+            path: path.to_owned(),
+            width: size.width,
+            height: size.height,
+        };
+        let slot = self.slots.get(&key);
+        if slot.is_none() {
+            let mut w = self.wanted.borrow_mut();
+            if !w.contains(&key) {
+                w.push(key);
+            }
+        }
+        slot
+    }
+
+    /// Start decoding what the last frame wanted. Returns true if anything started.
+    pub fn start_wanted(&mut self) -> bool {
+        let wanted = std::mem::take(&mut *self.wanted.borrow_mut());
+        let started = !wanted.is_empty();
+        for key in wanted {
+            if self.slots.contains_key(&key) {
+                continue;
+            }
+            self.insert(key.clone(), Slot::Loading);
+            let picker = self.picker.clone();
+            let tx = self.tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = encode(&picker, &key).map_err(|e| e.to_string());
+                let _ = tx.send((key, result));
+            });
+        }
+        started
+    }
+
+    /// Decode what the last frame wanted right here (tests, where no runtime runs).
+    pub fn load_wanted_now(&mut self) {
+        let wanted = std::mem::take(&mut *self.wanted.borrow_mut());
+        for key in wanted {
+            let slot = match encode(&self.picker, &key) {
+                Ok(p) => Slot::Ready(p),
+                Err(e) => Slot::Failed(e.to_string()),
+            };
+            self.insert(key, slot);
+        }
+    }
+
+    /// Take finished decodes; true if any arrived (the screen should be redrawn).
+    pub fn poll(&mut self) -> bool {
+        let mut any = false;
+        while let Ok((key, result)) = self.rx.try_recv() {
+            any = true;
+            let slot = match result {
+                Ok(p) => Slot::Ready(p),
+                Err(e) => Slot::Failed(e),
+            };
+            self.slots.insert(key, slot);
+        }
+        any
+    }
+
+    /// Wait for the next finished decode (the event loop selects on it).
+    pub async fn next_ready(&mut self) -> Option<()> {
+        let (key, result) = self.rx.recv().await?;
+        let slot = match result {
+            Ok(p) => Slot::Ready(p),
+            Err(e) => Slot::Failed(e),
+        };
+        self.slots.insert(key, slot);
+        Some(())
+    }
+
+    fn insert(&mut self, key: ImageKey, slot: Slot) {
+        if self.order.len() >= CACHE_CAP {
+            let old = self.order.remove(0);
+            self.slots.remove(&old);
+        }
+        self.order.push(key.clone());
+        self.slots.insert(key, slot);
+    }
+}
+
+/// Read and decode an image file; SVGs are rasterised with resvg.
+pub fn decode(path: &Path) -> Result<DynamicImage, ImageError> {
+    let read_err = |source| ImageError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let is_svg = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg") || e.eq_ignore_ascii_case("svgz"));
+    if is_svg {
+        let data = std::fs::read(path).map_err(read_err)?;
+        return rasterise_svg(&data);
+    }
+    let reader = image::ImageReader::open(path)
+        .map_err(read_err)?
+        .with_guessed_format()
+        .map_err(read_err)?;
+    Ok(reader.decode()?)
+}
+
+fn rasterise_svg(data: &[u8]) -> Result<DynamicImage, ImageError> {
+    use resvg::{tiny_skia, usvg};
+    let tree = usvg::Tree::from_data(data, &usvg::Options::default())
+        .map_err(|e| ImageError::Svg(e.to_string()))?;
+    let size = tree.size();
+    let scale = SVG_PIXELS / size.width().max(size.height()).max(1.0);
+    let w = (size.width() * scale).ceil().max(1.0) as u32;
+    let h = (size.height() * scale).ceil().max(1.0) as u32;
+    let mut pixmap =
+        tiny_skia::Pixmap::new(w, h).ok_or_else(|| ImageError::Svg(format!("bad size {w}x{h}")))?;
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    let rgba = image::RgbaImage::from_raw(w, h, pixmap.take_demultiplied())
+        .ok_or_else(|| ImageError::Svg("pixel buffer size mismatch".into()))?;
+    Ok(DynamicImage::ImageRgba8(rgba))
+}
+
+fn encode(picker: &Picker, key: &ImageKey) -> Result<Protocol, ImageError> {
+    let img = decode(Path::new(&key.path))?;
+    picker
+        .new_protocol(img, Size::new(key.width, key.height), Resize::Fit(None))
+        .map_err(|e| ImageError::Encode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_corrupt_files_are_typed_errors_not_panics() {
+        let dir = std::env::temp_dir().join(format!("sotalign-tui-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("nope.png");
+        assert!(matches!(decode(&missing), Err(ImageError::Read { .. })));
+        let corrupt = dir.join("corrupt.png");
+        std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nthis is not a png").unwrap();
+        assert!(matches!(decode(&corrupt), Err(ImageError::Decode(_))));
+        let bad_svg = dir.join("bad.svg");
+        std::fs::write(&bad_svg, b"<svg this is broken").unwrap();
+        assert!(matches!(decode(&bad_svg), Err(ImageError::Svg(_))));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn svg_is_rasterised_with_its_colours() {
+        let dir = std::env::temp_dir().join(format!("sotalign-tui-svg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("red.svg");
+        std::fs::write(
+            &p,
+            br##"<svg xmlns="http://www.w3.org/2000/svg" width="20" height="10"><rect width="20" height="10" fill="#ff0000"/></svg>"##,
+        )
+        .unwrap();
+        let img = decode(&p).unwrap().to_rgba8();
+        // 2:1 aspect kept, longer side scaled to SVG_PIXELS.
+        assert_eq!(img.width(), 512);
+        assert_eq!(img.height(), 256);
+        assert_eq!(img.get_pixel(100, 100).0, [255, 0, 0, 255]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,206 @@
+//! The review queue: the sample under review on the left, its suggested partners on the right.
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span, Text};
+use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
+use sotalign_protocol::codes;
+use sotalign_protocol::types::{Candidate, Modality, Sample};
+
+use super::{DIM, ERROR, picture};
+use crate::images::Images;
+use crate::state::{App, Loadable, Queue, truncate};
+
+fn noun(m: Modality) -> &'static str {
+    match m {
+        Modality::Image => "image",
+        Modality::Text => "caption",
+    }
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
+    let q = app.review();
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(42), Constraint::Percentage(58)]).areas(area);
+
+    let position = match q.total {
+        Some(total) if q.skipped > 0 => {
+            format!(
+                " {} queued · {total} unpaired · {} skipped ",
+                q.items.len(),
+                q.skipped
+            )
+        }
+        Some(total) => format!(" {} queued · {total} unpaired ", q.items.len()),
+        None => String::new(),
+    };
+    let Some(sample) = q.current() else {
+        let block = Block::bordered().title(format!(" Review {}s ", noun(q.modality)));
+        let inner = block.inner(area);
+        f.render_widget(block, area);
+        f.render_widget(
+            Paragraph::new(empty_queue_text(app, q)).wrap(Wrap { trim: true }),
+            inner,
+        );
+        return;
+    };
+
+    let title = format!(" {} {} · {} ", noun(sample.modality), sample.id, sample.key);
+    let block = Block::bordered()
+        .title(truncate(&title, left.width.saturating_sub(2) as usize))
+        .title_bottom(Line::styled(position, DIM));
+    let inner = block.inner(left);
+    f.render_widget(block, left);
+    draw_sample(f, inner, sample, images);
+
+    let run = match &app.status {
+        Some(s) => s.model.as_ref().map(|m| format!(" · run {}", m.run)),
+        None => None,
+    }
+    .unwrap_or_default();
+    let saving = if app.pending.is_some() || app.pending_undo.is_some() {
+        " · saving..."
+    } else {
+        ""
+    };
+    let block = Block::bordered().title(format!(
+        " Suggested {}s{run}{saving} ",
+        noun(sample.modality.other())
+    ));
+    let inner = block.inner(right);
+    f.render_widget(block, right);
+    draw_candidates(f, inner, q, images);
+}
+
+fn empty_queue_text(app: &App, q: &Queue) -> Text<'static> {
+    let n = noun(q.modality);
+    if !app.is_connected() {
+        return Text::styled("waiting for the daemon...", DIM);
+    }
+    if q.loading || q.total.is_none() {
+        return Text::styled(format!("loading unpaired {n}s..."), DIM);
+    }
+    if q.total == Some(0) {
+        return Text::from(vec![
+            Line::from(format!("Nothing to review: every {n} is paired.").bold()),
+            Line::from("Tab switches to the other modality; r re-aligns on all confirmed pairs."),
+        ]);
+    }
+    Text::from(vec![
+        Line::from(format!("Queue done for this session ({} skipped).", q.skipped).bold()),
+        Line::from("r re-aligns with your confirmed pairs; Tab switches modality."),
+    ])
+}
+
+fn draw_sample(f: &mut Frame, area: Rect, sample: &Sample, images: &Images) {
+    match sample.modality {
+        Modality::Image => picture::draw(f, area, sample.path.as_deref(), images),
+        Modality::Text => {
+            let text = sample.text.as_deref().unwrap_or("(no caption text)");
+            f.render_widget(
+                Paragraph::new(text.to_owned())
+                    .wrap(Wrap { trim: true })
+                    .style(Style::new().bold()),
+                area,
+            );
+        }
+    }
+}
+
+/// A candidate as up to two lines: rank, score, mutual-NN mark, and its caption or key.
+fn candidate_item(c: &Candidate, width: usize) -> ListItem<'static> {
+    let head = format!(
+        "{:>2} {:>6.3} {} ",
+        c.rank,
+        c.score,
+        if c.mutual_nn { "⇄" } else { " " }
+    );
+    let body = match c.sample.modality {
+        Modality::Text => c
+            .sample
+            .text
+            .clone()
+            .unwrap_or_else(|| c.sample.key.clone()),
+        Modality::Image => format!("{} (image {})", c.sample.key, c.sample.id),
+    };
+    let room = width.saturating_sub(head.chars().count()).max(8);
+    let first: String = body.chars().take(room).collect();
+    let rest: String = body.chars().skip(room).collect();
+    let score_style = if c.score >= 0.5 {
+        Style::new().fg(Color::Green)
+    } else {
+        Style::new().fg(Color::Yellow)
+    };
+    let mut lines = vec![Line::from(vec![
+        Span::styled(head.clone(), score_style),
+        Span::raw(first),
+    ])];
+    if !rest.is_empty() {
+        let indent = " ".repeat(head.chars().count());
+        lines.push(Line::from(format!(
+            "{indent}{}",
+            truncate(rest.trim_start(), room)
+        )));
+    }
+    ListItem::new(lines)
+}
+
+fn draw_candidates(f: &mut Frame, area: Rect, q: &Queue, images: &Images) {
+    match &q.candidates {
+        Loadable::Idle | Loadable::Loading => {
+            f.render_widget(Paragraph::new("loading suggestions...").style(DIM), area);
+        }
+        Loadable::Failed(e) if e.code == Some(codes::NOT_READY) => {
+            let text = vec![
+                Line::from("No suggestions yet.".bold()),
+                Line::from(e.message.clone()),
+                Line::from(""),
+                Line::from("Press r to run an alignment; suggestions appear when it finishes."),
+            ];
+            f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
+        }
+        Loadable::Failed(e) => {
+            let text = vec![
+                Line::styled("cannot load suggestions", ERROR),
+                Line::from(e.to_string()),
+            ];
+            f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
+        }
+        Loadable::Ready(c) if c.is_empty() => {
+            f.render_widget(
+                Paragraph::new("No candidates left for this sample (all rejected?). s skips it.")
+                    .wrap(Wrap { trim: true }),
+                area,
+            );
+        }
+        Loadable::Ready(cands) => {
+            // Image candidates get a preview of the selected one below the list.
+            let images_listed = cands[0].sample.modality == Modality::Image;
+            let (list_area, preview) = if images_listed && area.height >= 12 {
+                let [l, p] = Layout::vertical([
+                    Constraint::Length((cands.len() as u16).min(8)),
+                    Constraint::Min(0),
+                ])
+                .areas(area);
+                (l, Some(p))
+            } else {
+                (area, None)
+            };
+            let width = list_area.width.saturating_sub(2) as usize;
+            let items: Vec<ListItem> = cands.iter().map(|c| candidate_item(c, width)).collect();
+            let list = List::new(items)
+                .highlight_symbol("▶ ")
+                .highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+            let mut state = ListState::default().with_selected(Some(q.selected));
+            f.render_stateful_widget(list, list_area, &mut state);
+            if let (Some(p), Some(sel)) = (preview, q.selected_candidate()) {
+                let block = Block::new()
+                    .borders(ratatui::widgets::Borders::TOP)
+                    .title(format!(" {} ", sel.sample.key));
+                let inner = block.inner(p);
+                f.render_widget(block, p);
+                picture::draw(f, inner, sel.sample.path.as_deref(), images);
+            }
+        }
+    }
+}
