@@ -37,7 +37,13 @@ fn klot_step(c: &mut Criterion) {
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    for &b in &[256usize, 1024, 2048, 4096] {
+    // `SOTALIGN_KLOT_B=4096,16384,32768` overrides the batch sizes (scripts/gpu-check.sh).
+    let sizes: Vec<usize> = std::env::var("SOTALIGN_KLOT_B")
+        .ok()
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![256, 1024, 2048, 4096]);
+    for &b in &sizes {
         let ks = affinity(b, 1);
         let kt = affinity(b, 2);
         let mut k = Klot::new(b, b);

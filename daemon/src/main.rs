@@ -33,6 +33,8 @@ enum Cmd {
     Bench(sotalign::cli::bench::BenchCmd),
     /// Benchmark the nearest-neighbour index: HNSW vs exact search (build rate, latency, recall).
     BenchIndex(sotalign::cli::index::BenchIndexArgs),
+    /// Simulate active curation with an oracle on the reference split; writes docs/CURATION.md.
+    Simulate(sotalign::cli::simulate::SimulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Experiment(a) => sotalign::cli::experiment::run(a),
         Cmd::Bench(c) => sotalign::cli::bench::run(c),
         Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
+        Cmd::Simulate(a) => sotalign::cli::simulate::run(a),
     }
 }

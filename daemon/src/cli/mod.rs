@@ -7,3 +7,5 @@ pub mod encoders;
 pub mod eval;
 pub mod experiment;
 pub mod index;
+pub mod plot;
+pub mod simulate;

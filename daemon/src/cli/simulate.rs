@@ -1,0 +1,376 @@
+//! `sotalign simulate`: the curation loop with an oracle on the reference Tux Paint split.
+//!
+//! Per seed: start from the reference's n0 = 25 paired rows (`"{seed}_25"`); every other
+//! non-test row is the pool (its images and its texts, correspondence hidden). Each round a
+//! strategy proposes `b` pairs; the oracle accepts a proposal when the two captions are equal
+//! (the metric's rule) and rejects it otherwise; accepted pairs join the paired set and the model
+//! is re-fitted (closed-form CCA teacher by default). Every proposal judged is one label,
+//! accepted or not. The test split is never touched except for evaluation.
+//!
+//! `random-pairs` is the passive baseline: each label reveals one randomly chosen true pair
+//! (an annotator captioning random images), so it never wastes a label.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::data_args::ConfigArgs;
+use super::plot::{PlotSpec, Scale, Series, line_plot};
+use crate::align::AlignData;
+use crate::align::acquire::{AcquireConfig, Decisions, Strategy, propose};
+use crate::align::eval::evaluate;
+use crate::align::methods::{Method, fit_quiet};
+use crate::io::reference::Reference;
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Directory of the reference fixtures (tests/fixtures/reference).
+    #[arg(long, default_value = "tests/fixtures/reference")]
+    pub reference: PathBuf,
+    /// Strategies: random, confidence, mnn, ot, diverse, random-pairs.
+    #[arg(long, value_delimiter = ',', default_values_t = ["random-pairs".to_string(), "random".into(), "confidence".into(), "mnn".into(), "ot".into(), "diverse".into()])]
+    pub strategies: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 1, 2])]
+    pub seeds: Vec<u64>,
+    /// Initial pairs (a reference split size: 25, 50, 100, 200 or 400).
+    #[arg(long, default_value_t = 25)]
+    pub n0: usize,
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    /// Proposals judged per round.
+    #[arg(long, default_value_t = 20)]
+    pub batch: usize,
+    /// Re-alignment method (`cca` = the closed-form teacher; `sotalign` is much slower).
+    #[arg(long, default_value = "cca")]
+    pub method: String,
+    /// Markdown to write (table + command); the plot goes beside it.
+    #[arg(long, default_value = "docs/CURATION.md")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "docs/curation.png")]
+    pub plot: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Point {
+    labels: usize,
+    pairs: usize,
+    correct: usize,
+    r1_i2t: f64,
+    r1_t2i: f64,
+}
+
+enum Strat {
+    Passive,
+    Active(Strategy),
+}
+
+pub fn run(args: SimulateArgs) -> Result<()> {
+    let cfg = args.config.build()?;
+    let method: Method = args.method.parse()?;
+    let r = Reference::load(&args.reference)
+        .with_context(|| format!("loading {}", args.reference.display()))?;
+    let test = r.test_set();
+    let strats: Vec<(String, Strat)> = args
+        .strategies
+        .iter()
+        .map(|s| {
+            let s = s.trim().to_ascii_lowercase();
+            Ok(if s == "random-pairs" {
+                (s, Strat::Passive)
+            } else {
+                (s.clone(), Strat::Active(s.parse()?))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let acq = AcquireConfig::default();
+    let total = (strats.len() * args.seeds.len() * (args.rounds + 1)) as u64;
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>26} [{bar:40}] {pos}/{len} {elapsed}/{duration}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let t0 = Instant::now();
+    // curves[strategy][seed] = points
+    let mut curves: BTreeMap<String, Vec<Vec<Point>>> = BTreeMap::new();
+    for (name, strat) in &strats {
+        for &seed in &args.seeds {
+            let split = r.run(seed, args.n0)?;
+            let init: Vec<usize> = split.paired.clone();
+            let mut pool: Vec<usize> = r
+                .nontest
+                .iter()
+                .copied()
+                .filter(|i| !init.contains(i))
+                .collect();
+            pool.sort_unstable();
+            let mut rng = ChaCha8Rng::seed_from_u64(1000 + seed);
+            // Text order hidden from the strategies: an independent shuffle of the pool.
+            let mut pool_t = pool.clone();
+            pool_t.shuffle(&mut rng);
+            let images = r.img.select_rows(&pool);
+            let texts = r.txt.select_rows(&pool_t);
+            let mut passive_order: Vec<usize> = (0..pool.len()).collect();
+            passive_order.shuffle(&mut rng);
+            let mut dec = Decisions::default();
+            // Pairs as (image row, text row) in the reference matrices.
+            let mut pairs: Vec<(usize, usize)> = init.iter().map(|&i| (i, i)).collect();
+            let (mut labels, mut correct) = (0usize, 0usize);
+            let mut points = Vec::new();
+            for round in 0..=args.rounds {
+                pb.set_message(format!("{name} seed {seed} round {round}"));
+                let data = build_data(&r, &pairs, &pool, &pool_t, &dec);
+                let model = fit_quiet(method, &data, &cfg)?;
+                let rep = evaluate(model.as_ref(), &test.x, &test.y, &test.labels)?;
+                points.push(Point {
+                    labels,
+                    pairs: pairs.len(),
+                    correct,
+                    r1_i2t: rep.i2t.r1,
+                    r1_t2i: rep.t2i.r1,
+                });
+                pb.inc(1);
+                if round == args.rounds {
+                    break;
+                }
+                match strat {
+                    Strat::Passive => {
+                        for _ in 0..args.batch {
+                            if let Some(k) = passive_order.pop() {
+                                pairs.push((pool[k], pool[k]));
+                                labels += 1;
+                                correct += 1;
+                            }
+                        }
+                    }
+                    Strat::Active(st) => {
+                        let props = propose(
+                            model.as_ref(),
+                            &images,
+                            &texts,
+                            &dec,
+                            *st,
+                            args.batch,
+                            &acq,
+                            &mut rng,
+                        )?;
+                        for p in props {
+                            labels += 1;
+                            let (ri, rt) = (pool[p.image], pool_t[p.text]);
+                            if r.groups[ri] == r.groups[rt] {
+                                dec.confirm(p.image, p.text);
+                                pairs.push((ri, rt));
+                                correct += 1;
+                            } else {
+                                dec.reject(p.image, p.text);
+                            }
+                        }
+                    }
+                }
+            }
+            curves.entry(name.clone()).or_default().push(points);
+        }
+    }
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let md = render(&args, &strats, &curves, secs)?;
+    println!("{md}");
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.out, &md).with_context(|| format!("writing {}", args.out.display()))?;
+    let series: Vec<Series> = strats
+        .iter()
+        .filter_map(|(n, _)| {
+            let c = curves.get(n)?;
+            Some(Series {
+                name: n.clone(),
+                points: mean_curve(c).iter().map(|p| (p.0, 100.0 * p.1)).collect(),
+            })
+        })
+        .collect();
+    line_plot(
+        &args.plot,
+        &PlotSpec {
+            title: &format!("TUX PAINT: TEST R@1 VS LABELS ({})", args.method),
+            x_label: "labels spent",
+            y_label: "R@1 % (mean i2t,t2i)",
+            x_scale: Scale::Linear,
+            y_scale: Scale::Linear,
+        },
+        &series,
+    )?;
+    eprintln!("wrote {} and {}", args.out.display(), args.plot.display());
+    Ok(())
+}
+
+/// Training data: the pairs, and the pool items not yet confirmed as unpaired data.
+fn build_data(
+    r: &Reference,
+    pairs: &[(usize, usize)],
+    pool: &[usize],
+    pool_t: &[usize],
+    dec: &Decisions,
+) -> AlignData {
+    let ci: std::collections::HashSet<usize> = dec.confirmed.iter().map(|p| p.0).collect();
+    let ct: std::collections::HashSet<usize> = dec.confirmed.iter().map(|p| p.1).collect();
+    let ui: Vec<usize> = (0..pool.len())
+        .filter(|k| !ci.contains(k))
+        .map(|k| pool[k])
+        .collect();
+    let ut: Vec<usize> = (0..pool_t.len())
+        .filter(|k| !ct.contains(k))
+        .map(|k| pool_t[k])
+        .collect();
+    let pi: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+    let pt: Vec<usize> = pairs.iter().map(|p| p.1).collect();
+    AlignData {
+        xp: r.img.select_rows(&pi),
+        yp: r.txt.select_rows(&pt),
+        xu: r.img.select_rows(&ui),
+        yu: r.txt.select_rows(&ut),
+        pair_groups: pt.iter().map(|&i| r.groups[i]).collect(),
+        yu_groups: Some(ut.iter().map(|&i| r.groups[i]).collect()),
+    }
+}
+
+/// (labels, mean over seeds of the mean of both directions' R@1) per round.
+fn mean_curve(c: &[Vec<Point>]) -> Vec<(f64, f64)> {
+    let rounds = c.iter().map(|v| v.len()).min().unwrap_or(0);
+    (0..rounds)
+        .map(|k| {
+            let n = c.len() as f64;
+            let l = c.iter().map(|v| v[k].labels as f64).sum::<f64>() / n;
+            let y = c
+                .iter()
+                .map(|v| 0.5 * (v[k].r1_i2t + v[k].r1_t2i))
+                .sum::<f64>()
+                / n;
+            (l, y)
+        })
+        .collect()
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let s = if v.len() > 1 {
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, s)
+}
+
+fn render(
+    args: &SimulateArgs,
+    strats: &[(String, Strat)],
+    curves: &BTreeMap<String, Vec<Vec<Point>>>,
+    secs: f64,
+) -> Result<String> {
+    let mut md = String::new();
+    let cmd = format!(
+        "sotalign simulate --reference {} --strategies {} --seeds {} --n0 {} --rounds {} --batch {} --method {}",
+        args.reference.display(),
+        args.strategies.join(","),
+        args.seeds
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        args.n0,
+        args.rounds,
+        args.batch,
+        args.method
+    );
+    writeln!(
+        md,
+        "## Measured ({} seeds, {:.0} s)\n",
+        args.seeds.len(),
+        secs
+    )?;
+    writeln!(md, "Command: `{cmd}`\n")?;
+    writeln!(md, "![R@1 vs labels](curation.png)\n")?;
+    writeln!(
+        md,
+        "Final round, percent, mean ± std over seeds. `labels` = proposals judged (accepted or rejected); `pairs` = paired set size (n0 + accepted); `precision` = accepted / labels.\n"
+    )?;
+    writeln!(
+        md,
+        "| strategy | labels | pairs | precision | i2t R@1 | t2i R@1 | mean R@1 |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for (name, _) in strats {
+        let Some(c) = curves.get(name) else { continue };
+        let last: Vec<&Point> = c.iter().filter_map(|v| v.last()).collect();
+        let f =
+            |g: &dyn Fn(&Point) -> f64| mean_std(&last.iter().map(|p| g(p)).collect::<Vec<_>>());
+        let (l, _) = f(&|p| p.labels as f64);
+        let (np, _) = f(&|p| p.pairs as f64);
+        let (pr, _) = f(&|p| p.correct as f64 / (p.labels.max(1)) as f64);
+        let (a, sa) = f(&|p| 100.0 * p.r1_i2t);
+        let (b, sb) = f(&|p| 100.0 * p.r1_t2i);
+        let (m, sm) = f(&|p| 50.0 * (p.r1_i2t + p.r1_t2i));
+        writeln!(
+            md,
+            "| {name} | {l:.0} | {np:.1} | {:.0}% | {a:.1}±{sa:.1} | {b:.1}±{sb:.1} | {m:.1}±{sm:.1} |",
+            100.0 * pr
+        )?;
+    }
+    writeln!(
+        md,
+        "\nMean R@1 (percent, mean of both directions and of seeds) after each round:\n"
+    )?;
+    let mut header = "| strategy |".to_string();
+    let mut sep = "|---|".to_string();
+    for k in 0..=args.rounds {
+        write!(header, " {} |", k * args.batch)?;
+        sep.push_str("---|");
+    }
+    writeln!(md, "{header}\n{sep}")?;
+    for (name, _) in strats {
+        let Some(c) = curves.get(name) else { continue };
+        let mut line = format!("| {name} |");
+        for (_, y) in mean_curve(c) {
+            write!(line, " {:.1} |", 100.0 * y)?;
+        }
+        writeln!(md, "{line}")?;
+    }
+    // The goal: labels the best strategy needs to reach random labelling's final R@1.
+    if let Some(base) = curves.get("random-pairs").map(|c| mean_curve(c)) {
+        let Some(&(bl, target)) = base.last() else {
+            bail!("empty baseline")
+        };
+        writeln!(
+            md,
+            "\nTarget: `random-pairs` reaches {:.1}% mean R@1 with {bl:.0} labels.\n",
+            100.0 * target
+        )?;
+        for (name, _) in strats {
+            if name == "random-pairs" {
+                continue;
+            }
+            let Some(c) = curves.get(name) else { continue };
+            match mean_curve(c).iter().find(|p| p.1 >= target) {
+                Some(&(l, _)) => writeln!(
+                    md,
+                    "- {name}: reaches it at {l:.0} labels ({:.2} x the baseline's labels)",
+                    l / bl.max(1.0)
+                )?,
+                None => writeln!(md, "- {name}: does not reach it within {bl:.0} labels")?,
+            }
+        }
+    }
+    Ok(md)
+}
