@@ -242,13 +242,30 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
     // Initial weights.
     let (init_x, init_y) = match (cfg.heads.init, teacher) {
         (HeadInit::Teacher, Some(t)) => {
-            let pool_x = stack(&data.xp, &data.xu);
-            let pool_y = stack(&data.yp, &data.yu);
-            let cx = t.coords_x(&pool_x)?;
-            let cy = t.coords_y(&pool_y)?;
+            // Streamed over row chunks of pairs + pool: memory O(d^2), not O(N d).
+            let init = |parts: [&Matrix; 2], x_side: bool| -> Result<_, AlignError> {
+                let mut acc: Option<heads::TeacherInitAccum> = None;
+                for part in parts {
+                    for lo in (0..part.rows).step_by(INIT_CHUNK) {
+                        let idx: Vec<usize> = (lo..(lo + INIT_CHUNK).min(part.rows)).collect();
+                        let chunk = part.select_rows(&idx);
+                        let c = if x_side {
+                            t.coords_x(&chunk)?
+                        } else {
+                            t.coords_y(&chunk)?
+                        };
+                        acc.get_or_insert_with(|| {
+                            heads::TeacherInitAccum::new(chunk.cols, c.cols.min(d_out), eps)
+                        })
+                        .add(&chunk, &c)?;
+                    }
+                }
+                acc.ok_or_else(|| AlignError::NotEnoughData("teacher init: no rows".into()))?
+                    .finish(d_out, &dev)
+            };
             (
-                heads::init_from_teacher(&pool_x.l2_normalized(), &cx, d_out, eps, &dev)?,
-                heads::init_from_teacher(&pool_y.l2_normalized(), &cy, d_out, eps, &dev)?,
+                init([&data.xp, &data.xu], true)?,
+                init([&data.yp, &data.yu], false)?,
             )
         }
         _ => (
@@ -440,16 +457,8 @@ fn detach_head(h: &Head) -> Head {
     }
 }
 
-fn stack(a: &Matrix, b: &Matrix) -> Matrix {
-    let mut data = Vec::with_capacity(a.data.len() + b.data.len());
-    data.extend_from_slice(&a.data);
-    data.extend_from_slice(&b.data);
-    Matrix {
-        rows: a.rows + b.rows,
-        cols: a.cols,
-        data,
-    }
-}
+/// Rows per chunk of the streamed teacher init.
+const INIT_CHUNK: usize = 4096;
 
 /// `k` distinct indices out of `n`, as a u32 tensor.
 fn sample_indices(

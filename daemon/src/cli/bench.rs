@@ -18,6 +18,8 @@ pub enum BenchCmd {
     Synthetic(SyntheticArgs),
     /// Encoder throughput (images/s, texts/s) vs the matmul bound and a numpy reference.
     Encoders(super::bench_encoders::EncodersBench),
+    /// Time and memory of every stage against the unpaired collection size (docs/SCALING.md).
+    Scaling(super::bench_scaling::ScalingArgs),
 }
 
 #[derive(Args)]
@@ -55,6 +57,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Synthetic(a) => synthetic(a),
         BenchCmd::Encoders(a) => super::bench_encoders::encoders(a),
+        BenchCmd::Scaling(a) => super::bench_scaling::run(a),
     }
 }
 
