@@ -138,8 +138,17 @@ impl StudentHeads {
             });
         }
         m.check_finite(what)?;
-        let x = to_tensor(&m.l2_normalized(), &Device::Cpu)?;
-        to_matrix(&l2_normalize(&head.forward(&x)?)?)
+        // In row chunks: the forward pass makes several temporaries of the input's size, which
+        // for a whole collection (the daemon embeds every sample) would multiply its memory.
+        const CHUNK: usize = 8192;
+        let mut out = Matrix::zeros(m.rows, head.d_out());
+        for lo in (0..m.rows).step_by(CHUNK) {
+            let idx: Vec<usize> = (lo..(lo + CHUNK).min(m.rows)).collect();
+            let x = to_tensor(&m.select_rows(&idx).l2_normalized(), &Device::Cpu)?;
+            let e = to_matrix(&l2_normalize(&head.forward(&x)?)?)?;
+            out.data[lo * e.cols..(lo + e.rows) * e.cols].copy_from_slice(&e.data);
+        }
+        Ok(out)
     }
 }
 
@@ -288,13 +297,14 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
     let xp = standardize(&to_tensor(&data.xp.l2_normalized(), &dev)?, eps)?;
     let yp = standardize(&to_tensor(&data.yp.l2_normalized(), &dev)?, eps)?;
     let z = label_matrix(&data.pair_groups, &dev)?;
+    // The unpaired pools are read in place: each step gathers its B rows, normalises and
+    // standardises them (row-wise, so identical to doing it once for all rows) and asks the
+    // teacher for their embeddings. Nothing of size N is copied, so memory stays at the
+    // features themselves however large the pool (`sotalign bench scaling`).
     let unpaired = if alpha > 0.0 {
         let t = teacher.ok_or_else(|| AlignError::InvalidConfig("teacher missing".into()))?;
         Some(UnpairedPool {
-            xu: standardize(&to_tensor(&data.xu.l2_normalized(), &dev)?, eps)?,
-            yu: standardize(&to_tensor(&data.yu.l2_normalized(), &dev)?, eps)?,
-            tx: to_tensor(&t.embed_x(&data.xu)?, &dev)?,
-            ty: to_tensor(&t.embed_y(&data.yu)?, &dev)?,
+            teacher: t,
             klot: Klot::new(batch, batch),
         })
     } else {
@@ -312,14 +322,17 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
         let sig_value = sig.to_scalar::<f32>()? as f64;
         let (loss, kl) = match pool.as_mut() {
             Some(p) => {
-                let ix = sample_indices(&mut rng, p.xu.dim(0)?, batch, &dev)?;
-                let iy = sample_indices(&mut rng, p.yu.dim(0)?, batch, &dev)?;
-                let sx = l2_normalize(&head_x.forward_normalized(&p.xu.index_select(&ix, 0)?)?)?;
-                let sy = l2_normalize(&head_y.forward_normalized(&p.yu.index_select(&iy, 0)?)?)?;
+                let ix = sample_rows(&mut rng, data.xu.rows, batch);
+                let iy = sample_rows(&mut rng, data.yu.rows, batch);
+                let bx = data.xu.select_rows(&ix);
+                let by = data.yu.select_rows(&iy);
+                let bxs = standardize(&to_tensor(&bx.l2_normalized(), &dev)?, eps)?;
+                let bys = standardize(&to_tensor(&by.l2_normalized(), &dev)?, eps)?;
+                let sx = l2_normalize(&head_x.forward_normalized(&bxs)?)?;
+                let sy = l2_normalize(&head_y.forward_normalized(&bys)?)?;
                 let ks = sx.matmul(&sy.t()?)?;
-                let kt =
-                    p.tx.index_select(&ix, 0)?
-                        .matmul(&p.ty.index_select(&iy, 0)?.t()?)?;
+                let kt = to_tensor(&p.teacher.embed_x(&bx)?, &dev)?
+                    .matmul(&to_tensor(&p.teacher.embed_y(&by)?, &dev)?.t()?)?;
                 let ks_v = ks.flatten_all()?.to_vec1::<f32>()?;
                 let kt_v = kt.flatten_all()?.to_vec1::<f32>()?;
                 let out = p
@@ -377,12 +390,9 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
     })
 }
 
-struct UnpairedPool {
-    xu: Tensor,
-    yu: Tensor,
-    /// Teacher embeddings (L2-normalised) of the pools: K* = tx[ix] . ty[iy]^T.
-    tx: Tensor,
-    ty: Tensor,
+struct UnpairedPool<'t, T: ?Sized> {
+    /// K* of a batch = teacher.embed_x(rows) . teacher.embed_y(rows)^T.
+    teacher: &'t T,
     klot: Klot,
 }
 
@@ -461,17 +471,9 @@ fn detach_head(h: &Head) -> Head {
 const INIT_CHUNK: usize = 4096;
 
 /// `k` distinct indices out of `n`, as a u32 tensor.
-fn sample_indices(
-    rng: &mut ChaCha8Rng,
-    n: usize,
-    k: usize,
-    dev: &Device,
-) -> Result<Tensor, AlignError> {
-    let idx: Vec<u32> = rand::seq::index::sample(rng, n, k)
-        .into_iter()
-        .map(|i| i as u32)
-        .collect();
-    Ok(Tensor::from_vec(idx, k, dev)?)
+/// `k` distinct row indices out of `n`.
+fn sample_rows(rng: &mut ChaCha8Rng, n: usize, k: usize) -> Vec<usize> {
+    rand::seq::index::sample(rng, n, k).into_vec()
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! (`VmHWM`) it reports belongs to that size alone. Stages, with the cost model they test:
 //! - generate: the synthetic collection, O(N (k h + h d)) (rayon over row chunks);
 //! - teacher: ridge CCA on the fixed pairs, O(n d^2 + d^3): independent of N;
-//! - heads init: the teacher-initialised heads' ridge fit over pairs + pool, O(N d D + d^3);
+//! - heads init: the teacher-initialised heads' ridge fit over pairs + pool, streamed in row
+//!   chunks: O(N (d k + d^2) + d^3) time, O(d^2) memory;
 //! - steps: one SigLIP + KLOT step at batch B, O(n^2 D + B^2 (D + iters)): independent of N;
-//! - embed: mapping the whole collection through a head, O(N d D);
+//! - embed: mapping the whole collection through a head (row chunks), O(N d D);
 //! - index: HNSW build over the embedded images, about O(N log N) distance evaluations;
 //!   above `--index-max` it is not built (the rate measured below it is reported instead);
 //! - exact query: one brute-force top-10 over the collection, O(N D).
@@ -138,22 +139,20 @@ fn replace_section(old: &str, md: &str) -> String {
 fn generate(p: &Platonic, n: usize, images: bool, seed: u64) -> Matrix {
     const CHUNK: usize = 8192;
     let d = if images { p.spec().dx } else { p.spec().dy };
-    let parts: Vec<Matrix> = (0..n.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|c| {
-            let len = CHUNK.min(n - c * CHUNK);
+    // Each chunk is generated straight into its slice: no second copy of the collection.
+    let mut data = vec![0f32; n * d];
+    data.par_chunks_mut(CHUNK * d)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let len = out.len() / d;
             let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003) + c as u64);
-            if images {
+            let m = if images {
                 p.images(len, &mut rng)
             } else {
                 p.texts(len, &mut rng)
-            }
-        })
-        .collect();
-    let mut data = Vec::with_capacity(n * d);
-    for m in parts {
-        data.extend_from_slice(&m.data);
-    }
+            };
+            out.copy_from_slice(&m.data);
+        });
     Matrix {
         rows: n,
         cols: d,
