@@ -9,6 +9,7 @@
 
 pub mod acquire;
 pub mod asif;
+pub mod blend;
 pub mod auto;
 pub mod config;
 pub mod csa;
