@@ -15,10 +15,10 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sotalign::align::config::TeacherConfig;
-use sotalign::align::teacher::CcaTeacher;
-use sotalign::align::{AlignData, Matrix};
 use sotalign::align::klot::Klot;
 use sotalign::align::sinkhorn::Sinkhorn;
+use sotalign::align::teacher::CcaTeacher;
+use sotalign::align::{AlignData, Matrix};
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -62,9 +62,9 @@ impl Blend {
     ) -> Result<Self, AlignError> {
         let meta = &state.meta;
         let num = |k: &str| {
-            meta.get(k).and_then(|v| v.as_f64()).ok_or_else(|| {
-                AlignError::InvalidConfig(format!("blend checkpoint lacks `{k}`"))
-            })
+            meta.get(k)
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| AlignError::InvalidConfig(format!("blend checkpoint lacks `{k}`")))
         };
         let part = |p: &str| -> Result<Box<dyn Aligned>, AlignError> {
             let m = meta.get(p).ok_or_else(|| {
@@ -80,7 +80,9 @@ impl Blend {
                 tensors: state
                     .tensors
                     .iter()
-                    .filter_map(|(n, t)| n.strip_prefix(&prefix).map(|s| (s.to_string(), t.clone())))
+                    .filter_map(|(n, t)| {
+                        n.strip_prefix(&prefix).map(|s| (s.to_string(), t.clone()))
+                    })
                     .collect(),
                 meta: m.get("meta").cloned().unwrap_or(serde_json::Value::Null),
             };
@@ -155,7 +157,12 @@ impl Aligned for Blend {
     }
 
     fn embed_y_f64(&self, y: &Matrix) -> Result<Mat<f64>, AlignError> {
-        Ok(hcat(self.a.embed_y_f64(y)?, 1.0, self.b.embed_y_f64(y)?, 1.0))
+        Ok(hcat(
+            self.a.embed_y_f64(y)?,
+            1.0,
+            self.b.embed_y_f64(y)?,
+            1.0,
+        ))
     }
 
     fn export_state(&self) -> Result<MethodState, AlignError> {

@@ -9,8 +9,8 @@
 
 pub mod acquire;
 pub mod asif;
-pub mod blend;
 pub mod auto;
+pub mod blend;
 pub mod config;
 pub mod csa;
 pub mod data;

@@ -231,7 +231,12 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
         }
     };
     let (batch, notes) = if alpha > 0.0 {
-        effective_batch(cfg.klot.batch, cfg.klot.cap_batch, data.xu.rows, data.yu.rows)?
+        effective_batch(
+            cfg.klot.batch,
+            cfg.klot.cap_batch,
+            data.xu.rows,
+            data.yu.rows,
+        )?
     } else {
         (cfg.klot.batch, Vec::new())
     };
@@ -394,7 +399,11 @@ pub fn effective_batch(
         return Err(AlignError::NotEnoughData(format!(
             "{pool} unpaired {which} but klot.batch = {wanted}: lower klot.batch to at most \
              {pool}, add unpaired {which}, {}or set klot.alpha = 0 (pairs-only SigLIP)",
-            if pool >= 2 { "set klot.cap_batch = true, " } else { "" }
+            if pool >= 2 {
+                "set klot.cap_batch = true, "
+            } else {
+                ""
+            }
         )));
     }
     Ok((
@@ -674,7 +683,7 @@ mod tests {
 
     #[test]
     fn small_pool_caps_the_batch_with_a_note() {
-        // 100 unpaired images, 80 texts: B = 500 becomes 80, recorded in the notes.
+        // 100 unpaired images and texts: B = 500 becomes 100, recorded in the notes.
         let (d, _, _) = data();
         let t = teacher(&d);
         let mut cfg = small_cfg(1.0, HeadInit::Teacher);
@@ -682,7 +691,7 @@ mod tests {
         cfg.optim.steps = 3;
         let s = fit_student(&d, Some(&t), &cfg, &mut progress::ignore).unwrap();
         assert_eq!(s.notes.len(), 1);
-        assert!(s.notes[0].contains("capped at 80"), "{}", s.notes[0]);
+        assert!(s.notes[0].contains("capped at 100"), "{}", s.notes[0]);
         assert!(s.log.iter().all(|r| r.klot.is_some_and(f64::is_finite)));
         // No note when the pool is large enough; a pool of one sample is an error.
         assert_eq!(effective_batch(32, true, 100, 80).unwrap(), (32, vec![]));
