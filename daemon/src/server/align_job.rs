@@ -4,7 +4,7 @@
 //! The job's cancel flag is checked through the engine's progress callback (a `Break` stops
 //! the fit at its next step) and between stages; a cancelled or failed job leaves the previous
 //! model serving and its run recorded as `cancelled`/`failed`.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -296,7 +296,8 @@ fn run_job(
     let ck = Some(path.display().to_string());
     let Fitted { model, fitted, .. } = fitted_model;
 
-    // Map every sample into the new space (the search structure of this daemon).
+    // Map every sample into the new space and build its indexes (exact or HNSW by size) on
+    // the index workers; the previous model and its indexes keep serving meanwhile.
     let n_items = (snap.images.ids.len() + snap.texts.ids.len()) as u64;
     report(
         JobStage::Index,
@@ -307,28 +308,43 @@ fn run_job(
         "embedding all samples".into(),
     );
     shared.rebuilding.store(true, Ordering::SeqCst);
-    let held: HashSet<SampleId> = snap.held_out.iter().flat_map(|(i, t)| [*i, *t]).collect();
-    let built = Served::build(
+    let mut served = Served::new(
         run,
         method,
         fitted.clone(),
         model,
-        &snap.images,
-        &snap.texts,
-        held,
         data.n_pairs() as u64,
         now_ms(),
         None,
+        shared.opts.index,
     );
+    let mut done = [0usize; 2];
+    let mut last_index = Instant::now() - REPORT_EVERY;
+    let built = served.index_samples(&snap.images, &snap.texts, &mut |m, d, _total| {
+        done[(m == sotalign_protocol::types::Modality::Text) as usize] = d;
+        if last_index.elapsed() >= REPORT_EVERY {
+            last_index = Instant::now();
+            let step = (done[0] + done[1]) as u64;
+            let frac = step as f64 / n_items.max(1) as f64;
+            report(
+                JobStage::Index,
+                step,
+                n_items,
+                PCT_INDEX + frac * (PCT_EVAL - PCT_INDEX),
+                None,
+                format!("indexed {step}/{n_items}"),
+            );
+        }
+    });
     shared.rebuilding.store(false, Ordering::SeqCst);
-    let mut served = built?;
+    built.map_err(|e| JobError::Failed(internal(format!("building the index: {e}"))))?;
     report(
         JobStage::Index,
         n_items,
         n_items,
         PCT_EVAL,
         None,
-        "embedded".into(),
+        format!("indexed ({:?})", served.index_kind()).to_lowercase(),
     );
     check_cancel(h)?;
 

@@ -23,8 +23,10 @@ pub struct Options {
     /// Required in `initialize` on TCP connections when set.
     pub token: Option<String>,
     pub max_body: usize,
-    /// Where the encoder weights live (`sotalign` asset layout); `None`: no text search.
-    pub assets_dir: Option<PathBuf>,
+    /// Where the encoder weights live (`sotalign fetch`'s asset layout).
+    pub assets_dir: PathBuf,
+    /// Exact search below `exact_below` items per modality, HNSW above.
+    pub index: crate::index::IndexConfig,
 }
 
 pub struct Shared {
@@ -33,6 +35,8 @@ pub struct Shared {
     /// thread, so a slow disk never stalls the async workers.
     store: Arc<Mutex<Store>>,
     pub jobs: Arc<Jobs>,
+    /// Text and image encoders, loaded on first need and kept resident.
+    pub encoders: super::encode::Encoders,
     pub notify: broadcast::Sender<Message>,
     model: RwLock<Option<Arc<Served>>>,
     /// True while a new model's search structures are being built (status: `rebuilding`).
@@ -46,6 +50,7 @@ impl Shared {
         let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
         let (shutdown, _) = watch::channel(false);
         Arc::new(Self {
+            encoders: super::encode::Encoders::new(opts.assets_dir.clone(), opts.device.clone()),
             opts,
             store: Arc::new(Mutex::new(store)),
             jobs: Arc::new(Jobs::new(notify.clone())),
