@@ -72,7 +72,9 @@ pub fn config_for(p: &AlignParams) -> HResult<AlignConfig> {
 }
 
 pub async fn start(shared: Arc<Shared>, p: AlignParams) -> HResult<AlignResult> {
-    let cfg = config_for(&p)?;
+    let mut cfg = config_for(&p)?;
+    // The heads train on the daemon's device (`serve --device`).
+    cfg.device = shared.opts.device.clone();
     let title = format!(
         "align {}",
         serde_json::to_value(p.method)
