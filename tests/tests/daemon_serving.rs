@@ -390,6 +390,58 @@ fn queries_are_served_by_the_previous_model_while_a_new_one_is_built() {
     assert_eq!(per_sample(&mut c, img).run, a2.run);
 }
 
+/// An ingest that lands while an alignment trains (after its snapshot) is indexed under the new
+/// model once that is swapped in, not lost until the next alignment.
+#[test]
+fn samples_ingested_during_an_alignment_are_searchable_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = fixture(dir.path(), N_TRAIN, N_TEST, N_UNPAIRED);
+    let (_d, mut c, _) = spawn_stdio(&dir.path().join("data"), &[]);
+    ingest_and_align(&mut c, &fx);
+    let a2 = c.call::<methods::Align>(align_params(400)).unwrap();
+    // Training has started, so the job's snapshot is taken.
+    c.wait_for(|n| {
+        matches!(n, sotalign_protocol::ServerNotification::Progress(p)
+            if p.value.job == a2.job && p.value.stage == JobStage::Refine)
+    })
+    .unwrap();
+    // A new image: a held-out row's reference vector, under a new key.
+    let v = sotalign::ingest::npy::read_f32(&fixtures().join("tuxpaint_img.npy"))
+        .unwrap()
+        .row(fx.test[0])
+        .to_vec();
+    let r = c
+        .call::<methods::Ingest>(IngestParams {
+            source: IngestSource::Embedded(vec![EmbeddedSample {
+                modality: Modality::Image,
+                key: "late-image".into(),
+                vector: sotalign_protocol::vector::Vector(v.clone()),
+                path: None,
+                text: None,
+            }]),
+        })
+        .unwrap();
+    assert_eq!(wait_finished(&mut c, r.job).state, JobState::Succeeded);
+    assert_eq!(wait_finished(&mut c, a2.job).state, JobState::Succeeded);
+    let st = wait_for_model(&mut c);
+    assert_eq!(st.model.unwrap().run, a2.run);
+    let n = (N_TRAIN + N_TEST + N_UNPAIRED) as u64;
+    assert_eq!(st.index.images, n + 1);
+    let hits = c
+        .call::<methods::Search>(SearchParams {
+            query: SearchQuery::Vector {
+                modality: Modality::Image,
+                values: sotalign_protocol::vector::Vector(v),
+            },
+            target: Some(Modality::Image),
+            k: 1,
+        })
+        .unwrap();
+    assert_eq!(hits.run, a2.run);
+    assert_eq!(hits.hits[0].sample.key, "late-image");
+    assert!(hits.hits[0].score > 0.999, "{}", hits.hits[0].score);
+}
+
 #[test]
 fn cuda_device_on_a_cpu_build_is_a_clear_error() {
     // The test binary cannot see the daemon's features: ask the binary itself.

@@ -235,6 +235,7 @@ fn run_job(
         None,
         "reading the store".into(),
     );
+    let version = shared.samples_version.load(Ordering::SeqCst);
     let snap = shared.store_blocking(|s| s.training_snapshot())?;
     let data = align_data(&snap);
     if data.n_pairs() < 2 {
@@ -309,7 +310,7 @@ fn run_job(
         None,
         "embedding all samples".into(),
     );
-    shared.rebuilding.store(true, Ordering::SeqCst);
+    let rebuild = shared.begin_rebuild();
     let mut served = Served::new(
         run,
         method,
@@ -338,7 +339,7 @@ fn run_job(
             );
         }
     });
-    shared.rebuilding.store(false, Ordering::SeqCst);
+    drop(rebuild);
     built.map_err(|e| JobError::Failed(internal(format!("building the index: {e}"))))?;
     report(
         JobStage::Index,
@@ -390,5 +391,14 @@ fn run_job(
         )
     })?;
     shared.set_model(Arc::new(served));
+    // Samples ingested after the snapshot: index them under the new model too.
+    if shared.samples_version.load(Ordering::SeqCst) != version
+        && let Err(e) = super::ingest_job::refresh_served(shared)
+    {
+        tracing::warn!(
+            "run {run}: could not index samples ingested during the alignment: {}",
+            e.message
+        );
+    }
     Ok(metrics)
 }

@@ -223,7 +223,7 @@ impl Backend {
                 run: None,
             },
             Some(m) => IndexInfo {
-                state: if self.shared.rebuilding.load(Ordering::SeqCst) {
+                state: if self.shared.is_rebuilding() {
                     IndexState::Rebuilding
                 } else {
                     IndexState::Ready

@@ -524,6 +524,10 @@ pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestR
                 }
             }
         }
+        if r.inserted > 0 || raw {
+            sh.samples_version
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         if (r.inserted > 0 || raw)
             && let Err(e) = refresh_served(&sh)
         {
@@ -680,19 +684,14 @@ fn encode_pending(
 /// Re-map every stored sample through the served model and rebuild its indexes, so new
 /// samples are searchable without a new alignment (the model itself is unchanged). Each
 /// modality's new index is swapped in atomically; queries use the previous one meanwhile.
-fn refresh_served(shared: &Arc<Shared>) -> HResult<()> {
+pub fn refresh_served(shared: &Arc<Shared>) -> HResult<()> {
     let Some(cur) = shared.model() else {
         return Ok(());
     };
     let snap = shared.store_blocking(|s| s.training_snapshot())?;
-    shared
-        .rebuilding
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let r = cur.reindex(&snap.images, &snap.texts, &mut |_, _, _| {});
-    shared
-        .rebuilding
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    r.map_err(internal)
+    let _rebuild = shared.begin_rebuild();
+    cur.reindex(&snap.images, &snap.texts, &mut |_, _, _| {})
+        .map_err(internal)
 }
 
 #[allow(dead_code)]

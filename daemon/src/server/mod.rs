@@ -259,13 +259,9 @@ fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), St
         run.info.metrics,
         shared.opts.index,
     );
-    shared
-        .rebuilding
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let rebuild = shared.begin_rebuild();
     let built = served.index_samples(&snap.images, &snap.texts, &mut |_, _, _| {});
-    shared
-        .rebuilding
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    drop(rebuild);
     built.map_err(|e| e.to_string())?;
     if shared.model().is_none() {
         shared.set_model(Arc::new(served));
