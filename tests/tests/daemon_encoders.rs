@@ -239,6 +239,58 @@ fn raw_stamps_are_encoded_in_the_background_and_text_search_uses_minilm() {
         .unwrap();
     let f2 = wait_finished(&mut c, r2.job);
     assert_eq!((f2.state, f2.ingested), (JobState::Succeeded, Some(0)));
+
+    // Folders: three more stamps plus a corrupt PNG, and a caption file. The corrupt file is
+    // stored, named in the job's report, and stays unencoded; everything else is searchable.
+    let folder = dir.path().join("more");
+    std::fs::create_dir_all(&folder).unwrap();
+    let extra = pick_rows(&index, N + 3);
+    let extra = &extra[N..];
+    let mut captions = String::new();
+    for &r in extra {
+        let file = index["rows"][r]["file"].as_str().unwrap();
+        std::fs::copy(stamps.join(file), folder.join(format!("row-{r}.png"))).unwrap();
+        captions.push_str(index["rows"][r]["caption"].as_str().unwrap());
+        captions.push('\n');
+    }
+    std::fs::write(folder.join("broken.png"), b"\x89PNG but not really").unwrap();
+    let caption_file = dir.path().join("captions.txt");
+    std::fs::write(&caption_file, captions).unwrap();
+    let r3 = c
+        .call::<methods::Ingest>(IngestParams {
+            source: IngestSource::Folders {
+                images: Some(folder.display().to_string()),
+                texts: Some(caption_file.display().to_string()),
+            },
+        })
+        .unwrap();
+    let f3 = wait_finished(&mut c, r3.job);
+    assert_eq!((f3.state, f3.ingested), (JobState::Succeeded, Some(7)));
+    let p3 = progress_of(&mut c, r3.job);
+    assert!(
+        p3.iter()
+            .filter_map(|v| v.message.as_deref())
+            .any(|m| m.contains("6 of 7 encoded, 1 skipped") && m.contains("broken.png")),
+        "{p3:?}"
+    );
+    let st = c.call::<methods::Status>(Empty {}).unwrap();
+    assert_eq!(st.counts.pending_encoding, 1);
+    assert_eq!(st.counts.images, (N + 4) as u64);
+    // The new stamps are in the served model's index (same model, re-indexed).
+    assert_eq!(st.index.images, (N + 3) as u64);
+    let hits = c
+        .call::<methods::Search>(SearchParams {
+            query: SearchQuery::Vector {
+                modality: Modality::Image,
+                values: Vector(ref_img.row(extra[0]).to_vec()),
+            },
+            target: Some(Modality::Image),
+            k: 1,
+        })
+        .unwrap()
+        .hits;
+    assert_eq!(hits[0].sample.key, format!("row-{}", extra[0]));
+    assert!(hits[0].score > 0.98, "{}", hits[0].score);
 }
 
 fn walk_count(dir: &Path, ext: &str) -> usize {
