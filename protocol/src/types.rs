@@ -790,8 +790,8 @@ pub struct EmbeddedSample {
 pub enum IngestSource {
     /// A manifest file on the daemon's machine (format: the daemon's docs).
     Manifest(String),
-    /// A folder of images and/or a caption source (a folder of `.txt` files, or a text file
-    /// with one caption per line), on the daemon's machine.
+    /// A folder of images (recursive) and/or a caption file (one caption per line), on the
+    /// daemon's machine; stored unpaired and encoded by the daemon's encoders.
     Folders {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         images: Option<String>,
