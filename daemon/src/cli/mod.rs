@@ -2,7 +2,9 @@
 //! only dispatches here. Uses `anyhow`: this is the edge.
 pub mod align;
 pub mod bench;
+pub mod bench_encoders;
 pub mod data_args;
+pub mod demo;
 pub mod encoders;
 pub mod eval;
 pub mod experiment;
