@@ -21,4 +21,5 @@ if ! apt-cache show tuxpaint-stamps-default >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq || echo "setup: apt-get update failed; fetch will say what is missing"
 fi
-cargo run --quiet -p sotalign --bin sotalign -- fetch
+# (the binary just built: `cargo run -p` would re-resolve features and rebuild dependencies)
+"${CARGO_TARGET_DIR:-target}/debug/sotalign" fetch

@@ -22,6 +22,8 @@ enum Cmd {
     Fetch(sotalign::cli::encoders::FetchArgs),
     /// Encode a dataset's images and captions into embedding matrices (cached).
     Encode(sotalign::cli::encoders::EncodeArgs),
+    /// The newcomer's tour: fetch, encode Tux Paint, compare methods at 100 pairs, serve for the TUI.
+    Demo(sotalign::cli::demo::DemoArgs),
     /// Fit an alignment method on embeddings (+ manifest) or a reference split; write a checkpoint.
     Align(sotalign::cli::align::AlignArgs),
     /// Print the retrieval metrics of a checkpoint on a test split.
@@ -47,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve(args) => sotalign::server::run_cli(args),
         Cmd::Fetch(a) => sotalign::cli::encoders::fetch(a),
         Cmd::Encode(a) => sotalign::cli::encoders::encode(a),
+        Cmd::Demo(a) => sotalign::cli::demo::run(a),
         Cmd::Align(a) => sotalign::cli::align::run(a),
         Cmd::Eval(a) => sotalign::cli::eval::run(a),
         Cmd::Experiment(a) => sotalign::cli::experiment::run(a),

@@ -165,32 +165,8 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
         ds.name,
         ds.skipped.len()
     );
-    let style =
-        ProgressStyle::with_template("{prefix:>7} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-    let mut bar: Option<ProgressBar> = None;
     let t0 = std::time::Instant::now();
-    let enc = ingest::encode_dataset(&ds, &opts, &mut |p| match p {
-        Progress::Start { stage, total } => {
-            let b = ProgressBar::new(total as u64).with_style(style.clone());
-            b.set_prefix(match stage {
-                Stage::Images => "images",
-                Stage::Texts => "texts",
-            });
-            bar = Some(b);
-        }
-        Progress::Advance { done, .. } => {
-            if let Some(b) = &bar {
-                b.set_position(done as u64)
-            }
-        }
-        Progress::Finish { .. } => {
-            if let Some(b) = bar.take() {
-                b.finish()
-            }
-        }
-    })?;
+    let enc = encode_with_bars(&ds, &opts)?;
     let out = args
         .out
         .clone()
@@ -215,6 +191,36 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// [`ingest::encode_dataset`] with one progress bar per stage (images, texts) on stderr.
+pub fn encode_with_bars(ds: &ingest::Dataset, opts: &EncodeOptions) -> Result<ingest::Encoded> {
+    let style =
+        ProgressStyle::with_template("{prefix:>7} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    let mut bar: Option<ProgressBar> = None;
+    let enc = ingest::encode_dataset(ds, opts, &mut |p| match p {
+        Progress::Start { stage, total } => {
+            let b = ProgressBar::new(total as u64).with_style(style.clone());
+            b.set_prefix(match stage {
+                Stage::Images => "images",
+                Stage::Texts => "texts",
+            });
+            bar = Some(b);
+        }
+        Progress::Advance { done, .. } => {
+            if let Some(b) = &bar {
+                b.set_position(done as u64)
+            }
+        }
+        Progress::Finish { .. } => {
+            if let Some(b) = bar.take() {
+                b.finish()
+            }
+        }
+    })?;
+    Ok(enc)
 }
 
 fn stem(p: &std::path::Path) -> String {

@@ -3,6 +3,7 @@
 pub mod align;
 pub mod bench;
 pub mod data_args;
+pub mod demo;
 pub mod encoders;
 pub mod eval;
 pub mod experiment;
