@@ -20,6 +20,15 @@ pub struct AlignConfig {
     pub klot: KlotConfig,
     pub optim: OptimConfig,
     pub auto: AutoConfig,
+    /// Where the student heads train: `cpu` (default) or `cuda[:N]` on a build with the `cuda`
+    /// feature. Set by the caller (`sotalign serve --device`); a property of the machine, not
+    /// of the method, so it is neither serialised nor read from config overrides. Empty = cpu.
+    #[serde(skip, default = "cpu_device")]
+    pub device: String,
+}
+
+fn cpu_device() -> String {
+    "cpu".into()
 }
 
 /// Search space and validation of the `auto` method.
@@ -164,6 +173,7 @@ impl Default for AlignConfig {
             klot: KlotConfig::default(),
             optim: OptimConfig::default(),
             auto: AutoConfig::default(),
+            device: cpu_device(),
         }
     }
 }

@@ -234,7 +234,7 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
         }
     }
 
-    let dev = Device::Cpu;
+    let dev = train_device(&cfg.device)?;
     let d_out = cfg.heads.dim;
     let eps = cfg.heads.ln_eps;
     let (dx, dy) = (data.dx(), data.dy());
@@ -350,10 +350,12 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
             .copied()
             .unwrap_or(0.0) as f64)
     };
+    // The fitted heads always live on the CPU: checkpoints, embedding and serving read them
+    // there, whatever device trained them.
     Ok(StudentHeads {
         name: name.to_string(),
-        x: detach_head(&head_x),
-        y: detach_head(&head_y),
+        x: cpu_head(&head_x)?,
+        y: cpu_head(&head_y)?,
         log_scale: scalar(&log_scale)?,
         logit_bias: scalar(&logit_bias)?,
         log,
@@ -430,14 +432,24 @@ fn make_head(
 }
 
 /// Copy of a head whose tensors no longer track the training variables.
-fn detach_head(h: &Head) -> Head {
-    Head {
-        ln_weight: h.ln_weight.detach(),
-        ln_bias: h.ln_bias.detach(),
-        weight: h.weight.detach(),
-        bias: h.bias.detach(),
+fn cpu_head(h: &Head) -> Result<Head, AlignError> {
+    let cpu = |t: &Tensor| t.detach().to_device(&Device::Cpu);
+    Ok(Head {
+        ln_weight: cpu(&h.ln_weight)?,
+        ln_bias: cpu(&h.ln_bias)?,
+        weight: cpu(&h.weight)?,
+        bias: cpu(&h.bias)?,
         ln_eps: h.ln_eps,
+    })
+}
+
+/// The training device named by `AlignConfig::device` (empty = cpu).
+fn train_device(spec: &str) -> Result<Device, AlignError> {
+    if spec.is_empty() {
+        return Ok(Device::Cpu);
     }
+    crate::encoders::parse_device(spec)
+        .map_err(|e| AlignError::InvalidConfig(format!("training device: {e}")))
 }
 
 fn stack(a: &Matrix, b: &Matrix) -> Matrix {
@@ -550,6 +562,29 @@ mod tests {
             ay.data[i * d.dy() + i] = 1.0;
         }
         LinearTeacher { ax, ay }
+    }
+
+    #[test]
+    fn training_device_is_validated() {
+        let (d, _, _) = data();
+        let mut cfg = small_cfg(0.0, HeadInit::Random);
+        cfg.device = "tpu".into();
+        let e = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap_err();
+        assert!(
+            matches!(e, AlignError::InvalidConfig(ref m) if m.contains("cuda")),
+            "{e}"
+        );
+        #[cfg(not(feature = "cuda"))]
+        {
+            cfg.device = "cuda:0".into();
+            let e =
+                fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap_err();
+            assert!(e.to_string().contains("--features cuda"), "{e}");
+        }
+        // Explicit cpu trains, and the heads come back on the CPU.
+        cfg.device = "cpu".into();
+        let h = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap();
+        assert!(h.x.weight.device().is_cpu());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub enum BenchCmd {
     /// Synthetic scaling benchmark (shared latent, two different non-linear views).
     Synthetic(SyntheticArgs),
+    /// Encoder throughput (images/s, texts/s) vs the matmul bound and a numpy reference.
+    Encoders(super::bench_encoders::EncodersBench),
 }
 
 #[derive(Args)]
@@ -52,6 +54,7 @@ pub struct SyntheticArgs {
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Synthetic(a) => synthetic(a),
+        BenchCmd::Encoders(a) => super::bench_encoders::encoders(a),
     }
 }
 

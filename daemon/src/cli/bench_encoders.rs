@@ -1,7 +1,6 @@
-//! NOT YET WIRED: `bench encoders` awaiting a variant in `cli/bench.rs`'s `BenchCmd` (merge clash at
-//! the deadline). Not declared in `cli/mod.rs`, so not compiled.
-//! `sotalign bench ...`: throughput measurements reported next to a bound and a reference
-//! measured in the same run.
+//! `sotalign bench encoders`: encoder throughput on the real weights and the Tux Paint stamps,
+//! reported next to the machine's matmul compute bound and (with `--reference`) an independent
+//! numpy implementation of the same two networks timed in the same run.
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -10,12 +9,6 @@ use candle_core::{Device, Tensor};
 
 use super::encoders::ModelArgs;
 use crate::encoders::TextEncoder;
-
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchCmd {
-    /// Encoder throughput (images/s, texts/s) vs the machine's matmul FLOP bound and a numpy reference.
-    Encoders(EncodersBench),
-}
 
 #[derive(Debug, clap::Args)]
 pub struct EncodersBench {
@@ -33,12 +26,6 @@ pub struct EncodersBench {
     pub reference: bool,
     #[command(flatten)]
     pub models: ModelArgs,
-}
-
-pub fn run(cmd: BenchCmd) -> Result<()> {
-    match cmd {
-        BenchCmd::Encoders(a) => encoders(a),
-    }
 }
 
 /// f32 matmul GFLOP/s of candle on this device: the compute bound for dense layers.
@@ -102,7 +89,7 @@ fn bert_macs(d: usize, layers: usize, len: usize) -> u64 {
     (layers * len * (per_token + attn)) as u64
 }
 
-fn encoders(a: EncodersBench) -> Result<()> {
+pub fn encoders(a: EncodersBench) -> Result<()> {
     let dev = crate::encoders::parse_device(&a.models.device)?;
     let threads = rayon::current_num_threads();
     println!(

@@ -2,6 +2,7 @@
 //! only dispatches here. Uses `anyhow`: this is the edge.
 pub mod align;
 pub mod bench;
+pub mod bench_encoders;
 pub mod data_args;
 pub mod demo;
 pub mod encoders;
