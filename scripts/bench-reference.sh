@@ -11,7 +11,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet numpy jax jaxlib
 fi
-cargo bench -p sotalign --bench align -- klot_step
+# CARGO_BENCH overrides the cargo invocation, e.g. to reuse the dev-profile dependency builds:
+#   CARGO_BENCH="cargo bench -p sotalign --bench align --profile dev --config profile.dev.package.sotalign.opt-level=3 ..."
+${CARGO_BENCH:-cargo bench -p sotalign --bench align} -- 'klot_step|cca_fit'
 # Faster numpy: the machine's OpenBLAS work-arounds slow current numpy (see .library env notes).
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$VENV/bin/python" scripts/bench_reference.py \
-    --sizes "$SIZES" --criterion target/criterion --json target/bench-reference.json
+    --sizes "$SIZES" --criterion target/criterion --json target/bench-reference.json \
+    --cca-fixtures tests/fixtures/reference

@@ -10,6 +10,11 @@ Usage: bench_reference.py [--sizes 256,1024,2048,4096] [--numpy-max 2048] [--rep
                           [--criterion target/criterion] [--json out.json]
 With --criterion, reads the Rust timings criterion wrote in the same run and prints the
 ratio table for docs/BENCHMARKS.md.
+
+--cca-fixtures DIR also times the ridge-CCA teacher fit (the Rust `cca_fit/n` benchmark) in
+numpy f64 on the first n rows of the Tux Paint embeddings: L2-normalise, centre on the pair
+means, C + 0.1 I, inverse square roots by eigh of the d x d covariances, SVD of the whitened
+cross-covariance, projections of the components with S > 1e-6 S_1 (at most n - 1).
 """
 import argparse
 import json
@@ -97,6 +102,36 @@ def make_jax():
     return run, jax.__version__
 
 
+# ---- ridge-CCA teacher (numpy, f64) ----
+def np_cca_fit(x, y, lam=0.1, rel_tol=1e-6):
+    x = x.astype(np.float64)
+    y = y.astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    n = x.shape[0]
+    zx = x - x.mean(0)
+    zy = y - y.mean(0)
+
+    def inv_sqrt(z):
+        c = z.T @ z / n + lam * np.eye(z.shape[1])
+        w, v = np.linalg.eigh(c)
+        return (v / np.sqrt(w)) @ v.T
+
+    ix, iy = inv_sqrt(zx), inv_sqrt(zy)
+    t = ix @ (zx.T @ zy / n) @ iy
+    u, sv, vt = np.linalg.svd(t, full_matrices=False)
+    k = min(int((sv > rel_tol * sv[0]).sum()), n - 1)
+    return ix @ u[:, :k], iy @ vt[:k].T, sv[:k]
+
+
+def criterion_group_estimate(root, group, key):
+    path = os.path.join(root, group, str(key), "new", "estimates.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)["median"]["point_estimate"] / 1e9
+
+
 def best_of(fn, reps):
     times = []
     out = None
@@ -123,8 +158,11 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--criterion", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cca-fixtures", default=None)
+    ap.add_argument("--cca-sizes", default="100,400")
+    ap.add_argument("--skip-klot", action="store_true")
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [] if args.skip_klot else [int(s) for s in args.sizes.split(",")]
     jax_run, jax_version = make_jax()
     rng = np.random.default_rng(0)
     rows = []
@@ -157,9 +195,23 @@ def main():
         ratio_j = "-" if not rust else "%.1fx" % (r["jax_s"] / rust)
         ratio_n = "-" if not rust or "numpy_s" not in r else "%.1fx" % (r["numpy_s"] / rust)
         print("| %d | %s | %s | %s | %s | %s |" % (r["B"], fmt(rust), fmt(r["jax_s"]), fmt(r.get("numpy_s")), ratio_j, ratio_n))
+    cca_rows = []
+    if args.cca_fixtures:
+        xi = np.load(os.path.join(args.cca_fixtures, "tuxpaint_img.npy"))
+        yt = np.load(os.path.join(args.cca_fixtures, "tuxpaint_txt.npy"))
+        print()
+        print("| n | Rust cca_fit (criterion median) | numpy f64 (best of %d) | numpy / Rust |" % args.reps)
+        print("|---|---|---|---|")
+        for n in [int(v) for v in args.cca_sizes.split(",")]:
+            t_min, t_med, (_, _, rho) = best_of(lambda: np_cca_fit(xi[:n], yt[:n]), args.reps)
+            rust = criterion_group_estimate(args.criterion, "cca_fit", n) if args.criterion else None
+            row = {"n": n, "numpy_s": t_min, "numpy_median_s": t_med, "rho0": float(rho[0]), "k": len(rho), "rust_s": rust}
+            cca_rows.append(row)
+            ratio = "-" if not rust else "%.1fx" % (t_min / rust)
+            print("| %d | %s | %s | %s |" % (n, "-" if rust is None else "%.1f ms" % (rust * 1e3), "%.1f ms" % (t_min * 1e3), ratio))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"rows": rows, "meta": meta}, fh, indent=1)
+            json.dump({"rows": rows, "cca_rows": cca_rows, "meta": meta}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,19 @@
 //!   `scripts/bench_reference.py` (numpy and jax-jit); `scripts/bench-reference.sh` runs both
 //!   and prints the ratio table of docs/BENCHMARKS.md.
 //! - `sinkhorn/B`: one 100-iteration plan at eps = 0.05 (half a KLOT step).
+//! - `cca_fit/n`: the ridge-CCA teacher fitted on the first n rows of the real Tux Paint
+//!   embeddings (1280-d images, 384-d texts, `tests/fixtures/reference`), lambda = 0.1: row
+//!   normalisation, centring, both ridge inverse square roots, the whitened cross-covariance SVD
+//!   and the projections. `scripts/bench_reference.py` times the same fit in numpy (f64, eigh
+//!   of the d x d covariances) on the same rows.
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sotalign::align::Matrix;
+use sotalign::align::config::TeacherConfig;
 use sotalign::align::klot::Klot;
 use sotalign::align::sinkhorn::Sinkhorn;
+use sotalign::align::teacher::CcaTeacher;
+use sotalign::align::{AlignData, Matrix};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -81,5 +88,46 @@ fn sinkhorn(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, klot_step, sinkhorn);
+/// The Tux Paint fixtures, found from the crate directory (benches run in `daemon/`).
+fn tuxpaint() -> Option<(Matrix, Matrix)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference");
+    let x = sotalign::io::npy::read_npy(&dir.join("tuxpaint_img.npy")).ok()?;
+    let y = sotalign::io::npy::read_npy(&dir.join("tuxpaint_txt.npy")).ok()?;
+    Some((x, y))
+}
+
+fn first_rows(m: &Matrix, n: usize) -> Matrix {
+    Matrix {
+        rows: n,
+        cols: m.cols,
+        data: m.data[..n * m.cols].to_vec(),
+    }
+}
+
+fn cca_fit(c: &mut Criterion) {
+    let Some((x, y)) = tuxpaint() else {
+        eprintln!("cca_fit: tests/fixtures/reference not found, skipped");
+        return;
+    };
+    let mut g = c.benchmark_group("cca_fit");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    let cfg = TeacherConfig::default();
+    for &n in &[100usize, 400] {
+        let data = AlignData::from_pairs(first_rows(&x, n), first_rows(&y, n));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
+            bench.iter(|| {
+                black_box(
+                    CcaTeacher::fit(&data, &cfg)
+                        .map(|t| t.rho[0])
+                        .unwrap_or(f64::NAN),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, klot_step, sinkhorn, cca_fit);
 criterion_main!(benches);

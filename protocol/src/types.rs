@@ -90,21 +90,25 @@ pub enum DecisionKind {
     Reject,
 }
 
-/// How global suggestions are chosen (issue 6's acquisition strategies).
+/// How global suggestions are chosen (issue 6's acquisition strategies; the daemon runs the
+/// engine's one implementation, `align::acquire`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
-    /// Uniformly random unpaired (image, best text) pairs: the baseline.
+    /// Uniformly random unpaired image with a random unpaired text: the baseline.
     Random,
     /// Largest margin between the best and second-best cross-modal similarity.
-    #[default]
     Confidence,
-    /// Pairs that are each other's nearest neighbour in both directions, by similarity.
+    /// Pairs that are each other's nearest neighbour in both directions, by similarity (then
+    /// the confidence ranking when they run out).
     MutualNn,
     /// Largest mass in the entropic OT plan between unpaired images and texts.
     OtMass,
-    /// Confidence-ranked, skipping candidates too similar to ones already chosen.
+    /// `ot_mass`, skipping candidates too similar to ones already chosen or confirmed.
     Diverse,
+    /// Mutual nearest neighbours first, then the rest, each group by OT plan mass.
+    #[default]
+    MnnOt,
 }
 
 /// The alignment method an align job fits.
@@ -786,8 +790,8 @@ pub struct EmbeddedSample {
 pub enum IngestSource {
     /// A manifest file on the daemon's machine (format: the daemon's docs).
     Manifest(String),
-    /// A folder of images and/or a caption source (a folder of `.txt` files, or a text file
-    /// with one caption per line), on the daemon's machine.
+    /// A folder of images (recursive) and/or a caption file (one caption per line), on the
+    /// daemon's machine; stored unpaired and encoded by the daemon's encoders.
     Folders {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         images: Option<String>,

@@ -47,17 +47,24 @@ fn acknowledged_confirms_survive_kill_minus_nine() {
         c.initialize("durability", None).unwrap();
         // Everything acknowledged before any earlier kill is still there.
         let st = c.call::<methods::Status>(Empty {}).unwrap();
-        let stored: HashSet<(SampleId, SampleId)> = c
-            .call::<methods::ListPairs>(ListPairsParams {
-                state: Some(PairState::Confirmed),
-                offset: 0,
-                limit: 1000,
-            })
-            .unwrap()
-            .items
-            .iter()
-            .map(|p| (p.image, p.text))
-            .collect();
+        // Every confirmed pair, page by page (pages are capped at 1000; a fast machine
+        // confirms more than that over the rounds).
+        let mut stored: HashSet<(SampleId, SampleId)> = HashSet::new();
+        let mut offset = 0u64;
+        loop {
+            let page = c
+                .call::<methods::ListPairs>(ListPairsParams {
+                    state: Some(PairState::Confirmed),
+                    offset,
+                    limit: 1000,
+                })
+                .unwrap();
+            offset += page.items.len() as u64;
+            stored.extend(page.items.iter().map(|p| (p.image, p.text)));
+            if page.items.is_empty() || offset >= page.total {
+                break;
+            }
+        }
         assert_eq!(
             st.counts.confirmed_pairs,
             stored.len() as u64,

@@ -12,6 +12,11 @@
 //!
 //! The binary (`main.rs`) owns the terminal: raw mode, the alternate screen, a panic hook that
 //! restores it, and the event loop joining key events, network events and a clock tick.
+// Lets the test helpers shared with the integration tests (`tests/common/`) name this crate
+// the same way from inside it.
+#[cfg(test)]
+extern crate self as sotalign_tui;
+
 pub mod images;
 pub mod keys;
 pub mod net;

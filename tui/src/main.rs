@@ -223,7 +223,7 @@ async fn run(
                     send_all(&call_tx, app.handle(Event::Net(ev)));
                 }
             }
-            _ = tick.tick() => { app.handle(Event::Tick { now_ms: now_ms() }); }
+            _ = tick.tick() => send_all(&call_tx, app.handle(Event::Tick { now_ms: now_ms() })),
             Some(()) = images.next_ready() => { images.poll(); }
         }
     };

@@ -16,6 +16,8 @@ pub const SUGGESTIONS_K: u32 = 8;
 pub const QUEUE_PAGE: u32 = 100;
 /// Hits fetched per free-text search.
 pub const SEARCH_K: u32 = 30;
+/// Images listed per browse page when listing the store (no free-text search).
+pub const BROWSE_PAGE: u32 = 200;
 /// Past runs shown in the dashboard's chart.
 pub const RUNS_LIMIT: u32 = 50;
 
@@ -48,6 +50,12 @@ pub enum Call {
     Search {
         text: String,
     },
+    /// Stored images by id, all states; with a filter only those whose key, path or caption
+    /// contains it. The browse screen's list when there is no query, or when free-text search
+    /// is unavailable (no text encoder in the daemon).
+    ListImages {
+        filter: Option<String>,
+    },
     /// Image -> captions (the browse screen's right pane).
     Captions {
         image: SampleId,
@@ -70,6 +78,7 @@ pub enum Reply {
     Reject(DecisionResult),
     Undo(UndoResult),
     Search(SearchResult),
+    ListImages(ListSamplesResult),
     Captions(SuggestForSampleResult),
     Align(AlignResult),
     CancelJob(CancelResult),
@@ -158,6 +167,13 @@ impl Call {
                 target: Some(Modality::Image),
                 k: SEARCH_K,
             }),
+            Call::ListImages { filter } => params::<methods::ListSamples>(ListSamplesParams {
+                modality: Modality::Image,
+                state: None,
+                filter: filter.clone(),
+                offset: 0,
+                limit: BROWSE_PAGE,
+            }),
             Call::Align(p) => params::<methods::Align>(p.clone()),
             Call::CancelJob { job } => params::<methods::Cancel>(CancelParams { job: *job }),
         }
@@ -175,6 +191,7 @@ impl Call {
             Call::Reject { .. } => Reply::Reject(parse::<methods::Reject>(result)?),
             Call::Undo { .. } => Reply::Undo(parse::<methods::Undo>(result)?),
             Call::Search { .. } => Reply::Search(parse::<methods::Search>(result)?),
+            Call::ListImages { .. } => Reply::ListImages(parse::<methods::ListSamples>(result)?),
             Call::Align(_) => Reply::Align(parse::<methods::Align>(result)?),
             Call::CancelJob { .. } => Reply::CancelJob(parse::<methods::Cancel>(result)?),
         })

@@ -20,6 +20,8 @@ use crate::rpc::{Call, CallError, NetEvent, Reply};
 
 /// Fewer items than this left in a review queue triggers fetching the next page.
 const QUEUE_LOW_WATER: usize = 5;
+/// How often to ask whether a model is served yet, while none is.
+pub const MODEL_POLL_MS: u64 = 2_000;
 
 /// Everything that can happen to the app.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +89,8 @@ pub struct Queue {
     pub exhausted: bool,
     /// Candidates for `items.front()`.
     pub candidates: Loadable<Vec<Candidate>>,
+    /// The model run that scored `candidates`.
+    pub candidates_run: Option<RunId>,
     pub selected: usize,
     pub skipped: u64,
 }
@@ -102,6 +106,7 @@ impl Queue {
             next_offset: 0,
             exhausted: false,
             candidates: Loadable::Idle,
+            candidates_run: None,
             selected: 0,
             skipped: 0,
         }
@@ -271,15 +276,37 @@ impl JobView {
     }
 }
 
+/// One entry of the browse list: an image, with its similarity to the query when it came
+/// from a free-text search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub sample: Sample,
+    pub score: Option<f64>,
+}
+
+/// What the browse list holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listing {
+    /// Free-text search hits for this query, best first.
+    Text(String),
+    /// Stored images by id; with a filter, only those whose key, path or caption contains it.
+    Names(Option<String>),
+}
+
 /// The browse / search screen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Browse {
     pub query: String,
     /// The query field has focus (printable keys go into it).
     pub editing: bool,
-    /// The query the results belong to.
-    pub searched: String,
-    pub results: Loadable<Vec<Candidate>>,
+    /// What `results` are (or will be, while loading); answers for anything else are stale.
+    pub listing: Listing,
+    pub results: Loadable<Vec<Hit>>,
+    /// Images matching the listing in the store (a name listing shows the first page).
+    pub total: Option<u64>,
+    /// Why the last free-text query fell back to a name listing (the daemon's error, e.g.
+    /// no text encoder): shown above the list so the user knows these are not semantic hits.
+    pub search_error: Option<CallError>,
     pub selected: usize,
     /// Captions for the selected image.
     pub captions: Loadable<SuggestForSampleResult>,
@@ -325,6 +352,8 @@ pub struct App {
     pub align: AlignParams,
     /// The next `status` answer follows a reconnect: reconcile jobs against it.
     reconcile_jobs: bool,
+    /// When [`App::poll_for_a_model`] last asked.
+    last_model_poll_ms: u64,
     ever_connected: bool,
     pub should_quit: bool,
 }
@@ -356,8 +385,10 @@ impl App {
             browse: Browse {
                 query: String::new(),
                 editing: false,
-                searched: String::new(),
+                listing: Listing::Names(None),
                 results: Loadable::Idle,
+                total: None,
+                search_error: None,
                 selected: 0,
                 captions: Loadable::Idle,
             },
@@ -365,6 +396,7 @@ impl App {
             error_count: 0,
             align: AlignParams::default(),
             reconcile_jobs: false,
+            last_model_poll_ms: 0,
             ever_connected: false,
             should_quit: false,
         }
@@ -436,11 +468,29 @@ impl App {
         });
     }
 
+    /// While the daemon serves no model, ask for its status every [`MODEL_POLL_MS`]: a daemon
+    /// restores its last model in the background after it starts, and there is no
+    /// notification for that, so suggestions appear without the user doing anything.
+    fn poll_for_a_model(&mut self, calls: &mut Vec<Call>) {
+        let no_model = self.status.as_ref().is_some_and(|s| s.model.is_none());
+        if self.is_connected()
+            && no_model
+            && self.running_align().is_none()
+            && self.now_ms >= self.last_model_poll_ms + MODEL_POLL_MS
+        {
+            self.last_model_poll_ms = self.now_ms;
+            calls.push(Call::Status);
+        }
+    }
+
     /// Apply one event; returns the calls to send, in order.
     pub fn handle(&mut self, event: Event) -> Vec<Call> {
         let mut calls = Vec::new();
         match event {
-            Event::Tick { now_ms } => self.now_ms = now_ms,
+            Event::Tick { now_ms } => {
+                self.now_ms = now_ms;
+                self.poll_for_a_model(&mut calls);
+            }
             Event::Key(key) => self.on_key(key, &mut calls),
             Event::Net(net) => self.on_net(net, &mut calls),
         }
@@ -484,11 +534,15 @@ impl App {
             Action::Quit => self.should_quit = true,
             Action::Help => self.help = true,
             Action::ShowReview => self.screen = Screen::Review,
-            Action::ShowBrowse => self.screen = Screen::Browse,
+            Action::ShowBrowse => {
+                self.screen = Screen::Browse;
+                calls.extend(self.browse_first_listing());
+            }
             Action::ShowDashboard => self.screen = Screen::Dashboard,
             Action::Search => {
                 self.screen = Screen::Browse;
                 self.browse.editing = true;
+                calls.extend(self.browse_first_listing());
             }
             Action::Back => {
                 if self.screen == Screen::Browse && self.browse.editing {
@@ -614,16 +668,15 @@ impl App {
             return;
         }
         if self.browse.editing {
-            let q = self.browse.query.trim().to_owned();
-            if q.is_empty() {
-                return;
-            }
             self.browse.editing = false;
-            self.browse.searched = q.clone();
-            self.browse.results = Loadable::Loading;
-            self.browse.selected = 0;
-            self.browse.captions = Loadable::Idle;
-            calls.push(Call::Search { text: q });
+            let q = self.browse.query.trim().to_owned();
+            self.browse.search_error = None;
+            if q.is_empty() {
+                // No query: every image, by id.
+                calls.push(self.browse_list(Listing::Names(None)));
+            } else {
+                calls.push(self.browse_list(Listing::Text(q)));
+            }
             return;
         }
         let Some(hit) = self
@@ -643,6 +696,39 @@ impl App {
         q.done.remove(&hit.sample.id);
         q.items.push_front(hit.sample);
         calls.extend(q.load_candidates());
+    }
+
+    /// The first visit to the browse screen lists the stored images, so there is something to
+    /// browse (and image -> captions works) before any query, and without a text encoder.
+    fn browse_first_listing(&mut self) -> Option<Call> {
+        if self.browse.results != Loadable::Idle || !self.is_connected() {
+            return None;
+        }
+        Some(self.browse_list(Listing::Names(None)))
+    }
+
+    /// Ask for `listing`; its answer replaces the list, answers for older listings are dropped.
+    fn browse_list(&mut self, listing: Listing) -> Call {
+        self.browse.results = Loadable::Loading;
+        self.browse.total = None;
+        self.browse.selected = 0;
+        self.browse.captions = Loadable::Idle;
+        let call = match &listing {
+            Listing::Text(text) => Call::Search { text: text.clone() },
+            Listing::Names(filter) => Call::ListImages {
+                filter: filter.clone(),
+            },
+        };
+        self.browse.listing = listing;
+        call
+    }
+
+    /// The answer for the listing on screen: show it and the selected image's captions.
+    fn browse_results(&mut self, hits: Vec<Hit>, total: u64) -> Option<Call> {
+        self.browse.results = Loadable::Ready(hits);
+        self.browse.total = Some(total);
+        self.browse.selected = 0;
+        self.load_captions()
     }
 
     fn load_captions(&mut self) -> Option<Call> {
@@ -684,6 +770,11 @@ impl App {
                 calls.extend(q.restart());
                 if q.current().is_some() {
                     calls.extend(q.load_candidates());
+                }
+                if self.screen == Screen::Browse && self.browse.results.ready().is_none() {
+                    // Lost with the connection, or never asked: ask again.
+                    let listing = self.browse.listing.clone();
+                    calls.push(self.browse_list(listing));
                 }
             }
             NetEvent::Disconnected {
@@ -810,6 +901,19 @@ impl App {
         match reply {
             Reply::Status(s) => {
                 self.counts = Some(s.counts);
+                let served = s.model.as_ref().map(|m| m.run);
+                let q = self.queue_mut(self.direction);
+                let stale = match q.candidates {
+                    Loadable::Loading => false,
+                    Loadable::Ready(_) => q.candidates_run != served,
+                    Loadable::Idle | Loadable::Failed(_) => true,
+                };
+                if served.is_some() && stale && q.current().is_some() {
+                    // A model the candidates were not scored by: one restored in the background
+                    // after a daemon start (which answered "no model yet" before), or fitted
+                    // by another client.
+                    calls.extend(q.load_candidates());
+                }
                 let reconcile = std::mem::take(&mut self.reconcile_jobs);
                 for info in &s.jobs {
                     let view = self
@@ -864,6 +968,7 @@ impl App {
                 let q = self.queue_mut(r.sample.modality);
                 if q.current().map(|s| s.id) == Some(r.sample.id) {
                     q.candidates = Loadable::Ready(r.candidates);
+                    q.candidates_run = Some(r.run);
                     q.selected = 0;
                 }
             }
@@ -879,12 +984,34 @@ impl App {
                 }
             }
             Reply::Search(r) => {
-                if let Call::Search { text } = &call
-                    && *text == self.browse.searched
+                if let Call::Search { text } = call
+                    && self.browse.listing == Listing::Text(text)
                 {
-                    self.browse.results = Loadable::Ready(r.hits);
-                    self.browse.selected = 0;
-                    calls.extend(self.load_captions());
+                    let n = r.hits.len() as u64;
+                    let hits = r
+                        .hits
+                        .into_iter()
+                        .map(|c| Hit {
+                            sample: c.sample,
+                            score: Some(c.score),
+                        })
+                        .collect();
+                    calls.extend(self.browse_results(hits, n));
+                }
+            }
+            Reply::ListImages(page) => {
+                if let Call::ListImages { filter } = call
+                    && self.browse.listing == Listing::Names(filter)
+                {
+                    let hits = page
+                        .items
+                        .into_iter()
+                        .map(|sample| Hit {
+                            sample,
+                            score: None,
+                        })
+                        .collect();
+                    calls.extend(self.browse_results(hits, page.total));
                 }
             }
             Reply::Confirm(r) | Reply::Reject(r) => self.on_decided(r, calls),
@@ -995,7 +1122,7 @@ impl App {
         ));
     }
 
-    fn on_call_error(&mut self, call: Call, e: CallError, _calls: &mut [Call]) {
+    fn on_call_error(&mut self, call: Call, e: CallError, calls: &mut Vec<Call>) {
         let lost = e.code.is_none() && !self.is_connected();
         match &call {
             Call::Confirm { .. } | Call::Reject { .. } => {
@@ -1024,7 +1151,24 @@ impl App {
                     return;
                 }
             }
-            Call::Search { text } if *text == self.browse.searched => {
+            Call::Search { text } if self.browse.listing == Listing::Text(text.clone()) => {
+                if e.code == Some(codes::NOT_READY) {
+                    // No text encoder (or no model): say why in the pane and fall back to the
+                    // images whose names contain the words, so browsing still works.
+                    let q = text.clone();
+                    self.info(format!(
+                        "free-text search unavailable; listing images named like \"{}\"",
+                        truncate(&q, 30)
+                    ));
+                    calls.push(self.browse_list(Listing::Names(Some(q))));
+                    self.browse.search_error = Some(e);
+                    return;
+                }
+                self.browse.results = Loadable::Failed(e.clone());
+            }
+            Call::ListImages { filter }
+                if self.browse.listing == Listing::Names(filter.clone()) =>
+            {
                 self.browse.results = Loadable::Failed(e.clone());
             }
             Call::Captions { .. } => self.browse.captions = Loadable::Failed(e.clone()),
@@ -1044,6 +1188,7 @@ impl App {
             Call::Reject { .. } => "reject (not saved)",
             Call::Undo { .. } => "undo (not undone)",
             Call::Search { .. } => "search",
+            Call::ListImages { .. } => "list images",
             Call::Align(_) => "re-align",
             Call::CancelJob { .. } => "cancel",
         };

@@ -1,104 +1,19 @@
 //! Reducer tests: queue, decisions, undo, job progress ordering, keys; no terminal, no daemon.
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use crossterm::event::KeyCode;
 use sotalign_protocol::ServerNotification;
 use sotalign_protocol::codes;
 use sotalign_protocol::types::*;
 
 use super::*;
-use crate::rpc::{Call, CallError, NetEvent, Reply};
+use crate::rpc::{Call, NetEvent, Reply};
 
-fn image(id: u64, key: &str) -> Sample {
-    Sample {
-        id: SampleId(id),
-        modality: Modality::Image,
-        key: key.to_owned(),
-        state: SampleState::Unpaired,
-        path: Some(format!("/data/{key}.png")),
-        text: None,
-        encoded: true,
-    }
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::*;
 
-fn text(id: u64, caption: &str) -> Sample {
-    Sample {
-        id: SampleId(id),
-        modality: Modality::Text,
-        key: format!("t{id}"),
-        state: SampleState::Unpaired,
-        path: None,
-        text: Some(caption.to_owned()),
-        encoded: true,
-    }
-}
-
-fn cand(s: Sample, score: f64, rank: u32) -> Candidate {
-    Candidate {
-        sample: s,
-        score,
-        rank,
-        mutual_nn: rank == 1,
-    }
-}
-
+/// The ten-image data set of these tests, nothing paired before the session.
 fn counts(confirmed: u64, rejected: u64) -> Counts {
-    Counts {
-        images: 10,
-        texts: 10,
-        unpaired_images: 10 - confirmed,
-        unpaired_texts: 10 - confirmed,
-        confirmed_pairs: confirmed,
-        rejected_pairs: rejected,
-        held_out_pairs: 0,
-        pending_encoding: 0,
-    }
-}
-
-fn key(c: char) -> Event {
-    Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
-}
-
-fn code(c: KeyCode) -> Event {
-    Event::Key(KeyEvent::new(c, KeyModifiers::NONE))
-}
-
-fn reply(call: Call, r: Reply) -> Event {
-    Event::Net(NetEvent::Reply {
-        call,
-        outcome: Ok(r),
-    })
-}
-
-fn fail(call: Call, code: Option<i64>, msg: &str) -> Event {
-    Event::Net(NetEvent::Reply {
-        call,
-        outcome: Err(CallError {
-            code,
-            message: msg.to_owned(),
-        }),
-    })
-}
-
-fn suggest_reply(sample: Sample, cands: Vec<Candidate>) -> Event {
-    reply(
-        Call::Suggest { sample: sample.id },
-        Reply::Suggest(SuggestForSampleResult {
-            sample,
-            candidates: cands,
-            run: RunId(1),
-        }),
-    )
-}
-
-fn decision(id: u64, kind: DecisionKind, image: u64, text: u64) -> Decision {
-    Decision {
-        id: DecisionId(id),
-        kind,
-        image: SampleId(image),
-        text: SampleId(text),
-        at_ms: 0,
-        source: "tui:test".into(),
-        undone_at_ms: None,
-    }
+    counts_of(10, 0, 0, confirmed, rejected)
 }
 
 /// Connected, with three unpaired images queued and candidates for the first.
@@ -427,25 +342,12 @@ fn paging_skips_samples_already_handled_and_fetches_more_when_low() {
 }
 
 fn progress(job: u64, seq: u64, step: u64, eta: Option<f64>) -> Event {
-    Event::Net(NetEvent::Notification(ServerNotification::Progress(
-        ProgressParams {
-            token: ProgressToken::for_job(JobId(job)),
-            value: JobProgress {
-                kind: ProgressKind::Report,
-                title: None,
-                message: None,
-                percentage: Some((step * 100 / 300) as u32),
-                job: JobId(job),
-                seq,
-                stage: JobStage::Refine,
-                step,
-                total: 300,
-                loss: Some(1.0),
-                eta_secs: eta,
-                elapsed_secs: 1.0,
-            },
-        },
-    )))
+    progress_event(JobProgress {
+        loss: Some(1.0),
+        eta_secs: eta,
+        elapsed_secs: 1.0,
+        ..job_progress(job, seq, step, 300)
+    })
 }
 
 #[test]
@@ -591,7 +493,9 @@ fn losing_the_daemon_shows_the_banner_once_and_reconnecting_refreshes() {
 #[test]
 fn search_then_open_puts_the_image_first_in_the_review_queue() {
     let mut app = ready_app();
-    assert!(app.handle(key('/')).is_empty());
+    // The first visit lists the stored images, so there is something to browse at once.
+    let listing = app.handle(key('/'));
+    assert_eq!(listing, vec![Call::ListImages { filter: None }]);
     assert_eq!(app.screen, Screen::Browse);
     assert_eq!(app.scope(), keys::Scope::Input);
     for c in "bird q".chars() {
@@ -607,6 +511,16 @@ fn search_then_open_puts_the_image_first_in_the_review_queue() {
             text: "bird".into()
         }]
     );
+    // The listing asked for before the query answers late: dropped, the search is awaited.
+    let late = app.handle(reply(
+        listing[0].clone(),
+        Reply::ListImages(ListSamplesResult {
+            items: vec![image(1, "penguin")],
+            total: 1,
+        }),
+    ));
+    assert!(late.is_empty());
+    assert_eq!(app.browse.results, Loadable::Loading);
     let calls = app.handle(reply(
         calls[0].clone(),
         Reply::Search(SearchResult {
@@ -630,6 +544,108 @@ fn search_then_open_puts_the_image_first_in_the_review_queue() {
             sample: SampleId(9)
         }]
     );
+}
+
+#[test]
+fn free_text_search_without_a_text_encoder_falls_back_to_name_matches_and_says_why() {
+    let mut app = ready_app();
+    app.handle(key('2'));
+    app.handle(key('/'));
+    for c in "seal".chars() {
+        app.handle(key(c));
+    }
+    let search = app.handle(code(KeyCode::Enter));
+    let reason = "free-text search needs the text encoder, which this daemon has not loaded";
+    let calls = app.handle(fail(search[0].clone(), Some(codes::NOT_READY), reason));
+    assert_eq!(
+        calls,
+        vec![Call::ListImages {
+            filter: Some("seal".into())
+        }]
+    );
+    // The daemon's reason stays on screen with the fallback list; not counted as an alarm.
+    assert_eq!(
+        app.browse.search_error.as_ref().map(|e| e.message.as_str()),
+        Some(reason)
+    );
+    assert_eq!(app.error_count, 0);
+    let calls = app.handle(reply(
+        calls[0].clone(),
+        Reply::ListImages(ListSamplesResult {
+            items: vec![image(2, "seal")],
+            total: 1,
+        }),
+    ));
+    // Image -> captions works on the fallback list too.
+    assert_eq!(calls, vec![Call::Captions { image: SampleId(2) }]);
+    let hits = app.browse.results.ready().unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].score, None);
+
+    // Another error (not "not ready") fails the search visibly, with no fallback.
+    app.handle(key('/'));
+    app.handle(key('x'));
+    let search = app.handle(code(KeyCode::Enter));
+    assert_eq!(app.browse.search_error, None);
+    let calls = app.handle(fail(search[0].clone(), Some(codes::STORAGE_ERROR), "disk"));
+    assert!(calls.is_empty());
+    assert!(matches!(app.browse.results, Loadable::Failed(_)));
+    assert_eq!(app.error_count, 1);
+}
+
+#[test]
+fn a_model_restored_after_the_daemon_started_is_picked_up_without_a_key() {
+    // The daemon answered before its background restore finished: no model, no suggestions.
+    let mut app = ready_app();
+    app.handle(Event::Tick { now_ms: 10_000 });
+    app.handle(reply(
+        Call::Status,
+        Reply::Status(status_of(None, 0, counts(0, 0))),
+    ));
+    let calls = app.handle(key('s')); // on to image 2, whose suggestions are "not ready"
+    app.handle(fail(
+        calls[0].clone(),
+        Some(codes::NOT_READY),
+        "no aligned model yet",
+    ));
+    assert_eq!(app.error_count, 0);
+    // Asked on the next tick, then every MODEL_POLL_MS, not on every tick.
+    assert_eq!(
+        app.handle(Event::Tick { now_ms: 10_250 }),
+        vec![Call::Status]
+    );
+    assert!(app.handle(Event::Tick { now_ms: 10_500 }).is_empty());
+    let t = 10_250 + MODEL_POLL_MS;
+    assert_eq!(app.handle(Event::Tick { now_ms: t }), vec![Call::Status]);
+    assert!(app.handle(Event::Tick { now_ms: t + 250 }).is_empty());
+    // The model is there now: suggestions for the image under review, from it.
+    let calls = app.handle(reply(
+        Call::Status,
+        Reply::Status(status_of(Some(RunId(1)), 0, counts(0, 0))),
+    ));
+    assert_eq!(
+        calls,
+        vec![Call::Suggest {
+            sample: SampleId(2)
+        }]
+    );
+    app.handle(suggest_reply(
+        image(2, "seal"),
+        vec![cand(text(102, "A seal on ice."), 0.4, 1)],
+    ));
+    assert_eq!(app.review().candidates_run, Some(RunId(1)));
+    // Served and scored by the same run: no more polling, no refetch on the next status.
+    assert!(
+        app.handle(Event::Tick {
+            now_ms: t + 10 * MODEL_POLL_MS
+        })
+        .is_empty()
+    );
+    let calls = app.handle(reply(
+        Call::Status,
+        Reply::Status(status_of(Some(RunId(1)), 0, counts(0, 0))),
+    ));
+    assert!(calls.is_empty());
 }
 
 #[test]

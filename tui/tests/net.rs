@@ -4,6 +4,10 @@
 //! notifications, request timeouts, and reconnecting after the daemon drops the connection.
 use std::time::Duration;
 
+mod common;
+
+use common::counts_of;
+
 use futures::{SinkExt, StreamExt};
 use sotalign_protocol::jsonrpc::{Message, Notification, Request, Response};
 use sotalign_protocol::types::*;
@@ -66,19 +70,6 @@ async fn recv(rx: &mut UnboundedReceiver<NetEvent>) -> NetEvent {
         .expect("net task alive")
 }
 
-fn counts() -> Counts {
-    Counts {
-        images: 3,
-        texts: 3,
-        unpaired_images: 2,
-        unpaired_texts: 2,
-        confirmed_pairs: 1,
-        rejected_pairs: 0,
-        held_out_pairs: 0,
-        pending_encoding: 0,
-    }
-}
-
 #[tokio::test]
 async fn handshake_calls_errors_notifications_timeouts_and_reconnect() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -127,7 +118,7 @@ async fn handshake_calls_errors_notifications_timeouts_and_reconnect() {
             undone_at_ms: None,
         },
         changed: true,
-        counts: counts(),
+        counts: counts_of(3, 1, 0, 0, 0),
     };
     // A server -> client request first: the client must answer it, not choke on it.
     let create = Request::new(

@@ -4,11 +4,13 @@
 //! `INSTA_UPDATE=always` and `git diff`).
 use std::path::PathBuf;
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+mod common;
+
+use common::*;
+use crossterm::event::KeyCode;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui_image::picker::Picker;
-use sotalign_protocol::ServerNotification;
 use sotalign_protocol::codes;
 use sotalign_protocol::types::*;
 use sotalign_tui::images::Images;
@@ -36,110 +38,17 @@ fn render(app: &App, w: u16, h: u16) -> String {
     format!("{}", term.backend())
 }
 
-fn image(id: u64, key: &str, path: &str) -> Sample {
-    Sample {
-        id: SampleId(id),
-        modality: Modality::Image,
-        key: key.into(),
-        state: SampleState::Unpaired,
-        path: Some(path.into()),
-        text: None,
-        encoded: true,
-    }
-}
-
-fn text(id: u64, caption: &str) -> Sample {
-    Sample {
-        id: SampleId(id),
-        modality: Modality::Text,
-        key: format!("t{id}"),
-        state: SampleState::Unpaired,
-        path: None,
-        text: Some(caption.into()),
-        encoded: true,
-    }
-}
-
-fn cand(s: Sample, score: f64, rank: u32, mutual: bool) -> Candidate {
-    Candidate {
-        sample: s,
-        score,
-        rank,
-        mutual_nn: mutual,
-    }
-}
-
+/// The 785-pair Tux Paint set: 100 seed pairs, 285 held out, the rest unpaired.
 fn counts(confirmed: u64, rejected: u64) -> Counts {
-    Counts {
-        images: 785,
-        texts: 785,
-        unpaired_images: 400 - confirmed,
-        unpaired_texts: 400 - confirmed,
-        confirmed_pairs: 100 + confirmed,
-        rejected_pairs: rejected,
-        held_out_pairs: 285,
-        pending_encoding: 0,
-    }
-}
-
-fn metrics(i2t: f64, t2i: f64) -> RetrievalMetrics {
-    RetrievalMetrics {
-        image_to_text: Recall {
-            r1: i2t,
-            r5: 0.5,
-            r10: 0.6,
-        },
-        text_to_image: Recall {
-            r1: t2i,
-            r5: 0.5,
-            r10: 0.6,
-        },
-        pairs: 285,
-    }
+    counts_of(785, 100, 285, confirmed, rejected)
 }
 
 fn status(model: bool, c: Counts) -> StatusResult {
-    StatusResult {
-        version: "0.1.0".into(),
-        protocol_version: 1,
-        data_dir: "/data".into(),
-        device: "cpu".into(),
-        image_encoder: None,
-        text_encoder: None,
-        counts: c,
-        model: model.then(|| ModelInfo {
-            run: RunId(3),
-            method: AlignMethod::Sotalign,
-            dim: 256,
-            pairs: 100,
-            trained_at_ms: NOW,
-            metrics: Some(metrics(0.25, 0.25)),
-            fitted: None,
-        }),
-        index: IndexInfo {
-            state: if model {
-                IndexState::Ready
-            } else {
-                IndexState::Empty
-            },
-            kind: Some(IndexKind::Exact),
-            images: 785,
-            texts: 785,
-            run: model.then_some(RunId(3)),
-        },
-        jobs: vec![],
-    }
+    status_of(model.then_some(RunId(3)), 100, c)
 }
 
-fn ok(app: &mut App, call: Call, r: Reply) -> Vec<Call> {
-    app.handle(Event::Net(NetEvent::Reply {
-        call,
-        outcome: Ok(r),
-    }))
-}
-
-fn key(app: &mut App, code: KeyCode) -> Vec<Call> {
-    app.handle(Event::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+fn press(app: &mut App, c: KeyCode) -> Vec<Call> {
+    app.handle(code(c))
 }
 
 fn connected(model: bool) -> App {
@@ -173,8 +82,8 @@ fn with_suggestions() -> App {
         &mut app,
         Modality::Image,
         vec![
-            image(17, "chelsea", &fixture("chelsea.png")),
-            image(18, "coffee", &fixture("coffee.png")),
+            image_at(17, "chelsea", &fixture("chelsea.png")),
+            image_at(18, "coffee", &fixture("coffee.png")),
         ],
         400,
     );
@@ -184,7 +93,7 @@ fn with_suggestions() -> App {
             sample: SampleId(17),
         },
         Reply::Suggest(SuggestForSampleResult {
-            sample: image(17, "chelsea", &fixture("chelsea.png")),
+            sample: image_at(17, "chelsea", &fixture("chelsea.png")),
             candidates: vec![
                 cand(
                     text(
@@ -193,15 +102,14 @@ fn with_suggestions() -> App {
                     ),
                     0.625,
                     1,
-                    true,
                 ),
-                cand(text(803, "A small dog."), 0.5, 2, false),
-                cand(text(804, "A cup of coffee on a saucer."), 0.125, 3, false),
+                cand(text(803, "A small dog."), 0.5, 2),
+                cand(text(804, "A cup of coffee on a saucer."), 0.125, 3),
             ],
             run: RunId(3),
         }),
     );
-    key(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Down);
     app
 }
 
@@ -230,7 +138,7 @@ fn review_no_model_yet() {
     queue(
         &mut app,
         Modality::Image,
-        vec![image(17, "chelsea", &fixture("chelsea.png"))],
+        vec![image_at(17, "chelsea", &fixture("chelsea.png"))],
         1,
     );
     app.handle(Event::Net(NetEvent::Reply {
@@ -248,7 +156,7 @@ fn review_no_model_yet() {
 #[test]
 fn review_captions_direction_with_unreadable_image() {
     let mut app = connected(true);
-    key(&mut app, KeyCode::Tab);
+    press(&mut app, KeyCode::Tab);
     queue(
         &mut app,
         Modality::Text,
@@ -270,17 +178,11 @@ fn review_captions_direction_with_unreadable_image() {
             ),
             candidates: vec![
                 cand(
-                    image(17, "penguin", "/nonexistent/stamps/penguin.png"),
+                    image_at(17, "penguin", "/nonexistent/stamps/penguin.png"),
                     0.625,
                     1,
-                    true,
                 ),
-                cand(
-                    image(18, "seal", "/nonexistent/stamps/seal.png"),
-                    0.5,
-                    2,
-                    false,
-                ),
+                cand(image_at(18, "seal", "/nonexistent/stamps/seal.png"), 0.5, 2),
             ],
             run: RunId(3),
         }),
@@ -291,7 +193,7 @@ fn review_captions_direction_with_unreadable_image() {
 #[test]
 fn daemon_error_in_status_line() {
     let mut app = with_suggestions();
-    let calls = key(&mut app, KeyCode::Char('y'));
+    let calls = press(&mut app, KeyCode::Char('y'));
     app.handle(Event::Net(NetEvent::Reply {
         call: calls[0].clone(),
         outcome: Err(CallError {
@@ -314,25 +216,15 @@ fn daemon_lost_banner() {
 }
 
 fn progress(seq: u64, stage: JobStage, step: u64, total: u64, pct: u32) -> Event {
-    Event::Net(NetEvent::Notification(ServerNotification::Progress(
-        ProgressParams {
-            token: ProgressToken::for_job(JobId(4)),
-            value: JobProgress {
-                kind: ProgressKind::Report,
-                title: None,
-                message: Some(format!("refine {step}/{total}")),
-                percentage: Some(pct),
-                job: JobId(4),
-                seq,
-                stage,
-                step,
-                total,
-                loss: Some(1.25),
-                eta_secs: Some(18.5),
-                elapsed_secs: 12.5,
-            },
-        },
-    )))
+    progress_event(JobProgress {
+        message: Some(format!("refine {step}/{total}")),
+        percentage: Some(pct),
+        stage,
+        loss: Some(1.25),
+        eta_secs: Some(18.5),
+        elapsed_secs: 12.5,
+        ..job_progress(4, seq, step, total)
+    })
 }
 
 fn runs(app: &mut App) {
@@ -352,9 +244,14 @@ fn runs(app: &mut App) {
         Call::Runs,
         Reply::Runs(RunsResult {
             runs: vec![
-                run(1, 20, Some(metrics(0.125, 0.1)), JobState::Succeeded),
-                run(2, 60, Some(metrics(0.2, 0.175)), JobState::Succeeded),
-                run(3, 100, Some(metrics(0.25, 0.25)), JobState::Succeeded),
+                run(1, 20, Some(retrieval(0.125, 0.1, 285)), JobState::Succeeded),
+                run(2, 60, Some(retrieval(0.2, 0.175, 285)), JobState::Succeeded),
+                run(
+                    3,
+                    100,
+                    Some(retrieval(0.25, 0.25, 285)),
+                    JobState::Succeeded,
+                ),
                 run(4, 101, None, JobState::Cancelled),
             ],
         }),
@@ -365,7 +262,7 @@ fn runs(app: &mut App) {
 fn dashboard_job_running() {
     let mut app = with_suggestions();
     runs(&mut app);
-    key(&mut app, KeyCode::Char('r'));
+    press(&mut app, KeyCode::Char('r'));
     ok(
         &mut app,
         Call::Align(AlignParams::default()),
@@ -379,7 +276,7 @@ fn dashboard_job_running() {
     app.handle(Event::Tick {
         now_ms: NOW + 3_500,
     });
-    key(&mut app, KeyCode::Char('d'));
+    press(&mut app, KeyCode::Char('d'));
     insta::assert_snapshot!(render(&app, 80, 24));
 }
 
@@ -390,25 +287,25 @@ fn dashboard_empty() {
     app.handle(Event::Net(NetEvent::Connected {
         server: "sotalign 0.1.0".into(),
     }));
-    key(&mut app, KeyCode::Char('3'));
+    press(&mut app, KeyCode::Char('3'));
     insta::assert_snapshot!(render(&app, 80, 24));
 }
 
 #[test]
 fn browse_search_results() {
     let mut app = with_suggestions();
-    key(&mut app, KeyCode::Char('/'));
+    press(&mut app, KeyCode::Char('/'));
     for c in "a cat".chars() {
-        key(&mut app, KeyCode::Char(c));
+        press(&mut app, KeyCode::Char(c));
     }
-    let calls = key(&mut app, KeyCode::Enter);
+    let calls = press(&mut app, KeyCode::Enter);
     ok(
         &mut app,
         calls[0].clone(),
         Reply::Search(SearchResult {
             hits: vec![
-                cand(image(17, "chelsea", &fixture("chelsea.png")), 0.5, 1, false),
-                cand(image(18, "coffee", &fixture("coffee.png")), 0.25, 2, false),
+                cand(image_at(17, "chelsea", &fixture("chelsea.png")), 0.5, 1),
+                cand(image_at(18, "coffee", &fixture("coffee.png")), 0.25, 2),
             ],
             run: RunId(3),
             index: IndexKind::Exact,
@@ -420,16 +317,51 @@ fn browse_search_results() {
             image: SampleId(17),
         },
         Reply::Captions(SuggestForSampleResult {
-            sample: image(17, "chelsea", &fixture("chelsea.png")),
+            sample: image_at(17, "chelsea", &fixture("chelsea.png")),
             candidates: vec![
-                cand(
-                    text(802, "A tabby cat looks at the camera."),
-                    0.625,
-                    1,
-                    true,
-                ),
-                cand(text(803, "A small dog."), 0.5, 2, false),
+                cand(text(802, "A tabby cat looks at the camera."), 0.625, 1),
+                cand(text(803, "A small dog."), 0.5, 2),
             ],
+            run: RunId(3),
+        }),
+    );
+    insta::assert_snapshot!(render(&app, 80, 24));
+}
+
+#[test]
+fn browse_text_search_unavailable_falls_back_to_names() {
+    let mut app = with_suggestions();
+    press(&mut app, KeyCode::Char('/'));
+    for c in "coffee".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    let calls = press(&mut app, KeyCode::Enter);
+    app.handle(Event::Net(NetEvent::Reply {
+        call: calls[0].clone(),
+        outcome: Err(CallError {
+            code: Some(codes::NOT_READY),
+            message: "free-text search needs the text encoder, which this daemon has not loaded"
+                .into(),
+        }),
+    }));
+    ok(
+        &mut app,
+        Call::ListImages {
+            filter: Some("coffee".into()),
+        },
+        Reply::ListImages(ListSamplesResult {
+            items: vec![image_at(18, "coffee", &fixture("coffee.png"))],
+            total: 1,
+        }),
+    );
+    ok(
+        &mut app,
+        Call::Captions {
+            image: SampleId(18),
+        },
+        Reply::Captions(SuggestForSampleResult {
+            sample: image_at(18, "coffee", &fixture("coffee.png")),
+            candidates: vec![cand(text(804, "A cup of coffee on a saucer."), 0.5, 1)],
             run: RunId(3),
         }),
     );
@@ -439,7 +371,7 @@ fn browse_search_results() {
 #[test]
 fn help_screen() {
     let mut app = with_suggestions();
-    key(&mut app, KeyCode::Char('?'));
+    press(&mut app, KeyCode::Char('?'));
     insta::assert_snapshot!(render(&app, 80, 24));
 }
 

@@ -46,15 +46,19 @@ pub enum Strategy {
     /// `Ot` plus a similarity cap: skip a candidate whose image or text embedding is within
     /// `diversity_cap` cosine of one already proposed in the batch or already confirmed.
     Diverse,
+    /// Mutual-nearest-neighbour pairs first, then the rest, each group by OT plan mass: the
+    /// two signals agree on the pairs most likely to be right (the daemon's default ranking).
+    MnnOt,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Random,
         Strategy::Confidence,
         Strategy::Mnn,
         Strategy::Ot,
         Strategy::Diverse,
+        Strategy::MnnOt,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Strategy {
             Strategy::Mnn => "mnn",
             Strategy::Ot => "ot",
             Strategy::Diverse => "diverse",
+            Strategy::MnnOt => "mnn-ot",
         }
     }
 }
@@ -146,10 +151,17 @@ pub struct Proposal {
     pub score: f32,
     /// What the strategy ranked by (margin, score, plan mass x rows, or a random draw).
     pub key: f64,
+    /// The image's best available text is this text and the text's best available image is
+    /// this image (rejected pairs excluded).
+    pub mutual_nn: bool,
+    /// The pair's OT plan mass x rows (1 = the image's whole mass on this text), for the
+    /// strategies that solve the plan (`ot`, `diverse`, `mnn-ot`).
+    pub ot_mass: Option<f64>,
 }
 
 /// Propose up to `b` pairs among `images` x `texts` (raw encoder features, the candidate pool).
 /// Fewer than `b` come back only when the available items run out.
+#[allow(clippy::too_many_arguments)]
 pub fn propose(
     model: &dyn Aligned,
     images: &Matrix,
@@ -160,14 +172,38 @@ pub fn propose(
     cfg: &AcquireConfig,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<Proposal>, AlignError> {
+    check_decisions(images.rows, texts.rows, decisions)?;
+    let ex = model.embed_x(images)?;
+    let ey = model.embed_y(texts)?;
+    propose_embedded(&ex, &ey, decisions, strategy, b, cfg, rng)
+}
+
+fn check_decisions(ni: usize, nt: usize, decisions: &Decisions) -> Result<(), AlignError> {
     for &(i, j) in decisions.confirmed.iter().chain(&decisions.rejected) {
-        if i >= images.rows || j >= texts.rows {
+        if i >= ni || j >= nt {
             return Err(AlignError::InvalidConfig(format!(
-                "decision ({i}, {j}) is out of range ({} images, {} texts)",
-                images.rows, texts.rows
+                "decision ({i}, {j}) is out of range ({ni} images, {nt} texts)"
             )));
         }
     }
+    Ok(())
+}
+
+/// [`propose`] on a pool already mapped into the shared space (row i of `ex` is image i, row j
+/// of `ey` text j): what the daemon calls, since it keeps every sample's aligned embedding in
+/// its index. Scores are the dot products of these rows, so unit rows give cosines.
+pub fn propose_embedded(
+    ex_all: &Matrix,
+    ey_all: &Matrix,
+    decisions: &Decisions,
+    strategy: Strategy,
+    b: usize,
+    cfg: &AcquireConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Proposal>, AlignError> {
+    let images = ex_all;
+    let texts = ey_all;
+    check_decisions(images.rows, texts.rows, decisions)?;
     if strategy == Strategy::Diverse && !(cfg.diversity_cap > -1.0 && cfg.diversity_cap <= 1.0) {
         return Err(AlignError::InvalidConfig(format!(
             "diversity_cap must be in (-1, 1], got {}",
@@ -185,17 +221,29 @@ pub fn propose(
     if b == 0 || avail_i.is_empty() || avail_t.is_empty() {
         return Ok(Vec::new());
     }
-    let ex = model.embed_x(&images.select_rows(&avail_i))?;
-    let ey = model.embed_y(&texts.select_rows(&avail_t))?;
+    let ex = images.select_rows(&avail_i);
+    let ey = texts.select_rows(&avail_t);
     // Scores of available items: s[a * nt + c] for avail_i[a], avail_t[c].
     let s = ex.matmul_t(&ey);
     s.check_finite("model scores of the candidate pool")?;
     let (ni, nt) = (avail_i.len(), avail_t.len());
     let rejected = |a: usize, c: usize| decisions.rejected.contains(&(avail_i[a], avail_t[c]));
 
+    let (best_t, best_i) = best_partners(&s, ni, nt, &rejected);
+    let mutual = |a: usize, c: usize| best_t[a] == Some(c) && best_i[c] == Some(a);
+
     if strategy == Strategy::Random {
-        return Ok(random(&avail_i, &avail_t, &s, decisions, b, rng));
+        let mut out = random(&avail_i, &avail_t, &s, decisions, b, rng);
+        let ipos: std::collections::HashMap<usize, usize> =
+            avail_i.iter().enumerate().map(|(a, &i)| (i, a)).collect();
+        let tpos: std::collections::HashMap<usize, usize> =
+            avail_t.iter().enumerate().map(|(c, &j)| (j, c)).collect();
+        for p in &mut out {
+            p.mutual_nn = mutual(ipos[&p.image], tpos[&p.text]);
+        }
+        return Ok(out);
     }
+    let uses_plan = matches!(strategy, Strategy::Ot | Strategy::Diverse | Strategy::MnnOt);
 
     // Candidates (a, c, key), best first.
     let mut cands: Vec<(usize, usize, f64)> = match strategy {
@@ -208,11 +256,29 @@ pub fn propose(
             m.extend(conf);
             m
         }
-        Strategy::Ot | Strategy::Diverse => ot_mass(&s, ni, nt, &rejected, cfg)?,
+        Strategy::Ot | Strategy::Diverse => ot_mass(&ot_plan(&s, ni, nt, &rejected, cfg)?, ni, nt),
+        Strategy::MnnOt => {
+            let plan = ot_plan(&s, ni, nt, &rejected, cfg)?;
+            let mut c = ot_mass(&plan, ni, nt);
+            // Every mutual pair is a candidate, even when the plan spread its image's mass so
+            // that it is not among the image's largest entries.
+            c.extend((0..ni).filter_map(|a| {
+                let t = best_t[a]?;
+                mutual(a, t).then(|| (a, t, plan[a * nt + t] as f64 * ni as f64))
+            }));
+            c
+        }
         Strategy::Random => unreachable!("handled above"),
     };
-    if !matches!(strategy, Strategy::Mnn) {
-        cands.sort_by(|p, q| q.2.total_cmp(&p.2));
+    match strategy {
+        Strategy::Mnn => {}
+        // Mutual pairs first; within each group, by plan mass.
+        Strategy::MnnOt => cands.sort_by(|p, q| {
+            mutual(q.0, q.1)
+                .cmp(&mutual(p.0, p.1))
+                .then(q.2.total_cmp(&p.2))
+        }),
+        _ => cands.sort_by(|p, q| q.2.total_cmp(&p.2)),
     }
 
     // Near-duplicate references for `diverse`: embeddings of confirmed items.
@@ -220,8 +286,8 @@ pub fn propose(
         let ci: Vec<usize> = decisions.confirmed.iter().map(|p| p.0).collect();
         let cj: Vec<usize> = decisions.confirmed.iter().map(|p| p.1).collect();
         (
-            Some(unit_rows(&model.embed_x(&images.select_rows(&ci))?)),
-            Some(unit_rows(&model.embed_y(&texts.select_rows(&cj))?)),
+            Some(unit_rows(&images.select_rows(&ci))),
+            Some(unit_rows(&texts.select_rows(&cj))),
         )
     } else {
         (None, None)
@@ -281,9 +347,40 @@ pub fn propose(
             text: avail_t[c],
             score: s.data[a * nt + c],
             key,
+            mutual_nn: mutual(a, c),
+            ot_mass: (uses_plan && key.is_finite()).then_some(key),
         });
     }
     Ok(out)
+}
+
+/// Best non-rejected text of each image and best non-rejected image of each text.
+fn best_partners(
+    s: &Matrix,
+    ni: usize,
+    nt: usize,
+    rejected: &dyn Fn(usize, usize) -> bool,
+) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
+    let mut best_t = vec![None::<(usize, f32)>; ni];
+    let mut best_i = vec![None::<(usize, f32)>; nt];
+    for a in 0..ni {
+        for c in 0..nt {
+            if rejected(a, c) {
+                continue;
+            }
+            let v = s.data[a * nt + c];
+            if best_t[a].is_none_or(|(_, bv)| v > bv) {
+                best_t[a] = Some((c, v));
+            }
+            if best_i[c].is_none_or(|(_, bv)| v > bv) {
+                best_i[c] = Some((a, v));
+            }
+        }
+    }
+    (
+        best_t.into_iter().map(|b| b.map(|p| p.0)).collect(),
+        best_i.into_iter().map(|b| b.map(|p| p.0)).collect(),
+    )
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -323,6 +420,8 @@ fn random(
                     text: avail_t[c],
                     score: s.data[a * avail_t.len() + c],
                     key: 0.0,
+                    mutual_nn: false,
+                    ot_mass: None,
                 });
                 break;
             }
@@ -371,42 +470,26 @@ fn mnn(
     nt: usize,
     rejected: &dyn Fn(usize, usize) -> bool,
 ) -> Vec<(usize, usize, f64)> {
-    let mut best_t = vec![None::<(usize, f32)>; ni];
-    let mut best_i = vec![None::<(usize, f32)>; nt];
-    for a in 0..ni {
-        for c in 0..nt {
-            if rejected(a, c) {
-                continue;
-            }
-            let v = s.data[a * nt + c];
-            if best_t[a].is_none_or(|(_, bv)| v > bv) {
-                best_t[a] = Some((c, v));
-            }
-            if best_i[c].is_none_or(|(_, bv)| v > bv) {
-                best_i[c] = Some((a, v));
-            }
-        }
-    }
+    let (best_t, best_i) = best_partners(s, ni, nt, rejected);
     let mut out: Vec<(usize, usize, f64)> = (0..ni)
         .filter_map(|a| {
-            let (c, v) = best_t[a]?;
-            (best_i[c].map(|p| p.0) == Some(a)).then_some((a, c, v as f64))
+            let c = best_t[a]?;
+            (best_i[c] == Some(a)).then(|| (a, c, s.data[a * nt + c] as f64))
         })
         .collect();
     out.sort_by(|p, q| q.2.total_cmp(&p.2));
     out
 }
 
-/// Entropic OT plan between available images and texts; rejected pairs get an affinity far
-/// below every score so the plan routes their mass elsewhere. Key = plan mass x rows (the
-/// fraction of the image's mass sent to that text).
-fn ot_mass(
+/// Entropic OT plan between available images and texts (row-major `ni x nt`); rejected pairs
+/// get an affinity far below every score so the plan routes their mass elsewhere.
+fn ot_plan(
     s: &Matrix,
     ni: usize,
     nt: usize,
     rejected: &dyn Fn(usize, usize) -> bool,
     cfg: &AcquireConfig,
-) -> Result<Vec<(usize, usize, f64)>, AlignError> {
+) -> Result<Vec<f32>, AlignError> {
     let lo = s.data.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = s.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let penalty = lo - 2.0 * (hi - lo).max(1.0);
@@ -422,6 +505,12 @@ fn ot_mass(
     sk.solve(&k, cfg.ot_eps, cfg.ot_iters.max(1))?;
     let mut plan = vec![0.0f32; ni * nt];
     sk.plan_into(&mut plan);
+    Ok(plan)
+}
+
+/// Each image's few largest plan entries. Key = plan mass x rows (the fraction of the image's
+/// mass sent to that text).
+fn ot_mass(plan: &[f32], ni: usize, nt: usize) -> Vec<(usize, usize, f64)> {
     // Keep each image's top few texts only: the greedy selection never needs more, and it
     // keeps the sort small on large pools.
     let keep = 4.min(nt);
@@ -436,7 +525,7 @@ fn ot_mass(
             out.push((a, c, row[c] as f64 * ni as f64));
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -503,6 +592,7 @@ mod tests {
             Strategy::Mnn,
             Strategy::Ot,
             Strategy::Diverse,
+            Strategy::MnnOt,
         ] {
             let p = propose(&Identity, &x, &y, &d, st, 40, &cfg, &mut rng).unwrap();
             assert_eq!(p.len(), 40, "{st}");
@@ -544,7 +634,9 @@ mod tests {
                 );
             }
             if st != Strategy::Diverse {
-                assert_eq!(p.len(), 50, "{st}: 50 images are available");
+                // 50 images and 50 texts are available; the greedy matching can end with one
+                // image whose only remaining text is the one it was rejected with.
+                assert!(p.len() >= 49, "{st}: {} proposals of 50 available", p.len());
             }
         }
         // The OT plan sends the rejected images' mass elsewhere: it never re-proposes them
@@ -622,6 +714,42 @@ mod tests {
         )
         .unwrap();
         assert!(p.iter().all(|q| !cluster(q.image)));
+    }
+
+    #[test]
+    fn mnn_ot_ranks_mutual_pairs_first_by_plan_mass() {
+        // Heavy noise: some true pairs are mutual nearest neighbours, some are not.
+        let (x, y, _) = planted(80, 16, 1.2, 7);
+        let cfg = AcquireConfig::default();
+        let d = Decisions::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let p = propose(&Identity, &x, &y, &d, Strategy::MnnOt, 80, &cfg, &mut rng).unwrap();
+        let n_mutual = p.iter().take_while(|q| q.mutual_nn).count();
+        assert!(
+            n_mutual > 0 && n_mutual < p.len(),
+            "{n_mutual} of {}",
+            p.len()
+        );
+        // Mutual pairs form a prefix, and within it the plan mass never increases.
+        assert!(p[n_mutual..].iter().all(|q| !q.mutual_nn));
+        assert!(
+            p[..n_mutual]
+                .windows(2)
+                .all(|w| w[0].ot_mass.unwrap() >= w[1].ot_mass.unwrap())
+        );
+        // The flag is independent of the strategy: the same pairs are mutual under `mnn`.
+        let m = propose(&Identity, &x, &y, &d, Strategy::Mnn, 80, &cfg, &mut rng).unwrap();
+        let mutual_mnn: HashSet<_> = m
+            .iter()
+            .filter(|q| q.mutual_nn)
+            .map(|q| (q.image, q.text))
+            .collect();
+        let mutual_ot: HashSet<_> = p[..n_mutual].iter().map(|q| (q.image, q.text)).collect();
+        assert_eq!(mutual_mnn, mutual_ot);
+        // Shared-space entry point: identical answers on rows already mapped by the model.
+        let (ex, ey) = (Identity.embed_x(&x).unwrap(), Identity.embed_y(&y).unwrap());
+        let e = propose_embedded(&ex, &ey, &d, Strategy::MnnOt, 80, &cfg, &mut rng).unwrap();
+        assert_eq!(e, p);
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! `auto`: choose the method and its hyper-parameters by validation on the paired data only.
 //!
-//! Candidates: Procrustes (plain, whitened); the ridge-CCA teacher with the protocol's absolute
-//! ridge and with ridges scaled to the feature covariance (`lambda * tr(C)/d`, see
-//! [`super::config::AutoConfig::ridge_grid`]); CSA at every s of the grid on each of those
-//! teachers; ASIF (plain and centred) for each power p. Each candidate is scored with the
-//! protocol's validation ([`super::validation`]: held-out block of `max(5, round(0.2 n))` pairs,
-//! unpaired pool as distractors, mean MRR of both directions), averaged over `folds` disjoint
-//! held-out blocks (fold 0 is exactly the protocol's last block). The winner is refitted on all
-//! pairs. Ties go to the earlier candidate (simpler methods are listed first).
+//! Candidates, listed simplest first (the order breaks near-ties): Procrustes, the ridge-CCA
+//! teacher with the protocol's ridge, ASIF and centred ASIF at p = 8; then whitened Procrustes,
+//! teachers with ridges scaled to the feature covariance (`lambda * tr(C)/d`,
+//! [`super::config::AutoConfig::ridge_grid`]), the other ASIF powers, CSA at every s of the grid
+//! (on the protocol's teacher), and score blends of the teacher with ASIF / centred ASIF
+//! ([`super::blend`]).
+//!
+//! Scoring: the protocol's validation ([`super::validation`]: `max(5, round(0.2 n))` pairs held
+//! out, unpaired pool as distractors, mean MRR of both directions) on `splits` random held-out
+//! sets of the pairs, averaged. Choice: the first candidate (simplest) whose mean is within
+//! `tie_se` standard errors of the best, the standard error being that of its per-split
+//! difference to the best (paired, so split-to-split difficulty cancels). The winner is refitted
+//! on all pairs.
 use std::ops::ControlFlow;
 
 use faer::Mat;
@@ -15,6 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::asif::Asif;
+use super::blend::Blend;
 use super::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
 use super::csa::Csa;
 use super::methods::{Method, Progress, report};
@@ -47,14 +53,22 @@ enum Kind {
         csa_s: Option<usize>,
     },
     Asif,
+    /// CCA teacher `t` blended with ASIF (`asif` config in `cfg`) at teacher weight `w`.
+    Blend {
+        t: usize,
+        w: f64,
+    },
 }
 
 /// The validation result of one candidate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scored {
     pub label: String,
-    /// Mean over folds of the mean MRR (both directions).
+    /// Mean over the splits of the mean MRR (both directions).
     pub score: f64,
+    /// Standard error of the difference to the best candidate's per-split scores (0 for the
+    /// best itself or with one split).
+    pub se_diff: f64,
 }
 
 /// A fitted `auto` model: the winning method refitted on all pairs, plus the evidence.
@@ -62,7 +76,7 @@ pub struct AutoModel {
     inner: Box<dyn Aligned>,
     pub choice: Candidate,
     pub scores: Vec<Scored>,
-    pub folds: usize,
+    pub splits: usize,
 }
 
 fn teacher_grid(cfg: &AlignConfig) -> Vec<(String, TeacherConfig)> {
@@ -86,60 +100,91 @@ fn teacher_grid(cfg: &AlignConfig) -> Vec<(String, TeacherConfig)> {
     out
 }
 
-/// Every candidate for a configuration (independent of the data).
-pub fn candidates(cfg: &AlignConfig) -> Vec<Candidate> {
-    let mut out = Vec::new();
-    for whiten in [false, true] {
-        let mut c = cfg.clone();
-        c.procrustes = ProcrustesConfig {
-            whiten,
-            ..cfg.procrustes.clone()
-        };
-        out.push(Candidate {
-            label: if whiten {
-                "procrustes_w".into()
-            } else {
-                "procrustes".into()
-            },
-            method: if whiten { "procrustes_w" } else { "procrustes" },
-            cfg: c,
-            kind: Kind::Procrustes { whiten },
-        });
+fn procrustes_cand(cfg: &AlignConfig, whiten: bool) -> Candidate {
+    let mut c = cfg.clone();
+    c.procrustes = ProcrustesConfig {
+        whiten,
+        ..cfg.procrustes.clone()
+    };
+    let name = if whiten { "procrustes_w" } else { "procrustes" };
+    Candidate {
+        label: name.into(),
+        method: name,
+        cfg: c,
+        kind: Kind::Procrustes { whiten },
     }
-    for (t, (tl, tc)) in teacher_grid(cfg).into_iter().enumerate() {
-        let mut c = cfg.clone();
-        c.teacher = tc;
-        out.push(Candidate {
-            label: format!("cca({tl})"),
-            method: "cca",
-            cfg: c.clone(),
-            kind: Kind::Teacher { t, csa_s: None },
-        });
-        for &s in &cfg.csa.s_grid {
-            let mut cs = c.clone();
-            cs.csa.s = Some(s);
-            out.push(Candidate {
-                label: format!("csa(s={s}, {tl})"),
-                method: "csa",
-                cfg: cs,
-                kind: Kind::Teacher { t, csa_s: Some(s) },
-            });
-        }
+}
+
+fn asif_cand(cfg: &AlignConfig, centre: bool, p: f64) -> Candidate {
+    let mut c = cfg.clone();
+    c.asif = AsifConfig {
+        p,
+        centre,
+        ..cfg.asif.clone()
+    };
+    let name = if centre { "asif_c" } else { "asif" };
+    Candidate {
+        label: format!("{name}(p={p})"),
+        method: name,
+        cfg: c,
+        kind: Kind::Asif,
+    }
+}
+
+fn teacher_cand(cfg: &AlignConfig, t: usize, tl: &str, tc: &TeacherConfig) -> Candidate {
+    let mut c = cfg.clone();
+    c.teacher = tc.clone();
+    Candidate {
+        label: format!("cca({tl})"),
+        method: "cca",
+        cfg: c,
+        kind: Kind::Teacher { t, csa_s: None },
+    }
+}
+
+/// Every candidate for a configuration (independent of the data), simplest first.
+pub fn candidates(cfg: &AlignConfig) -> Vec<Candidate> {
+    let teachers = teacher_grid(cfg);
+    let base_p = cfg.asif.p;
+    let mut out = vec![
+        procrustes_cand(cfg, false),
+        teacher_cand(cfg, 0, &teachers[0].0, &teachers[0].1),
+        asif_cand(cfg, false, base_p),
+        asif_cand(cfg, true, base_p),
+        procrustes_cand(cfg, true),
+    ];
+    for (t, (tl, tc)) in teachers.iter().enumerate().skip(1) {
+        out.push(teacher_cand(cfg, t, tl, tc));
     }
     for centre in [false, true] {
-        for &p in &cfg.auto.asif_p_grid {
-            let mut c = cfg.clone();
-            c.asif = AsifConfig {
-                p,
-                centre,
-                ..cfg.asif.clone()
-            };
+        for &p in cfg.auto.asif_p_grid.iter().filter(|&&p| p != base_p) {
+            out.push(asif_cand(cfg, centre, p));
+        }
+    }
+    for &s in &cfg.csa.s_grid {
+        let mut c = cfg.clone();
+        c.teacher = teachers[0].1.clone();
+        c.csa.s = Some(s);
+        out.push(Candidate {
+            label: format!("csa(s={s}, {})", teachers[0].0),
+            method: "csa",
+            cfg: c,
+            kind: Kind::Teacher {
+                t: 0,
+                csa_s: Some(s),
+            },
+        });
+    }
+    for centre in [false, true] {
+        for &w in &cfg.auto.blend_weights {
+            let mut c = asif_cand(cfg, centre, base_p).cfg;
+            c.teacher = teachers[0].1.clone();
             let name = if centre { "asif_c" } else { "asif" };
             out.push(Candidate {
-                label: format!("{name}(p={p})"),
-                method: name,
+                label: format!("blend(w={w}: cca({}), {name}(p={base_p}))", teachers[0].0),
+                method: "blend",
                 cfg: c,
-                kind: Kind::Asif,
+                kind: Kind::Blend { t: 0, w },
             });
         }
     }
@@ -155,39 +200,51 @@ fn fit_candidate(c: &Candidate, data: &AlignData) -> Result<Box<dyn Aligned>, Al
             csa_s,
         )?),
         Kind::Asif => Box::new(Asif::fit(data, &c.cfg.asif)?),
+        Kind::Blend { w, .. } => Box::new(Blend::new(
+            Box::new(CcaTeacher::fit(data, &c.cfg.teacher)?),
+            Box::new(Asif::fit(data, &c.cfg.asif)?),
+            w,
+            data,
+        )?),
     })
 }
 
-/// Validation scores of every candidate (mean over folds), in candidate order.
+/// Validation scores of every candidate: `scores[c][r]` = mean MRR of candidate `c` on split
+/// `r` (`-inf` when it could not be fitted there), in candidate order.
 pub fn validate_candidates(
     data: &AlignData,
     cfg: &AlignConfig,
     cands: &[Candidate],
     progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
-) -> Result<(Vec<f64>, usize), AlignError> {
-    let folds = effective_folds(data.n_pairs(), cfg.auto.folds);
+) -> Result<Vec<Vec<f64>>, AlignError> {
+    let splits = cfg.auto.splits.max(1);
     let teachers = teacher_grid(cfg);
-    let mut sums = vec![0.0; cands.len()];
-    let total = folds * cands.len();
+    let mut scores = vec![Vec::with_capacity(splits); cands.len()];
+    let total = splits * cands.len();
     let mut step = 0;
-    for fold in 0..folds {
-        let h = Holdout::fold(data, fold)?;
-        // CCA does not depend on s: fit each teacher once per fold, reuse it for every CSA s.
+    for split in 0..splits {
+        let h = Holdout::random(data, split as u64)?;
+        // CCA does not depend on s: fit each teacher once per split, reuse it for every CSA s
+        // and blend.
         let mut fitted: Vec<Option<CcaTeacher>> = vec![None; teachers.len()];
         for (i, c) in cands.iter().enumerate() {
-            // A candidate that cannot be fitted on this fold (e.g. a degenerate CCA) is out of
+            // A candidate that cannot be fitted on this split (e.g. a degenerate CCA) is out of
             // the running: its score becomes -inf, the search goes on.
             let model: Result<Box<dyn Aligned>, AlignError> = match c.kind {
-                Kind::Teacher { t, csa_s } => {
+                Kind::Teacher { t, .. } | Kind::Blend { t, .. } if t < teachers.len() => {
                     if fitted[t].is_none() {
                         fitted[t] = CcaTeacher::fit(&h.train, &teachers[t].1).ok();
                     }
-                    match (fitted[t].clone(), csa_s) {
+                    match (fitted[t].clone(), c.kind) {
                         (None, _) => Err(AlignError::NotEnoughData(format!("{} failed", c.label))),
-                        (Some(t), None) => Ok(Box::new(t)),
-                        (Some(t), s) => {
-                            Csa::from_teacher(t, s).map(|m| Box::new(m) as Box<dyn Aligned>)
+                        (Some(t), Kind::Teacher { csa_s: None, .. }) => Ok(Box::new(t)),
+                        (Some(t), Kind::Blend { w, .. }) => Asif::fit(&h.train, &c.cfg.asif)
+                            .and_then(|a| Blend::new(Box::new(t), Box::new(a), w, &h.train))
+                            .map(|m| Box::new(m) as Box<dyn Aligned>),
+                        (Some(t), Kind::Teacher { csa_s, .. }) => {
+                            Csa::from_teacher(t, csa_s).map(|m| Box::new(m) as Box<dyn Aligned>)
                         }
+                        (Some(_), _) => fit_candidate(c, &h.train),
                     }
                 }
                 _ => fit_candidate(c, &h.train),
@@ -197,7 +254,7 @@ pub fn validate_candidates(
                 Err(AlignError::Cancelled) => return Err(AlignError::Cancelled),
                 Err(_) => f64::NEG_INFINITY,
             };
-            sums[i] += s;
+            scores[i].push(s);
             step += 1;
             report(
                 progress,
@@ -208,15 +265,42 @@ pub fn validate_candidates(
             )?;
         }
     }
-    Ok((sums.into_iter().map(|s| s / folds as f64).collect(), folds))
+    Ok(scores)
 }
 
-/// How many disjoint held-out blocks fit in n pairs (at least 1, at most `wanted`), leaving at
-/// least 2 pairs to fit on.
-pub fn effective_folds(n: usize, wanted: usize) -> usize {
-    let v = super::validation::val_size(n);
-    let max = n.saturating_sub(2) / v.max(1);
-    wanted.clamp(1, max.max(1))
+/// The choice rule: index of the best mean, then the first candidate (simplest) whose mean is
+/// within `tie_se` standard errors of the paired difference to the best. Returns the chosen
+/// index and, per candidate, (mean, se of the difference to the best).
+pub fn choose(scores: &[Vec<f64>], tie_se: f64) -> (usize, Vec<(f64, f64)>) {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let means: Vec<f64> = scores.iter().map(|v| mean(v)).collect();
+    let mut best = 0;
+    for (i, &m) in means.iter().enumerate() {
+        if m > means[best] {
+            best = i;
+        }
+    }
+    let stats: Vec<(f64, f64)> = scores
+        .iter()
+        .zip(&means)
+        .map(|(v, &m)| {
+            let r = v.len();
+            if r < 2 || !m.is_finite() || !means[best].is_finite() {
+                return (m, 0.0);
+            }
+            let d: Vec<f64> = v.iter().zip(&scores[best]).map(|(a, b)| b - a).collect();
+            let dm = mean(&d);
+            let var = d.iter().map(|x| (x - dm) * (x - dm)).sum::<f64>() / (r - 1) as f64;
+            (m, (var / r as f64).sqrt())
+        })
+        .collect();
+    let chosen = (0..scores.len())
+        .find(|&i| {
+            let (m, se) = stats[i];
+            m.is_finite() && m >= means[best] - tie_se * se
+        })
+        .unwrap_or(best);
+    (chosen, stats)
 }
 
 /// Fit `auto`: validate every candidate, refit the best on all pairs.
@@ -226,13 +310,10 @@ pub fn fit_auto(
     progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<AutoModel, AlignError> {
     let cands = candidates(cfg);
-    let (scores, folds) = validate_candidates(data, cfg, &cands, progress)?;
-    let mut best = 0;
-    for (i, &s) in scores.iter().enumerate() {
-        if s > scores[best] {
-            best = i;
-        }
-    }
+    let per_split = validate_candidates(data, cfg, &cands, progress)?;
+    let splits = per_split.first().map_or(0, Vec::len);
+    let (best, stats) = choose(&per_split, cfg.auto.tie_se);
+    let scores: Vec<f64> = stats.iter().map(|s| s.0).collect();
     if !scores[best].is_finite() {
         return Err(AlignError::NotEnoughData(
             "auto: no candidate could be fitted on the validation split".into(),
@@ -256,17 +337,18 @@ pub fn fit_auto(
     )?;
     let scores = cands
         .iter()
-        .zip(scores)
-        .map(|(c, s)| Scored {
+        .zip(stats)
+        .map(|(c, (score, se_diff))| Scored {
             label: c.label.clone(),
-            score: s,
+            score,
+            se_diff,
         })
         .collect();
     Ok(AutoModel {
         inner,
         choice,
         scores,
-        folds,
+        splits,
     })
 }
 
@@ -290,7 +372,7 @@ impl Aligned for AutoModel {
     fn export_state(&self) -> Result<MethodState, AlignError> {
         let mut st = self.inner.export_state()?;
         st.meta["auto"] =
-            json!({ "choice": self.choice.label, "folds": self.folds, "scores": self.scores });
+            json!({ "choice": self.choice.label, "splits": self.splits, "scores": self.scores });
         Ok(st)
     }
 }
@@ -298,5 +380,41 @@ impl Aligned for AutoModel {
 impl AutoModel {
     pub fn inner_method(&self) -> Result<Method, AlignError> {
         self.choice.method.parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choose_prefers_the_simplest_within_the_tolerance() {
+        // Candidate 2 has the best mean, candidate 0 trails it by a noisy, small margin,
+        // candidate 1 trails it consistently by a lot.
+        let scores = vec![
+            vec![0.30, 0.20, 0.40, 0.25],
+            vec![0.10, 0.10, 0.10, 0.10],
+            vec![0.26, 0.30, 0.35, 0.30],
+        ];
+        let (argmax, stats) = choose(&scores, 0.0);
+        assert_eq!(argmax, 2);
+        assert_eq!(stats[2].1, 0.0);
+        let (tol, _) = choose(&scores, 1.0);
+        assert_eq!(tol, 0, "0 is within one SE of the best: {stats:?}");
+        // A consistent large gap is never a tie.
+        assert!(scores[1].iter().sum::<f64>() / 4.0 < stats[2].0 - 1.0 * stats[1].1);
+        // One split: only exact ties count.
+        let one = vec![vec![0.2], vec![0.3], vec![0.3]];
+        assert_eq!(choose(&one, 1.0).0, 1);
+    }
+
+    #[test]
+    fn candidates_start_simple_and_include_blends() {
+        let c = candidates(&AlignConfig::default());
+        assert_eq!(c[0].method, "procrustes");
+        assert_eq!(c[1].method, "cca");
+        assert!(c.iter().filter(|x| x.method == "blend").count() == 6);
+        let labels: std::collections::HashSet<_> = c.iter().map(|x| x.label.clone()).collect();
+        assert_eq!(labels.len(), c.len(), "labels are unique");
     }
 }

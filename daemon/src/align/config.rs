@@ -20,26 +20,46 @@ pub struct AlignConfig {
     pub klot: KlotConfig,
     pub optim: OptimConfig,
     pub auto: AutoConfig,
+    /// Where the student heads train: `cpu` (default) or `cuda[:N]` on a build with the `cuda`
+    /// feature. Set by the caller (`sotalign serve --device`); a property of the machine, not
+    /// of the method, so it is neither serialised nor read from config overrides. Empty = cpu.
+    #[serde(skip, default = "cpu_device")]
+    pub device: String,
+}
+
+fn cpu_device() -> String {
+    "cpu".into()
 }
 
 /// Search space and validation of the `auto` method.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AutoConfig {
-    /// Disjoint held-out blocks averaged (1 = exactly the protocol's single last block).
-    pub folds: usize,
+    /// Random held-out splits of the pairs averaged (each holds out the protocol's
+    /// `max(5, round(0.2 n))` pairs, drawn with seed = split index; `folds` is the old name).
+    /// Several splits average out the noise of a 5-80 pair validation set.
+    #[serde(alias = "folds")]
+    pub splits: usize,
+    /// Tie tolerance in standard errors: the simplest candidate whose mean validation score is
+    /// within `tie_se` standard errors (of its paired difference to the best, over the splits)
+    /// of the best wins. 0 = plain argmax. Guards against picking a complex candidate on noise.
+    pub tie_se: f64,
     /// Relative ridges tried for the teacher (`lambda * tr(C)/d`), besides the absolute one.
     pub ridge_grid: Vec<f64>,
     /// ASIF powers tried (plain and centred).
     pub asif_p_grid: Vec<f64>,
+    /// Weights of the CCA teacher in CCA + ASIF score blends ([`super::blend`]); empty = none.
+    pub blend_weights: Vec<f64>,
 }
 
 impl Default for AutoConfig {
     fn default() -> Self {
         Self {
-            folds: 3,
+            splits: 5,
+            tie_se: 0.5,
             ridge_grid: vec![0.03, 0.1, 0.3, 1.0],
             asif_p_grid: vec![4.0, 8.0, 16.0],
+            blend_weights: vec![0.25, 0.5, 0.75],
         }
     }
 }
@@ -126,6 +146,10 @@ pub struct KlotConfig {
     pub iters: usize,
     /// Unpaired batch size B (B images and B texts per step).
     pub batch: usize,
+    /// When a pool holds fewer than `batch` unpaired samples: `true` (default) lowers B to the
+    /// smaller pool and records a note (small budgets of a fixed dataset leave small pools, e.g.
+    /// 149 per side at n = 400 on Tux Paint), `false` makes it a `NotEnoughData` error.
+    pub cap_batch: bool,
     /// Candidates tried when alpha is chosen on validation.
     pub alpha_grid: Vec<f64>,
 }
@@ -164,6 +188,7 @@ impl Default for AlignConfig {
             klot: KlotConfig::default(),
             optim: OptimConfig::default(),
             auto: AutoConfig::default(),
+            device: cpu_device(),
         }
     }
 }
@@ -234,6 +259,7 @@ impl Default for KlotConfig {
             eps_t: 0.01,
             iters: 100,
             batch: 256,
+            cap_batch: true,
             alpha_grid: vec![0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
         }
     }

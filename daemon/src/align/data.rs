@@ -101,3 +101,71 @@ impl AlignData {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::align::methods::{Method, fit_quiet};
+    use crate::align::{AlignConfig, Matrix};
+
+    fn pairs(n: usize, dx: usize, dy: usize) -> AlignData {
+        let x = Matrix::from_vec(
+            n,
+            dx,
+            (0..n * dx).map(|i| ((i * 7) % 13) as f32 - 6.0).collect(),
+        )
+        .unwrap();
+        let y = Matrix::from_vec(
+            n,
+            dy,
+            (0..n * dy).map(|i| ((i * 5) % 11) as f32 - 5.0).collect(),
+        )
+        .unwrap();
+        AlignData::from_pairs(x, y)
+    }
+
+    /// Every method, closed-form or trained, answers bad input with a typed error (no panic).
+    #[test]
+    fn bad_input_is_a_typed_error_for_every_method() {
+        let cfg = AlignConfig::default();
+        for m in Method::ALL {
+            // Empty and single pair.
+            for n in [0, 1] {
+                assert!(
+                    matches!(
+                        fit_quiet(m, &pairs(n, 4, 3), &cfg),
+                        Err(AlignError::NotEnoughData(_))
+                    ),
+                    "{m} with {n} pairs"
+                );
+            }
+            // Paired counts disagree.
+            let mut d = pairs(8, 4, 3);
+            d.yp = pairs(7, 4, 3).yp;
+            assert!(
+                matches!(
+                    fit_quiet(m, &d, &cfg),
+                    Err(AlignError::DimensionMismatch { .. })
+                ),
+                "{m}: 8 images vs 7 texts"
+            );
+            // Unpaired features of another dimension.
+            let mut d = pairs(8, 4, 3);
+            d.xu = Matrix::zeros(5, 6);
+            assert!(
+                matches!(
+                    fit_quiet(m, &d, &cfg),
+                    Err(AlignError::DimensionMismatch { .. })
+                ),
+                "{m}: unpaired 6-d images next to 4-d pairs"
+            );
+            // A NaN row, reported with its row.
+            let mut d = pairs(8, 4, 3);
+            d.yp.data[2 * 3 + 1] = f32::NAN;
+            match fit_quiet(m, &d, &cfg) {
+                Err(AlignError::NonFinite { row, .. }) => assert_eq!(row, 2, "{m}"),
+                other => panic!("{m}: expected NonFinite, got {:?}", other.map(|_| ())),
+            }
+        }
+    }
+}

@@ -237,6 +237,7 @@ pub fn restore(state: &MethodState) -> Result<Box<dyn Aligned>, AlignError> {
         "csa" => Box::new(Csa::from_state(state)?),
         "asif" | "asif_c" => Box::new(Asif::from_state(state)?),
         "siglip" | "siglip_tinit" | "sotalign" => Box::new(StudentHeads::from_state(state)?),
+        "blend" => Box::new(super::blend::Blend::from_state(state, &restore)?),
         other => {
             return Err(AlignError::UnknownMethod(
                 other.to_string(),
@@ -306,7 +307,9 @@ mod tests {
     #[test]
     fn auto_picks_the_validated_best_and_restores_as_it() {
         let data = toy();
-        let cfg = AlignConfig::default();
+        let mut cfg = AlignConfig::default();
+        // Plain argmax here; the tie rule has its own test in `auto`.
+        cfg.auto.tie_se = 0.0;
         let mut seen = 0;
         let m = fit(Method::Auto, &data, &cfg, &mut |p| {
             seen += 1;

@@ -10,6 +10,7 @@
 pub mod acquire;
 pub mod asif;
 pub mod auto;
+pub mod blend;
 pub mod config;
 pub mod csa;
 pub mod data;

@@ -62,6 +62,9 @@ pub struct StudentHeads {
     pub logit_bias: f64,
     /// Per-step losses of the fit (empty for heads loaded from a checkpoint).
     pub log: Vec<StepRecord>,
+    /// What the fit changed on its own (e.g. the unpaired batch capped to a small pool); empty
+    /// when it ran exactly as configured.
+    pub notes: Vec<String>,
 }
 
 impl StudentHeads {
@@ -126,6 +129,7 @@ impl StudentHeads {
             log_scale,
             logit_bias,
             log: Vec::new(),
+            notes: Vec::new(),
         })
     }
 
@@ -176,7 +180,11 @@ impl Aligned for StudentHeads {
         Ok(MethodState {
             method: self.name.clone(),
             tensors,
-            meta: serde_json::json!({ "ln_eps": self.x.ln_eps, "dim": self.x.d_out() }),
+            meta: serde_json::json!({
+                "ln_eps": self.x.ln_eps,
+                "dim": self.x.d_out(),
+                "notes": self.notes,
+            }),
         })
     }
 }
@@ -231,19 +239,21 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
             )));
         }
     };
-    let batch = cfg.klot.batch;
-    if alpha > 0.0 {
-        for (what, have) in [("images", data.xu.rows), ("texts", data.yu.rows)] {
-            if have < batch {
-                return Err(AlignError::NotEnoughData(format!(
-                    "{have} unpaired {what} but klot.batch = {batch}: lower klot.batch to at most \
-                     {have}, add unpaired {what}, or set klot.alpha = 0 (pairs-only SigLIP)"
-                )));
-            }
-        }
+    let (batch, notes) = if alpha > 0.0 {
+        effective_batch(
+            cfg.klot.batch,
+            cfg.klot.cap_batch,
+            data.xu.rows,
+            data.yu.rows,
+        )?
+    } else {
+        (cfg.klot.batch, Vec::new())
+    };
+    for n in &notes {
+        tracing::warn!("{name}: {n}");
     }
 
-    let dev = Device::Cpu;
+    let dev = train_device(&cfg.device)?;
     let d_out = cfg.heads.dim;
     let eps = cfg.heads.ln_eps;
     let (dx, dy) = (data.dx(), data.dy());
@@ -380,13 +390,16 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
             .copied()
             .unwrap_or(0.0) as f64)
     };
+    // The fitted heads always live on the CPU: checkpoints, embedding and serving read them
+    // there, whatever device trained them.
     Ok(StudentHeads {
         name: name.to_string(),
-        x: detach_head(&head_x),
-        y: detach_head(&head_y),
+        x: cpu_head(&head_x)?,
+        y: cpu_head(&head_y)?,
         log_scale: scalar(&log_scale)?,
         logit_bias: scalar(&logit_bias)?,
         log,
+        notes,
     })
 }
 
@@ -394,6 +407,41 @@ struct UnpairedPool<'t, T: ?Sized> {
     /// K* of a batch = teacher.embed_x(rows) . teacher.embed_y(rows)^T.
     teacher: &'t T,
     klot: Klot,
+}
+
+/// The unpaired batch actually used, and a note when it differs from `wanted`.
+///
+/// Sampling without replacement needs B <= pool on both sides. A pool of fewer than 2 samples
+/// cannot carry a transport plan at all, so that is an error even when capping is allowed.
+pub fn effective_batch(
+    wanted: usize,
+    cap: bool,
+    images: usize,
+    texts: usize,
+) -> Result<(usize, Vec<String>), AlignError> {
+    let pool = images.min(texts);
+    if pool >= wanted {
+        return Ok((wanted, Vec::new()));
+    }
+    let which = if images <= texts { "images" } else { "texts" };
+    if !cap || pool < 2 {
+        return Err(AlignError::NotEnoughData(format!(
+            "{pool} unpaired {which} but klot.batch = {wanted}: lower klot.batch to at most \
+             {pool}, add unpaired {which}, {}or set klot.alpha = 0 (pairs-only SigLIP)",
+            if pool >= 2 {
+                "set klot.cap_batch = true, "
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok((
+        pool,
+        vec![format!(
+            "unpaired batch capped at {pool} (klot.batch = {wanted}, only {images} unpaired \
+             images and {texts} texts)"
+        )],
+    ))
 }
 
 fn check_config(cfg: &AlignConfig) -> Result<(), AlignError> {
@@ -457,14 +505,24 @@ fn make_head(
 }
 
 /// Copy of a head whose tensors no longer track the training variables.
-fn detach_head(h: &Head) -> Head {
-    Head {
-        ln_weight: h.ln_weight.detach(),
-        ln_bias: h.ln_bias.detach(),
-        weight: h.weight.detach(),
-        bias: h.bias.detach(),
+fn cpu_head(h: &Head) -> Result<Head, AlignError> {
+    let cpu = |t: &Tensor| t.detach().to_device(&Device::Cpu);
+    Ok(Head {
+        ln_weight: cpu(&h.ln_weight)?,
+        ln_bias: cpu(&h.ln_bias)?,
+        weight: cpu(&h.weight)?,
+        bias: cpu(&h.bias)?,
         ln_eps: h.ln_eps,
+    })
+}
+
+/// The training device named by `AlignConfig::device` (empty = cpu).
+fn train_device(spec: &str) -> Result<Device, AlignError> {
+    if spec.is_empty() {
+        return Ok(Device::Cpu);
     }
+    crate::encoders::parse_device(spec)
+        .map_err(|e| AlignError::InvalidConfig(format!("training device: {e}")))
 }
 
 /// Rows per chunk of the streamed teacher init.
@@ -564,6 +622,29 @@ mod tests {
     }
 
     #[test]
+    fn training_device_is_validated() {
+        let (d, _, _) = data();
+        let mut cfg = small_cfg(0.0, HeadInit::Random);
+        cfg.device = "tpu".into();
+        let e = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap_err();
+        assert!(
+            matches!(e, AlignError::InvalidConfig(ref m) if m.contains("cuda")),
+            "{e}"
+        );
+        #[cfg(not(feature = "cuda"))]
+        {
+            cfg.device = "cuda:0".into();
+            let e =
+                fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap_err();
+            assert!(e.to_string().contains("--features cuda"), "{e}");
+        }
+        // Explicit cpu trains, and the heads come back on the CPU.
+        cfg.device = "cpu".into();
+        let h = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap();
+        assert!(h.x.weight.device().is_cpu());
+    }
+
+    #[test]
     fn pairs_only_siglip_learns_and_is_deterministic() {
         let (d, xt, yt) = data();
         let cfg = small_cfg(0.0, HeadInit::Random);
@@ -619,9 +700,10 @@ mod tests {
             fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore),
             Err(AlignError::InvalidConfig(_))
         ));
-        // Fewer unpaired samples than the batch.
+        // Fewer unpaired samples than the batch, capping turned off.
         let mut cfg = small_cfg(1.0, HeadInit::Teacher);
         cfg.klot.batch = 500;
+        cfg.klot.cap_batch = false;
         match fit_student(&d, Some(&t), &cfg, &mut progress::ignore) {
             Err(AlignError::NotEnoughData(m)) => assert!(m.contains("klot.batch"), "{m}"),
             other => panic!("expected NotEnoughData, got {:?}", other.map(|_| ())),
@@ -643,6 +725,26 @@ mod tests {
             Err(AlignError::Numerical(m)) => assert!(m.contains("at step"), "{m}"),
             other => panic!("expected Numerical, got {:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn small_pool_caps_the_batch_with_a_note() {
+        // 100 unpaired images and texts: B = 500 becomes 100, recorded in the notes.
+        let (d, _, _) = data();
+        let t = teacher(&d);
+        let mut cfg = small_cfg(1.0, HeadInit::Teacher);
+        cfg.klot.batch = 500;
+        cfg.optim.steps = 3;
+        let s = fit_student(&d, Some(&t), &cfg, &mut progress::ignore).unwrap();
+        assert_eq!(s.notes.len(), 1);
+        assert!(s.notes[0].contains("capped at 100"), "{}", s.notes[0]);
+        assert!(s.log.iter().all(|r| r.klot.is_some_and(f64::is_finite)));
+        // No note when the pool is large enough; a pool of one sample is an error.
+        assert_eq!(effective_batch(32, true, 100, 80).unwrap(), (32, vec![]));
+        assert!(matches!(
+            effective_batch(32, true, 1, 80),
+            Err(AlignError::NotEnoughData(_))
+        ));
     }
 
     #[test]

@@ -47,8 +47,47 @@ impl Holdout {
             )));
         }
         let (lo, hi) = (n - (f + 1) * v, n - f * v);
-        let tr: Vec<usize> = (0..lo).chain(hi..n).collect();
         let va: Vec<usize> = (lo..hi).collect();
+        Self::with_validation(data, &va)
+    }
+
+    /// Random split `seed`: `val_size(n)` pairs drawn uniformly (a seeded shuffle) are held out.
+    /// Repeated random splits let `auto` average validation noise without the constraint of
+    /// disjoint blocks (which leave few folds at small n).
+    pub fn random(data: &AlignData, seed: u64) -> Result<Holdout, AlignError> {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        data.validate()?;
+        let n = data.n_pairs();
+        let v = val_size(n);
+        if n < v + 2 {
+            return Err(AlignError::NotEnoughData(format!(
+                "validation holds out {v} of {n} pairs and needs at least 2 left to fit; give at least {} pairs",
+                v + 2
+            )));
+        }
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0xA070 ^ seed));
+        let mut va = idx[..v].to_vec();
+        va.sort_unstable();
+        Self::with_validation(data, &va)
+    }
+
+    /// Hold out the pairs `va` (sorted, distinct, in range); fit on the others.
+    pub fn with_validation(data: &AlignData, va: &[usize]) -> Result<Holdout, AlignError> {
+        let n = data.n_pairs();
+        if va.is_empty() || va.iter().any(|&i| i >= n) || n < va.len() + 2 {
+            return Err(AlignError::NotEnoughData(format!(
+                "validation set of {} pairs out of {n} (need >= 1 held out and >= 2 to fit)",
+                va.len()
+            )));
+        }
+        let mut held = vec![false; n];
+        for &i in va {
+            held[i] = true;
+        }
+        let tr: Vec<usize> = (0..n).filter(|&i| !held[i]).collect();
+        let va = va.to_vec();
         let train = AlignData {
             xp: data.xp.select_rows(&tr),
             yp: data.yp.select_rows(&tr),

@@ -48,6 +48,12 @@ pub struct ExperimentArgs {
     /// Also write every cell's metrics as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Where SOTAlign's alpha comes from: `validation` (our own, the protocol's held-out block
+    /// on the tune seeds, one fit per grid value: slow), `reference` (the value the reference's
+    /// validation chose for that n, from tuxpaint_tuning.json: same hyper-parameters, so the
+    /// trained numbers are comparable cell for cell) or `config` (klot.alpha as configured).
+    #[arg(long, default_value = "validation", value_parser = ["validation", "reference", "config"])]
+    pub alpha_from: String,
     #[command(flatten)]
     pub config: ConfigArgs,
 }
@@ -66,6 +72,9 @@ struct CellResult {
     seconds: f64,
     /// What `auto` chose.
     choice: Option<String>,
+    /// What the fit adjusted on its own (e.g. the unpaired batch capped to a small pool).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 pub fn run(args: ExperimentArgs) -> Result<()> {
@@ -125,7 +134,19 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         );
         // SOTAlign's alpha by the same validation (only when sotalign is run): each alpha of
         // the grid trains teacher-initialised heads on the held-out split of each tune seed.
-        let alpha = if methods.contains(&Method::Sotalign) {
+        let ref_alpha = ref_tuning
+            .as_ref()
+            .and_then(|t| t.get(&n))
+            .map(|c| c.best_alpha);
+        let alpha = if !methods.contains(&Method::Sotalign) || args.alpha_from == "config" {
+            base_cfg.klot.alpha
+        } else if args.alpha_from == "reference" {
+            let a = ref_alpha.with_context(|| {
+                format!("--alpha-from reference: no tuning entry for n={n} in the reference")
+            })?;
+            chosen_alpha.insert(n, (a, Some(a)));
+            a
+        } else if methods.contains(&Method::Sotalign) {
             let grid: Vec<f64> = base_cfg
                 .klot
                 .alpha_grid
@@ -148,16 +169,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             }
             let best = (0..grid.len()).fold(0, |b, i| if sums[i] > sums[b] { i } else { b });
             let a = grid.get(best).copied().unwrap_or(base_cfg.klot.alpha);
-            chosen_alpha.insert(
-                n,
-                (
-                    a,
-                    ref_tuning
-                        .as_ref()
-                        .and_then(|t| t.get(&n))
-                        .map(|c| c.best_alpha),
-                ),
-            );
+            chosen_alpha.insert(n, (a, ref_alpha));
             a
         } else {
             base_cfg.klot.alpha
@@ -170,6 +182,8 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                 let mut cfg: AlignConfig = base_cfg.clone();
                 cfg.csa.s = Some(s);
                 cfg.klot.alpha = alpha;
+                // Trained heads: a different initialisation and batch stream per split seed.
+                cfg.seed = base_cfg.seed.wrapping_add(seed);
                 let t0 = Instant::now();
                 let bar = pb.clone();
                 let mut cb = move |p: &Progress| {
@@ -189,6 +203,10 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                             .all(|(k, v)| metrics.get(k).is_some_and(|g| (g - v).abs() < 1e-9))
                     });
                 let choice = auto_choice(model.as_ref());
+                let notes = fit_notes(model.as_ref());
+                for note in &notes {
+                    pb.println(format!("note: {m} n={n} seed={seed}: {note}"));
+                }
                 cells.push(CellResult {
                     seed,
                     n,
@@ -197,6 +215,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                     matches_reference,
                     seconds,
                     choice,
+                    notes,
                 });
                 pb.inc(1);
             }
@@ -211,7 +230,12 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     let mut section = render(&args, &cells, &chosen_s, ref_results.as_ref(), wall);
     if !chosen_alpha.is_empty() {
         section.push_str(&format!(
-            "\nSOTAlign alpha chosen by our validation (reference's choice): {}.\n",
+            "\nSOTAlign alpha ({}; the reference's validation chose): {}.\n",
+            match args.alpha_from.as_str() {
+                "reference" => "taken from the reference's tuning",
+                "config" => "as configured",
+                _ => "chosen by our validation",
+            },
             chosen_alpha
                 .iter()
                 .map(|(n, (a, r))| format!(
@@ -238,6 +262,22 @@ fn auto_choice(model: &dyn Aligned) -> Option<String> {
         .and_then(|a| a.get("choice"))
         .and_then(|c| c.as_str())
         .map(str::to_string)
+}
+
+/// Notes a fitted model recorded about itself (trained heads: batch capping).
+fn fit_notes(model: &dyn Aligned) -> Vec<String> {
+    let Ok(st) = model.export_state() else {
+        return Vec::new();
+    };
+    st.meta
+        .get("notes")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -361,6 +401,22 @@ fn render(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let mut noted: BTreeMap<(String, usize), Vec<String>> = BTreeMap::new();
+    for c in cells.iter().filter(|c| !c.notes.is_empty()) {
+        let e = noted.entry((c.method.clone(), c.n)).or_default();
+        for note in &c.notes {
+            let line = format!("seed {}: {note}", c.seed);
+            if !e.contains(&line) {
+                e.push(line);
+            }
+        }
+    }
+    if !noted.is_empty() {
+        let _ = writeln!(md, "\nNotes from the fits:");
+        for ((m, n), lines) in &noted {
+            let _ = writeln!(md, "- {m}, n={n}: {}.", lines.join("; "));
+        }
+    }
     let autos: Vec<String> = cells
         .iter()
         .filter_map(|c| {

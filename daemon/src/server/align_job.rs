@@ -4,7 +4,7 @@
 //! The job's cancel flag is checked through the engine's progress callback (a `Break` stops
 //! the fit at its next step) and between stages; a cancelled or failed job leaves the previous
 //! model serving and its run recorded as `cancelled`/`failed`.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -72,7 +72,9 @@ pub fn config_for(p: &AlignParams) -> HResult<AlignConfig> {
 }
 
 pub async fn start(shared: Arc<Shared>, p: AlignParams) -> HResult<AlignResult> {
-    let cfg = config_for(&p)?;
+    let mut cfg = config_for(&p)?;
+    // The heads train on the daemon's device (`serve --device`).
+    cfg.device = shared.opts.device.clone();
     let title = format!(
         "align {}",
         serde_json::to_value(p.method)
@@ -233,6 +235,7 @@ fn run_job(
         None,
         "reading the store".into(),
     );
+    let version = shared.samples_version.load(Ordering::SeqCst);
     let snap = shared.store_blocking(|s| s.training_snapshot())?;
     let data = align_data(&snap);
     if data.n_pairs() < 2 {
@@ -296,7 +299,8 @@ fn run_job(
     let ck = Some(path.display().to_string());
     let Fitted { model, fitted, .. } = fitted_model;
 
-    // Map every sample into the new space (the search structure of this daemon).
+    // Map every sample into the new space and build its indexes (exact or HNSW by size) on
+    // the index workers; the previous model and its indexes keep serving meanwhile.
     let n_items = (snap.images.ids.len() + snap.texts.ids.len()) as u64;
     report(
         JobStage::Index,
@@ -306,29 +310,44 @@ fn run_job(
         None,
         "embedding all samples".into(),
     );
-    shared.rebuilding.store(true, Ordering::SeqCst);
-    let held: HashSet<SampleId> = snap.held_out.iter().flat_map(|(i, t)| [*i, *t]).collect();
-    let built = Served::build(
+    let rebuild = shared.begin_rebuild();
+    let mut served = Served::new(
         run,
         method,
         fitted.clone(),
         model,
-        &snap.images,
-        &snap.texts,
-        held,
         data.n_pairs() as u64,
         now_ms(),
         None,
+        shared.opts.index,
     );
-    shared.rebuilding.store(false, Ordering::SeqCst);
-    let mut served = built?;
+    let mut done = [0usize; 2];
+    let mut last_index = Instant::now() - REPORT_EVERY;
+    let built = served.index_samples(&snap.images, &snap.texts, &mut |m, d, _total| {
+        done[(m == sotalign_protocol::types::Modality::Text) as usize] = d;
+        if last_index.elapsed() >= REPORT_EVERY {
+            last_index = Instant::now();
+            let step = (done[0] + done[1]) as u64;
+            let frac = step as f64 / n_items.max(1) as f64;
+            report(
+                JobStage::Index,
+                step,
+                n_items,
+                PCT_INDEX + frac * (PCT_EVAL - PCT_INDEX),
+                None,
+                format!("indexed {step}/{n_items}"),
+            );
+        }
+    });
+    drop(rebuild);
+    built.map_err(|e| JobError::Failed(internal(format!("building the index: {e}"))))?;
     report(
         JobStage::Index,
         n_items,
         n_items,
         PCT_EVAL,
         None,
-        "embedded".into(),
+        format!("indexed ({:?})", served.index_kind()).to_lowercase(),
     );
     check_cancel(h)?;
 
@@ -372,5 +391,14 @@ fn run_job(
         )
     })?;
     shared.set_model(Arc::new(served));
+    // Samples ingested after the snapshot: index them under the new model too.
+    if shared.samples_version.load(Ordering::SeqCst) != version
+        && let Err(e) = super::ingest_job::refresh_served(shared)
+    {
+        tracing::warn!(
+            "run {run}: could not index samples ingested during the alignment: {}",
+            e.message
+        );
+    }
     Ok(metrics)
 }

@@ -15,6 +15,7 @@ use tower_lsp_server::ls_types::{self as lsp, InitializeParams as LspInitializeP
 use tower_lsp_server::{LanguageServer, LspService};
 
 use super::errors::{HResult, not_ready, to_rpc};
+use super::model::IdSet;
 use super::state::Shared;
 use super::{align_job, ingest_job};
 use crate::store::now_ms;
@@ -222,14 +223,14 @@ impl Backend {
                 run: None,
             },
             Some(m) => IndexInfo {
-                state: if self.shared.rebuilding.load(Ordering::SeqCst) {
+                state: if self.shared.is_rebuilding() {
                     IndexState::Rebuilding
                 } else {
                     IndexState::Ready
                 },
                 kind: Some(m.index_kind()),
-                images: m.images.len() as u64,
-                texts: m.texts.len() as u64,
+                images: m.len(Modality::Image) as u64,
+                texts: m.len(Modality::Text) as u64,
                 run: Some(m.run),
             },
         };
@@ -280,6 +281,38 @@ impl Backend {
             .ok_or_else(|| not_ready("no_model", "no aligned model yet: run sotalign/align first"))
     }
 
+    /// Samples no suggestion or search may return: every sample of a confirmed pair (it has
+    /// its partner) and of a held-out pair (never trained on, never shown for curation).
+    async fn hidden(&self) -> HResult<IdSet> {
+        self.shared
+            .store(|s| {
+                let mut h = IdSet::new();
+                for st in [PairState::Confirmed, PairState::HeldOut] {
+                    for (i, t) in s.pair_ids(st)? {
+                        h.insert(i.0);
+                        h.insert(t.0);
+                    }
+                }
+                Ok(h)
+            })
+            .await
+    }
+
+    /// Partners rejected with `id` (the other side of each of its rejected pairs).
+    fn rejected_partners(sample: &Sample, pairs: &[Pair]) -> IdSet {
+        pairs
+            .iter()
+            .filter(|pr| pr.state == PairState::Rejected)
+            .map(|pr| {
+                if sample.modality == Modality::Image {
+                    pr.text.0
+                } else {
+                    pr.image.0
+                }
+            })
+            .collect()
+    }
+
     async fn do_suggest_for_sample(
         &self,
         p: SuggestForSampleParams,
@@ -290,29 +323,27 @@ impl Backend {
             .shared
             .store(move |s| Ok((s.sample(id)?, s.pairs_of(id)?)))
             .await?;
-        let Some(q) = model.space(sample.modality).vector(id).map(<[f32]>::to_vec) else {
+        let Some(q) = model.vector(sample.modality, id) else {
             return Err(not_ready(
                 "not_embedded",
                 format!("sample {id} is not in the served model yet (re-run align)"),
             ));
         };
-        let rejected: HashSet<SampleId> = pairs
-            .iter()
-            .filter(|pr| pr.state == PairState::Rejected)
-            .map(|pr| {
-                if sample.modality == Modality::Image {
-                    pr.text
-                } else {
-                    pr.image
-                }
-            })
-            .collect();
+        let rejected = Self::rejected_partners(&sample, &pairs);
+        let hidden = Arc::new(self.hidden().await?);
         let target = sample.modality.other();
         let k = p.k.clamp(1, MAX_K) as usize;
-        let hits = model.space(target).top_k(&q, k, |c| {
-            !model.held_out.contains(&c) && (p.include_rejected || !rejected.contains(&c))
-        });
-        let candidates = self.candidates(&model, target, hits, Some(id)).await?;
+        let include_rejected = p.include_rejected;
+        let (m2, h2) = (model.clone(), hidden.clone());
+        let hits = blocking(move || {
+            m2.search(target, &q, k, &|c| {
+                !h2.contains(&c) && (include_rejected || !rejected.contains(&c))
+            })
+        })
+        .await?;
+        let candidates = self
+            .candidates(&model, target, hits, Some(id), hidden)
+            .await?;
         Ok(SuggestForSampleResult {
             sample,
             candidates,
@@ -327,19 +358,30 @@ impl Backend {
         target: Modality,
         hits: Vec<(SampleId, f32)>,
         query: Option<SampleId>,
+        hidden: Arc<IdSet>,
     ) -> HResult<Vec<Candidate>> {
         let ids: Vec<SampleId> = hits.iter().map(|h| h.0).collect();
         let samples = self.shared.store(move |s| s.samples(&ids)).await?;
         let by_id: HashMap<SampleId, Sample> = samples.into_iter().map(|s| (s.id, s)).collect();
+        // Mutual: the query sample is also this candidate's best (visible) partner.
+        let m2 = model.clone();
+        let hit_ids: Vec<SampleId> = hits.iter().map(|h| h.0).collect();
+        let mutual: Vec<bool> = blocking(move || {
+            Ok::<_, crate::index::IndexError>(
+                hit_ids
+                    .iter()
+                    .map(|id| match (query, m2.vector(target, *id)) {
+                        (Some(q), Some(v)) => m2.best_in(target.other(), &v, &hidden) == Some(q),
+                        _ => false,
+                    })
+                    .collect(),
+            )
+        })
+        .await?;
         let mut out = Vec::new();
-        for (rank, (id, score)) in hits.into_iter().enumerate() {
+        for (rank, ((id, score), mutual_nn)) in hits.into_iter().zip(mutual).enumerate() {
             let Some(sample) = by_id.get(&id).cloned() else {
                 continue;
-            };
-            // Mutual: the query sample is also this candidate's best partner.
-            let mutual_nn = match (query, model.space(target).vector(id)) {
-                (Some(q), Some(v)) => model.best_in(target.other(), v) == Some(q),
-                _ => false,
             };
             out.push(Candidate {
                 sample,
@@ -353,49 +395,29 @@ impl Backend {
 
     async fn do_suggest_pairs(&self, p: SuggestPairsParams) -> HResult<SuggestPairsResult> {
         let model = self.require_model()?;
-        let (imgs, txts, rejected) = self
+        let (confirmed, rejected) = self
             .shared
             .store(|s| {
-                let imgs = s
-                    .list_samples(
-                        Modality::Image,
-                        Some(SampleState::Unpaired),
-                        None,
-                        0,
-                        u32::MAX,
-                    )?
-                    .0;
-                let txts = s
-                    .list_samples(
-                        Modality::Text,
-                        Some(SampleState::Unpaired),
-                        None,
-                        0,
-                        u32::MAX,
-                    )?
-                    .0;
+                let confirmed = s.pair_ids(PairState::Confirmed)?;
                 let rejected: HashSet<(SampleId, SampleId)> =
                     s.pair_ids(PairState::Rejected)?.into_iter().collect();
-                Ok((imgs, txts, rejected))
+                Ok((confirmed, rejected))
             })
             .await?;
-        let by_id: HashMap<SampleId, Sample> = imgs
-            .iter()
-            .chain(txts.iter())
-            .map(|s| (s.id, s.clone()))
-            .collect();
-        let img_ids: Vec<SampleId> = imgs.iter().map(|s| s.id).collect();
-        let txt_ids: Vec<SampleId> = txts.iter().map(|s| s.id).collect();
+        let hidden = self.hidden().await?;
         let limit = p.limit.clamp(1, MAX_PAGE) as usize;
         let seed = p.seed.unwrap_or(0);
         let strategy = p.strategy;
         let m2 = model.clone();
         let picks = tokio::task::spawn_blocking(move || {
-            m2.suggest_pairs(&img_ids, &txt_ids, &rejected, strategy, limit, seed)
+            m2.suggest_pairs(&hidden, &confirmed, &rejected, strategy, limit, seed)
         })
         .await
         .map_err(|e| super::errors::internal(format!("suggestion task failed: {e}")))?
         .map_err(|e| super::errors::internal(format!("suggestions failed: {e}")))?;
+        let ids: Vec<SampleId> = picks.iter().flat_map(|p| [p.image, p.text]).collect();
+        let samples = self.shared.store(move |s| s.samples(&ids)).await?;
+        let by_id: HashMap<SampleId, Sample> = samples.into_iter().map(|s| (s.id, s)).collect();
         let suggestions = picks
             .into_iter()
             .filter_map(|pk| {
@@ -464,16 +486,21 @@ impl Backend {
             SearchQuery::Sample(id) => Some(*id),
             _ => None,
         };
+        let mut rejected = IdSet::new();
         let (query_modality, q) = match p.query {
             SearchQuery::Sample(id) => {
-                let sample = self.shared.store(move |s| s.sample(id)).await?;
-                let Some(v) = model.space(sample.modality).vector(id) else {
+                let (sample, pairs) = self
+                    .shared
+                    .store(move |s| Ok((s.sample(id)?, s.pairs_of(id)?)))
+                    .await?;
+                let Some(v) = model.vector(sample.modality, id) else {
                     return Err(not_ready(
                         "not_embedded",
                         format!("sample {id} is not in the served model yet (re-run align)"),
                     ));
                 };
-                (sample.modality, v.to_vec())
+                rejected = Self::rejected_partners(&sample, &pairs);
+                (sample.modality, v)
             }
             SearchQuery::Vector { modality, values } => {
                 let dim = self.shared.store(move |s| s.dim(modality)).await?;
@@ -498,8 +525,18 @@ impl Backend {
             }
         };
         let target = p.target.unwrap_or(query_modality.other());
-        let hits = model.space(target).top_k(&q, k, |_| true);
-        let hits = self.candidates(&model, target, hits, query_id).await?;
+        // Paired and held-out samples are not offered, nor partners rejected with the query.
+        let hidden = Arc::new(self.hidden().await?);
+        let (m2, h2) = (model.clone(), hidden.clone());
+        let hits = blocking(move || {
+            m2.search(target, &q, k, &|c| {
+                !h2.contains(&c) && !rejected.contains(&c)
+            })
+        })
+        .await?;
+        let hits = self
+            .candidates(&model, target, hits, query_id, hidden)
+            .await?;
         Ok(SearchResult {
             hits,
             run: model.run,
@@ -581,6 +618,26 @@ impl Backend {
         }
         ingest_job::start(self.shared.clone(), p.source).await
     }
+}
+
+/// Run an index query on a blocking thread (an HNSW walk or an exact scan of a large
+/// collection must not hold an async worker).
+async fn blocking<T, F>(f: F) -> HResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, crate::index::IndexError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| super::errors::internal(format!("search task failed: {e}")))?
+        .map_err(|e| match e {
+            crate::index::IndexError::DimensionMismatch { .. }
+            | crate::index::IndexError::NonFinite { .. }
+            | crate::index::IndexError::ZeroNorm { .. } => {
+                ErrorObject::invalid_params(format!("bad query: {e}"))
+            }
+            other => super::errors::internal(format!("search failed: {other}")),
+        })
 }
 
 #[cfg(test)]

@@ -5,8 +5,15 @@
 //! - `embedded`: samples with encoder-space vectors in the request (unpaired);
 //! - `manifest`: the daemon's JSONL manifest (format below), whose embeddings come from `.npy`
 //!   files it names; pairs in it become seed pairs (`train`) or held-out pairs (`test`);
-//! - `folders`: raw images and captions; needs the encoders, which this build does not have
-//!   (answered `NOT_READY`).
+//! - `folders`: a folder of images (recursive) and/or a caption file (one caption per line),
+//!   stored unpaired and encoded in the background.
+//!
+//! Items given as raw image paths or captions (no `imageRow`/`textRow`) are stored at once,
+//! unencoded, then encoded by the job with EfficientNet-Lite0 / all-MiniLM-L6-v2 (loaded on
+//! first need, kept resident), reusing the on-disk embedding cache (`ingest::cache`, under
+//! `$SOTALIGN_CACHE`), with `encode` progress. An item that cannot be decoded stays stored
+//! unencoded and is named in the job's last progress message. Without the encoder weights the
+//! request is refused with `NOT_READY` naming `sotalign fetch`, before anything is stored.
 //!
 //! Manifest format (one JSON object per line; blank lines and `#` lines are skipped):
 //! ```text
@@ -26,14 +33,14 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::json;
 use sotalign_protocol::types::{
-    EmbeddedSample, IngestResult, IngestSource, JobKind, JobStage, Modality,
+    EmbeddedSample, IngestResult, IngestSource, JobKind, JobStage, Modality, SampleId,
 };
 use sotalign_protocol::vector::Vector;
 use sotalign_protocol::{ErrorObject, codes};
 
-use super::errors::{HResult, internal, invalid_input, not_ready};
+use super::encode;
+use super::errors::{HResult, internal, invalid_input};
 use super::jobs::{Outcome, Report};
-use super::model::Served;
 use super::state::Shared;
 use crate::align::Matrix;
 use crate::store::{NewPair, NewSample};
@@ -43,6 +50,14 @@ pub struct Batch {
     pub samples: Vec<NewSample>,
     pub pairs: Vec<NewPair>,
     pub encoders: (Option<String>, Option<String>),
+    /// Indices into `samples` stored without a vector, to encode in the background.
+    pub pending: Vec<usize>,
+}
+
+impl Batch {
+    fn needs(&self, m: Modality) -> bool {
+        self.pending.iter().any(|&i| self.samples[i].modality == m)
+    }
 }
 
 /// Check a vector against the modality's dimension (the stored one, else the first in the
@@ -85,6 +100,7 @@ fn embedded_batch(items: Vec<EmbeddedSample>, mut dims: [Option<usize>; 2]) -> H
         samples,
         pairs: Vec::new(),
         encoders: (None, None),
+        pending: Vec::new(),
     })
 }
 
@@ -206,6 +222,7 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
     }
     let mut samples = Vec::new();
     let mut pairs = Vec::new();
+    let mut pending = Vec::new();
     for (n, raw) in lines {
         let l: Line =
             serde_json::from_str(raw).map_err(|e| line_err(n, format!("bad item: {e}")))?;
@@ -241,13 +258,10 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
         if !has_image && !has_text {
             return Err(line_err(n, "an item needs an image or a text".into()));
         }
-        if (has_image && ivec.is_none()) || (has_text && tvec.is_none()) {
-            return Err(not_ready(
-                "no_encoder",
-                format!(
-                    "{where_}:{n}: raw images and captions need the encoders, which this build of the daemon does not load; give imageRow/textRow into precomputed .npy embeddings"
-                ),
-            ));
+        let image_raw = has_image && ivec.is_none();
+        let text_raw = has_text && tvec.is_none();
+        if image_raw && l.image.is_none() {
+            return Err(line_err(n, "an image needs a path or an imageRow".into()));
         }
         let key = l.key.clone().or_else(|| {
             l.image
@@ -256,6 +270,9 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
                 .map(|s| s.to_string_lossy().into_owned())
         });
         let img_idx = has_image.then(|| {
+            if image_raw {
+                pending.push(samples.len());
+            }
             samples.push(NewSample {
                 modality: Modality::Image,
                 key: key.clone().unwrap_or_else(|| format!("image-{n}")),
@@ -266,6 +283,9 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
             samples.len() - 1
         });
         let txt_idx = has_text.then(|| {
+            if text_raw {
+                pending.push(samples.len());
+            }
             samples.push(NewSample {
                 modality: Modality::Text,
                 key: key.clone().unwrap_or_else(|| format!("text-{n}")),
@@ -307,6 +327,80 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
         samples,
         pairs,
         encoders,
+        pending,
+    })
+}
+
+/// A folder of images and/or a caption file, unpaired, everything to encode.
+fn folders_batch(images: Option<&str>, texts: Option<&str>) -> HResult<Batch> {
+    use crate::ingest::sources;
+    if images.is_none() && texts.is_none() {
+        return Err(ErrorObject::invalid_params(
+            "`folders` needs `images` (a folder) and/or `texts` (a caption file)",
+        ));
+    }
+    let bad = |p: &str, e: crate::ingest::IngestError| invalid_input(e.to_string(), Some(p));
+    let mut samples = Vec::new();
+    if let Some(dir) = images {
+        let root = Path::new(dir);
+        let ds = sources::image_dir(root).map_err(|e| bad(dir, e))?;
+        for it in ds.items {
+            let Some(path) = it.image else { continue };
+            // Key: the path under the folder, so equal stems in sub-folders stay distinct.
+            let key = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .with_extension("")
+                .to_string_lossy()
+                .replace('\\', "/");
+            samples.push(NewSample {
+                modality: Modality::Image,
+                key,
+                path: Some(path.display().to_string()),
+                text: None,
+                vector: None,
+            });
+        }
+    }
+    if let Some(file) = texts {
+        let p = Path::new(file);
+        if p.is_dir() {
+            return Err(invalid_input(
+                format!(
+                    "{file}: `texts` must be a caption file (one caption per line), not a folder"
+                ),
+                Some(file),
+            ));
+        }
+        let ds = sources::text_file(p).map_err(|e| bad(file, e))?;
+        for it in ds.items {
+            let Some(text) = it.text else { continue };
+            // Key: the caption's content hash, so re-ingesting the file adds nothing twice.
+            let key = format!(
+                "text-{}",
+                &crate::ingest::content_hash("text", text.as_bytes())[..16]
+            );
+            samples.push(NewSample {
+                modality: Modality::Text,
+                key,
+                path: None,
+                text: Some(text),
+                vector: None,
+            });
+        }
+    }
+    if samples.is_empty() {
+        return Err(invalid_input(
+            "the folders hold no images or captions",
+            images.or(texts),
+        ));
+    }
+    let pending = (0..samples.len()).collect();
+    Ok(Batch {
+        samples,
+        pairs: Vec::new(),
+        encoders: (None, None),
+        pending,
     })
 }
 
@@ -314,7 +408,7 @@ pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestR
     let dims = shared
         .store(|s| Ok([s.dim(Modality::Image)?, s.dim(Modality::Text)?]))
         .await?;
-    let batch = match source {
+    let mut batch = match source {
         IngestSource::Embedded(items) => embedded_batch(items, dims)?,
         IngestSource::Manifest(path) => {
             let p = PathBuf::from(path);
@@ -322,13 +416,43 @@ pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestR
                 .await
                 .map_err(|e| internal(format!("manifest task failed: {e}")))??
         }
-        IngestSource::Folders { .. } => {
-            return Err(not_ready(
-                "no_encoder",
-                "ingesting raw image and caption folders needs the encoders, which this build of the daemon does not load; ingest precomputed embeddings (manifest with .npy rows, or embedded vectors)",
-            ));
+        IngestSource::Folders { images, texts } => {
+            tokio::task::spawn_blocking(move || folders_batch(images.as_deref(), texts.as_deref()))
+                .await
+                .map_err(|e| internal(format!("folder scan failed: {e}")))??
         }
     };
+    // Raw items: the weights must be there and the stored vectors must come from the same
+    // encoders, checked before anything is stored.
+    let stored = shared
+        .store(|s| Ok((s.meta("encoder.image")?, s.meta("encoder.text")?)))
+        .await?;
+    for (m, stored, header, ours) in [
+        (
+            Modality::Image,
+            &stored.0,
+            &mut batch.encoders.0,
+            encode::IMAGE_ENCODER,
+        ),
+        (
+            Modality::Text,
+            &stored.1,
+            &mut batch.encoders.1,
+            encode::TEXT_ENCODER,
+        ),
+    ] {
+        if !batch
+            .pending
+            .iter()
+            .any(|&i| batch.samples[i].modality == m)
+        {
+            continue;
+        }
+        shared.encoders.require(m)?;
+        encode::check_compatible(m, stored.as_deref())?;
+        encode::check_compatible(m, header.as_deref())?;
+        *header = Some(ours.to_string());
+    }
     let accepted = batch.samples.len() as u64;
     let handle = shared
         .jobs
@@ -359,68 +483,215 @@ pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestR
             }
             Ok(r)
         });
-        match result {
-            Ok(r) => {
-                handle.progress(Report {
-                    stage: JobStage::Scan,
-                    step: total,
-                    total,
-                    loss: None,
-                    percentage: 80.0,
-                    message: Some(format!(
-                        "{} new, {} already stored, {} pairs",
-                        r.inserted, r.duplicates, r.pairs
-                    )),
-                });
-                if r.inserted > 0
-                    && let Err(e) = refresh_served(&sh)
-                {
-                    tracing::warn!(
-                        "ingest: could not map the new samples into the served model: {}",
-                        e.message
-                    );
-                }
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => {
                 handle.finish(Outcome {
-                    ingested: Some(r.inserted),
-                    ..Outcome::succeeded()
+                    ingested: Some(0),
+                    ..Outcome::failed(e)
                 });
+                return;
             }
-            Err(e) => handle.finish(Outcome {
-                ingested: Some(0),
-                ..Outcome::failed(e)
-            }),
+        };
+        let raw = !batch.pending.is_empty();
+        handle.progress(Report {
+            stage: JobStage::Scan,
+            step: total,
+            total,
+            loss: None,
+            percentage: if raw { PCT_ENCODE } else { 80.0 },
+            message: Some(format!(
+                "{} new, {} already stored, {} pairs",
+                r.inserted, r.duplicates, r.pairs
+            )),
+        });
+        if raw {
+            match encode_pending(&sh, &handle, &batch, &r.ids) {
+                Ok(summary) => handle.progress(Report {
+                    stage: JobStage::Encode,
+                    step: summary.1,
+                    total: summary.1,
+                    loss: None,
+                    percentage: PCT_ENCODE_END,
+                    message: Some(summary.0),
+                }),
+                Err(e) => {
+                    handle.finish(Outcome {
+                        ingested: Some(r.inserted),
+                        ..Outcome::failed(e)
+                    });
+                    return;
+                }
+            }
         }
+        if r.inserted > 0 || raw {
+            sh.samples_version
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if (r.inserted > 0 || raw)
+            && let Err(e) = refresh_served(&sh)
+        {
+            tracing::warn!(
+                "ingest: could not map the new samples into the served model: {}",
+                e.message
+            );
+        }
+        handle.finish(Outcome {
+            ingested: Some(r.inserted),
+            ..Outcome::succeeded()
+        });
     });
     Ok(IngestResult { job, accepted })
 }
 
-/// Re-map every stored sample through the served model so new samples are searchable without
-/// a new alignment (the model itself is unchanged).
-fn refresh_served(shared: &Arc<Shared>) -> HResult<()> {
+/// Percent of an ingest job at which encoding starts and ends.
+const PCT_ENCODE: f64 = 10.0;
+const PCT_ENCODE_END: f64 = 90.0;
+
+/// Encode the batch's raw samples that have no stored vector yet and store their vectors.
+/// Returns a summary ("N of M encoded, K skipped: ...") and the number of items handled.
+fn encode_pending(
+    shared: &Arc<Shared>,
+    handle: &super::jobs::JobHandle,
+    batch: &Batch,
+    ids: &[SampleId],
+) -> HResult<(String, u64)> {
+    use crate::ingest::{self, Dataset, EncodeOptions, Item, Progress};
+    // Only samples still without a vector (a duplicate key may already be encoded).
+    let todo: Vec<usize> = shared.store_blocking(|s| {
+        let mut v = Vec::new();
+        for &i in &batch.pending {
+            if s.vector(ids[i])?.1.is_none() {
+                v.push(i);
+            }
+        }
+        Ok(v)
+    })?;
+    if todo.is_empty() {
+        return Ok((
+            "nothing to encode: every sample already has a vector".into(),
+            0,
+        ));
+    }
+    let n = todo.len() as u64;
+    let report = |step: u64, msg: String| {
+        handle.progress(Report {
+            stage: JobStage::Encode,
+            step,
+            total: n,
+            loss: None,
+            percentage: PCT_ENCODE + (PCT_ENCODE_END - PCT_ENCODE) * step as f64 / n as f64,
+            message: Some(msg),
+        })
+    };
+    let mut ds = Dataset::new("ingest".into());
+    for &i in &todo {
+        let s = &batch.samples[i];
+        ds.items.push(Item {
+            image: (s.modality == Modality::Image)
+                .then(|| s.path.as_ref().map(PathBuf::from))
+                .flatten(),
+            text: (s.modality == Modality::Text)
+                .then(|| s.text.clone())
+                .flatten(),
+            label: None,
+            split: None,
+            source: s.path.clone().unwrap_or_else(|| s.key.clone()),
+        });
+    }
+    report(0, "loading the encoders".into());
+    let image = if batch.needs(Modality::Image) {
+        Some(shared.encoders.image()?)
+    } else {
+        None
+    };
+    let text = if batch.needs(Modality::Text) {
+        Some(shared.encoders.text()?)
+    } else {
+        None
+    };
+    let cache = ingest::cache::default_root();
+    let opts = EncodeOptions {
+        image: image.as_deref(),
+        text: text.as_deref(),
+        cache_root: Some(&cache),
+        batch: encode::BATCH,
+    };
+    let n_img = todo
+        .iter()
+        .filter(|&&i| batch.samples[i].modality == Modality::Image)
+        .count() as u64;
+    let mut cached = 0u64;
+    let mut last = std::time::Instant::now();
+    let enc = ingest::encode_dataset(&ds, &opts, &mut |p| {
+        let (stage, done) = match p {
+            Progress::Start { stage, total } => {
+                // Cache hits are done already.
+                let hits = match stage {
+                    ingest::Stage::Images => n_img - total as u64,
+                    ingest::Stage::Texts => (n - n_img) - total as u64,
+                };
+                cached += hits;
+                (stage, 0)
+            }
+            Progress::Advance { stage, done } => (stage, done as u64),
+            Progress::Finish { .. } => return,
+        };
+        let base = match stage {
+            ingest::Stage::Images => 0,
+            ingest::Stage::Texts => n_img,
+        };
+        if last.elapsed() >= std::time::Duration::from_millis(100) || done == 0 {
+            last = std::time::Instant::now();
+            let step = (base + done + cached).min(n);
+            report(step, format!("encoding {step}/{n} ({cached} cached)"));
+        }
+    })
+    .map_err(|e| match e {
+        ingest::IngestError::Encoder(e) => encode::encoder_error(e),
+        other => internal(format!("encoding: {other}")),
+    })?;
+    // Kept items map back to samples through the dataset index.
+    let mut rows: [Vec<(SampleId, Vec<f32>)>; 2] = [Vec::new(), Vec::new()];
+    for (k, &item) in enc.report.kept.iter().enumerate() {
+        let sample = todo[item];
+        let id = ids[sample];
+        match batch.samples[sample].modality {
+            Modality::Image => {
+                if let (Some(m), Some(r)) = (&enc.images, enc.image_rows[k]) {
+                    rows[0].push((id, m.row(r).to_vec()));
+                }
+            }
+            Modality::Text => {
+                if let (Some(m), Some(r)) = (&enc.texts, enc.text_rows[k]) {
+                    rows[1].push((id, m.row(r).to_vec()));
+                }
+            }
+        }
+    }
+    shared.store_blocking(|s| {
+        s.set_vectors(Modality::Image, &rows[0])?;
+        s.set_vectors(Modality::Text, &rows[1])
+    })?;
+    let summary = format!(
+        "{}; {} from the cache",
+        enc.report.summary(3),
+        enc.image_cache_hits + enc.text_cache_hits
+    );
+    Ok((summary, n))
+}
+
+/// Re-map every stored sample through the served model and rebuild its indexes, so new
+/// samples are searchable without a new alignment (the model itself is unchanged). Each
+/// modality's new index is swapped in atomically; queries use the previous one meanwhile.
+pub fn refresh_served(shared: &Arc<Shared>) -> HResult<()> {
     let Some(cur) = shared.model() else {
         return Ok(());
     };
     let snap = shared.store_blocking(|s| s.training_snapshot())?;
-    let (model, fitted) = match shared.store_blocking(|s| s.run(cur.run))?.checkpoint {
-        Some(p) => super::fit::restore(Path::new(&p)).map_err(internal)?,
-        None => return Ok(()),
-    };
-    let held = snap.held_out.iter().flat_map(|(i, t)| [*i, *t]).collect();
-    let served = Served::build(
-        cur.run,
-        cur.method,
-        fitted,
-        model,
-        &snap.images,
-        &snap.texts,
-        held,
-        cur.pairs,
-        cur.trained_at_ms,
-        cur.metrics,
-    )
-    .map_err(internal)?;
-    shared.set_model(Arc::new(served));
-    Ok(())
+    let _rebuild = shared.begin_rebuild();
+    cur.reindex(&snap.images, &snap.texts, &mut |_, _, _| {})
+        .map_err(internal)
 }
 
 #[allow(dead_code)]

@@ -52,9 +52,17 @@ pub struct ServeArgs {
     /// cpu, or cuda[:N] when built with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Encoder weights (`sotalign fetch`'s layout; default: $SOTALIGN_ASSETS, else the
+    /// user's cache directory). Loaded on the first free-text search or raw ingest.
+    #[arg(long, value_name = "DIR")]
+    pub assets_dir: Option<PathBuf>,
     /// Frame body cap in bytes, both directions.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     pub max_body: usize,
+    /// Serve a modality with exact search below this many samples, with an HNSW graph from
+    /// this size on (measured crossover: docs/BENCHMARKS.md, "Index").
+    #[arg(long, value_name = "N", default_value_t = crate::index::DEFAULT_EXACT_BELOW)]
+    pub exact_below: usize,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -97,6 +105,10 @@ pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let device = parse_device(&args.device)?;
+    // On a CUDA build, open the device now: a missing GPU is a start-up error, not a failure
+    // at the first encode.
+    crate::encoders::parse_device(&device)
+        .map_err(|e| anyhow::anyhow!("--device {device}: {e}"))?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     // Logs go to stderr: over --stdio, stdout carries the protocol and nothing else.
     let _ = tracing_subscriber::fmt()
@@ -130,7 +142,14 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
             device,
             token: args.token.clone(),
             max_body: args.max_body,
-            assets_dir: None,
+            assets_dir: args
+                .assets_dir
+                .clone()
+                .unwrap_or_else(crate::assets::default_root),
+            index: crate::index::IndexConfig {
+                exact_below: args.exact_below,
+                ..Default::default()
+            },
         },
         store,
     );
@@ -220,7 +239,8 @@ fn spawn_signal_handler(shared: Arc<Shared>) {
     });
 }
 
-/// Rebuild the served model of a stored run from its checkpoint.
+/// Rebuild the served model of a stored run from its checkpoint: the model, then its indexes
+/// over every stored sample (status says `rebuilding` meanwhile).
 fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), String> {
     let Some(path) = run.checkpoint.as_deref() else {
         return Err("the run has no checkpoint".into());
@@ -229,20 +249,20 @@ fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), St
     let snap = shared
         .store_blocking(|s| s.training_snapshot())
         .map_err(|e| e.message)?;
-    let held = snap.held_out.iter().flat_map(|(i, t)| [*i, *t]).collect();
-    let served = model::Served::build(
+    let mut served = model::Served::new(
         run.info.id,
         run.info.method,
         fitted,
         model,
-        &snap.images,
-        &snap.texts,
-        held,
         run.info.pairs,
         run.info.finished_at_ms.unwrap_or(run.info.started_at_ms),
         run.info.metrics,
-    )
-    .map_err(|e| e.to_string())?;
+        shared.opts.index,
+    );
+    let rebuild = shared.begin_rebuild();
+    let built = served.index_samples(&snap.images, &snap.texts, &mut |_, _, _| {});
+    drop(rebuild);
+    built.map_err(|e| e.to_string())?;
     if shared.model().is_none() {
         shared.set_model(Arc::new(served));
     }

@@ -1,153 +1,220 @@
-//! The model the daemon serves: a fitted alignment plus every sample already mapped into the
-//! shared space, and the queries built on it (search, suggestions, evaluation).
+//! The model the daemon serves: a fitted alignment plus an index of every sample already
+//! mapped into the shared space, and the queries built on them (search, suggestions,
+//! evaluation).
 //!
-//! A [`Served`] is immutable; a new alignment (or an ingest that adds samples) builds a new one
-//! in the background and swaps it in with one pointer write ([`super::state::Shared::set_model`]),
-//! so queries never wait for a rebuild and never see half of one.
+//! A [`Served`] pairs one fitted model with its own [`IndexSet`] (one index per modality), so a
+//! query always embeds and searches in the same space. A new alignment builds a new `Served` and
+//! its indexes in the background (the align job waits for the index workers) and swaps it in with
+//! one pointer write ([`super::state::Shared::set_model`]); queries keep using the previous one
+//! meanwhile. New samples under an unchanged model (ingest) are indexed by rebuilding the
+//! current `Served`'s indexes, which [`IndexSet`] swaps in atomically per modality.
 //!
-//! Search is exact (one matrix-vector product over unit rows): at the collection sizes the
-//! store holds today (thousands), a scan is below a millisecond.
+//! Exact search serves collections below [`IndexConfig::exact_below`] items (measured
+//! threshold, docs/BENCHMARKS.md "Index"), hnsw_rs above. Global suggestions run the engine's
+//! acquisition strategies ([`crate::align::acquire`]) on the indexed embeddings.
 use std::collections::{HashMap, HashSet};
 
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sotalign_protocol::types::{
     AlignMethod, IndexKind, Modality, Recall, RetrievalMetrics, RunId, SampleId, Strategy,
 };
 
+use crate::align::acquire::{self, AcquireConfig, Decisions};
 use crate::align::{AlignError, Aligned, Matrix};
+use crate::index::{self, BackendKind, BuildPhase, Filter, IndexConfig, IndexError, IndexSet};
 use crate::store::Embeddings;
 
-/// One modality in the shared space.
-pub struct Space {
-    pub ids: Vec<SampleId>,
-    pos: HashMap<SampleId, usize>,
-    /// Unit rows, `ids[i]` is row i.
-    pub emb: Matrix,
+/// Why a model could not be served or queried.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Align(#[from] AlignError),
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error("index rebuild of the {0:?} side was superseded or cancelled")]
+    Superseded(Modality),
 }
 
-impl Space {
-    fn new(ids: Vec<SampleId>, emb: Matrix) -> Self {
-        let pos = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        Self {
-            ids,
-            pos,
-            emb: emb.l2_normalized(),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    pub fn row_of(&self, id: SampleId) -> Option<usize> {
-        self.pos.get(&id).copied()
-    }
-
-    pub fn vector(&self, id: SampleId) -> Option<&[f32]> {
-        self.row_of(id).map(|r| self.emb.row(r))
-    }
-
-    /// Cosine of `q` (unit) against every row.
-    pub fn scores(&self, q: &[f32]) -> Vec<f32> {
-        (0..self.emb.rows)
-            .map(|r| dot(self.emb.row(r), q))
-            .collect()
-    }
-
-    /// The `k` best rows for `q` among those `keep` admits, best first.
-    pub fn top_k(
-        &self,
-        q: &[f32],
-        k: usize,
-        keep: impl Fn(SampleId) -> bool,
-    ) -> Vec<(SampleId, f32)> {
-        let mut scored: Vec<(SampleId, f32)> = self
-            .scores(q)
-            .into_iter()
-            .enumerate()
-            .map(|(r, s)| (self.ids[r], s))
-            .filter(|(id, _)| keep(*id))
-            .collect();
-        let k = k.min(scored.len());
-        if k == 0 {
-            return Vec::new();
-        }
-        scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored.truncate(k);
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored
+fn slot(m: Modality) -> index::Modality {
+    match m {
+        Modality::Image => index::Modality::Image,
+        Modality::Text => index::Modality::Text,
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
+/// Ids as the index stores them.
+pub type IdSet = HashSet<u64>;
 
-/// What a served model is.
+/// What the daemon serves.
 pub struct Served {
     pub run: RunId,
     pub method: AlignMethod,
     /// What the engine actually fitted, e.g. `cca (teacher only: ...)`.
     pub fitted: String,
     pub model: Box<dyn Aligned>,
+    /// Shared-space dimension (0 until indexed).
     pub dim: usize,
-    pub images: Space,
-    pub texts: Space,
-    /// Samples that must never be suggested (held out for evaluation).
-    pub held_out: HashSet<SampleId>,
+    pub index: IndexSet,
     pub pairs: u64,
     pub trained_at_ms: u64,
     pub metrics: Option<RetrievalMetrics>,
 }
 
 impl Served {
-    /// Map every stored sample through `model`.
     #[allow(clippy::too_many_arguments)]
-    pub fn build(
+    pub fn new(
         run: RunId,
         method: AlignMethod,
         fitted: String,
         model: Box<dyn Aligned>,
-        images: &Embeddings,
-        texts: &Embeddings,
-        held_out: HashSet<SampleId>,
         pairs: u64,
         trained_at_ms: u64,
         metrics: Option<RetrievalMetrics>,
-    ) -> Result<Self, AlignError> {
-        let ex = model.embed_x(&images.matrix)?;
-        let ey = model.embed_y(&texts.matrix)?;
-        let dim = ex.cols.max(ey.cols);
-        Ok(Self {
+        config: IndexConfig,
+    ) -> Self {
+        Self {
             run,
             method,
             fitted,
             model,
-            dim,
-            images: Space::new(images.ids.clone(), ex),
-            texts: Space::new(texts.ids.clone(), ey),
-            held_out,
+            dim: 0,
+            index: IndexSet::new(config),
             pairs,
             trained_at_ms,
             metrics,
-        })
-    }
-
-    pub fn space(&self, m: Modality) -> &Space {
-        match m {
-            Modality::Image => &self.images,
-            Modality::Text => &self.texts,
         }
     }
 
+    /// Map every given sample through the model and build both indexes on their worker threads;
+    /// blocks until both are swapped in. `progress(modality, done, total)` runs on this thread.
+    /// On a `Served` already published, searches keep using the previous indexes until the swap.
+    pub fn index_samples(
+        &mut self,
+        images: &Embeddings,
+        texts: &Embeddings,
+        progress: &mut dyn FnMut(Modality, usize, usize),
+    ) -> Result<(), ServeError> {
+        let (ex, ey) = self.embed_all(images, texts)?;
+        self.dim = ex.cols.max(ey.cols);
+        self.rebuild(images, texts, ex, ey, progress)
+    }
+
+    /// [`Self::index_samples`] on a published model: `&self`, dimension unchanged.
+    pub fn reindex(
+        &self,
+        images: &Embeddings,
+        texts: &Embeddings,
+        progress: &mut dyn FnMut(Modality, usize, usize),
+    ) -> Result<(), ServeError> {
+        let (ex, ey) = self.embed_all(images, texts)?;
+        self.rebuild(images, texts, ex, ey, progress)
+    }
+
+    fn embed_all(
+        &self,
+        images: &Embeddings,
+        texts: &Embeddings,
+    ) -> Result<(Matrix, Matrix), ServeError> {
+        let ex = self.model.embed_x(&images.matrix)?;
+        let ey = self.model.embed_y(&texts.matrix)?;
+        ex.check_finite("aligned image embeddings")?;
+        ey.check_finite("aligned text embeddings")?;
+        Ok((ex, ey))
+    }
+
+    fn rebuild(
+        &self,
+        images: &Embeddings,
+        texts: &Embeddings,
+        ex: Matrix,
+        ey: Matrix,
+        progress: &mut dyn FnMut(Modality, usize, usize),
+    ) -> Result<(), ServeError> {
+        // The workers report through a channel so the callback can borrow this thread's state.
+        let (tx, rx) = std::sync::mpsc::channel::<(Modality, usize, usize)>();
+        let mut handles = Vec::new();
+        for (m, emb, mat) in [(Modality::Image, images, ex), (Modality::Text, texts, ey)] {
+            let tx = tx.clone();
+            let total = emb.ids.len();
+            let h = self.index.rebuild_in_background(
+                slot(m),
+                emb.ids.iter().map(|i| i.0).collect(),
+                mat,
+                move |ph| {
+                    let (done, total) = match ph {
+                        BuildPhase::Inserting { done, total } => (done, total),
+                        BuildPhase::Built => (total, total),
+                    };
+                    let _ = tx.send((m, done, total));
+                },
+            );
+            handles.push((m, h));
+        }
+        drop(tx);
+        for (m, done, total) in rx {
+            progress(m, done, total);
+        }
+        for (m, h) in handles {
+            match h.wait()? {
+                index::RebuildOutcome::Swapped { .. } => {}
+                _ => return Err(ServeError::Superseded(m)),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn len(&self, m: Modality) -> usize {
+        self.index.current(slot(m)).index.len()
+    }
+
+    /// Exact below the threshold, HNSW above; HNSW when either side uses it.
     pub fn index_kind(&self) -> IndexKind {
-        IndexKind::Exact
+        let hnsw = [Modality::Image, Modality::Text]
+            .iter()
+            .any(|m| self.index.current(slot(*m)).index.backend_kind() == BackendKind::Hnsw);
+        if hnsw {
+            IndexKind::Hnsw
+        } else {
+            IndexKind::Exact
+        }
+    }
+
+    /// The unit shared-space vector of an indexed sample.
+    pub fn vector(&self, m: Modality, id: SampleId) -> Option<Vec<f32>> {
+        self.index
+            .current(slot(m))
+            .index
+            .vector(id.0)
+            .map(<[f32]>::to_vec)
+    }
+
+    /// Ids indexed for `m`, in row order.
+    pub fn ids(&self, m: Modality) -> Vec<SampleId> {
+        self.index
+            .current(slot(m))
+            .index
+            .ids()
+            .iter()
+            .map(|i| SampleId(*i))
+            .collect()
+    }
+
+    /// The `k` best samples of modality `m` for shared-space `q`, best first, among those
+    /// `keep` admits.
+    pub fn search(
+        &self,
+        m: Modality,
+        q: &[f32],
+        k: usize,
+        keep: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<Vec<(SampleId, f32)>, IndexError> {
+        let r = self.index.search(slot(m), q, k, &Filter::Predicate(keep))?;
+        Ok(r.hits
+            .into_iter()
+            .map(|h| (SampleId(h.id), h.score))
+            .collect())
     }
 
     /// Map a raw encoder-space vector of modality `m` into the shared space (unit norm).
@@ -160,12 +227,30 @@ impl Served {
         Ok(e.l2_normalized().data)
     }
 
-    /// The best partner (of modality `m`, not held out) of shared-space vector `q`.
-    pub fn best_in(&self, m: Modality, q: &[f32]) -> Option<SampleId> {
-        self.space(m)
-            .top_k(q, 1, |id| !self.held_out.contains(&id))
+    /// The best partner (of modality `m`, not hidden) of shared-space vector `q`.
+    pub fn best_in(&self, m: Modality, q: &[f32], hidden: &IdSet) -> Option<SampleId> {
+        self.search(m, q, 1, &|id| !hidden.contains(&id))
+            .ok()?
             .first()
             .map(|h| h.0)
+    }
+
+    /// Shared-space rows of `ids` (all must be indexed).
+    fn rows(&self, m: Modality, ids: &[SampleId]) -> Matrix {
+        let cur = self.index.current(slot(m));
+        let dim = cur.index.dim();
+        let mut data = Vec::with_capacity(ids.len() * dim);
+        for id in ids {
+            match cur.index.vector(id.0) {
+                Some(v) => data.extend_from_slice(v),
+                None => data.extend(std::iter::repeat_n(0.0, dim)),
+            }
+        }
+        Matrix {
+            rows: ids.len(),
+            cols: dim,
+            data,
+        }
     }
 
     /// Retrieval on held-out pairs with the reference ranking rule (tests/fixtures/reference/
@@ -176,33 +261,37 @@ impl Served {
         pairs: &[(SampleId, SampleId)],
         captions: &HashMap<SampleId, String>,
     ) -> Option<RetrievalMetrics> {
-        let rows: Vec<(usize, usize)> = pairs
+        let (ci, ct) = (
+            self.index.current(slot(Modality::Image)),
+            self.index.current(slot(Modality::Text)),
+        );
+        let kept: Vec<(SampleId, SampleId)> = pairs
             .iter()
-            .filter_map(|(i, t)| Some((self.images.row_of(*i)?, self.texts.row_of(*t)?)))
+            .filter(|(i, t)| ci.index.contains(i.0) && ct.index.contains(t.0))
+            .copied()
             .collect();
-        if rows.is_empty() {
+        if kept.is_empty() {
             return None;
         }
         let mut groups: HashMap<String, u32> = HashMap::new();
-        let labels: Vec<u32> = pairs
+        let labels: Vec<u32> = kept
             .iter()
-            .filter(|(i, t)| self.images.row_of(*i).is_some() && self.texts.row_of(*t).is_some())
             .map(|(_, t)| {
                 let key = captions.get(t).cloned().unwrap_or_else(|| format!("#{t}"));
                 let n = groups.len() as u32;
                 *groups.entry(key).or_insert(n)
             })
             .collect();
-        let x = self
-            .images
-            .emb
-            .select_rows(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
-        let y = self
-            .texts
-            .emb
-            .select_rows(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let x = self.rows(
+            Modality::Image,
+            &kept.iter().map(|p| p.0).collect::<Vec<_>>(),
+        );
+        let y = self.rows(
+            Modality::Text,
+            &kept.iter().map(|p| p.1).collect::<Vec<_>>(),
+        );
         let s = x.matmul_t(&y);
-        let n = rows.len();
+        let n = kept.len();
         let rank = |score: &dyn Fn(usize, usize) -> f32, q: usize| -> usize {
             let best = (0..n)
                 .filter(|&g| labels[g] == labels[q])
@@ -229,188 +318,111 @@ impl Served {
         })
     }
 
-    /// Global pair suggestions between unpaired images and texts (never a rejected pair).
-    /// Returns (image, text, score, priority, mutual_nn, ot_mass), best first.
+    /// Global pair suggestions between the indexed samples that are neither paired nor held
+    /// out (`hidden`), never a rejected pair, by the engine's acquisition strategy. Confirmed
+    /// pairs serve as near-duplicate references for `diverse`.
     pub fn suggest_pairs(
         &self,
-        unpaired_images: &[SampleId],
-        unpaired_texts: &[SampleId],
+        hidden: &IdSet,
+        confirmed: &[(SampleId, SampleId)],
         rejected: &HashSet<(SampleId, SampleId)>,
         strategy: Strategy,
         limit: usize,
         seed: u64,
     ) -> Result<Vec<PairPick>, AlignError> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut imgs: Vec<(SampleId, usize)> = unpaired_images
+        let mut pools: Vec<Vec<SampleId>> = [Modality::Image, Modality::Text]
             .iter()
-            .filter_map(|id| Some((*id, self.images.row_of(*id)?)))
-            .collect();
-        let mut txts: Vec<(SampleId, usize)> = unpaired_texts
-            .iter()
-            .filter_map(|id| Some((*id, self.texts.row_of(*id)?)))
+            .map(|m| {
+                self.ids(*m)
+                    .into_iter()
+                    .filter(|id| !hidden.contains(&id.0))
+                    .collect()
+            })
             .collect();
         // Bound the dense score matrix (and the OT problem) to MAX_SIDE per modality: a
         // seeded random subset of larger pools.
-        for side in [&mut imgs, &mut txts] {
+        for side in pools.iter_mut() {
             if side.len() > MAX_SIDE {
                 side.shuffle(&mut rng);
                 side.truncate(MAX_SIDE);
                 side.sort();
             }
         }
-        let (n, m) = (imgs.len(), txts.len());
-        if n == 0 || m == 0 {
+        let (txt_pool, img_pool) = (
+            pools.pop().unwrap_or_default(),
+            pools.pop().unwrap_or_default(),
+        );
+        if img_pool.is_empty() || txt_pool.is_empty() {
             return Ok(Vec::new());
         }
-        let x = self
-            .images
-            .emb
-            .select_rows(&imgs.iter().map(|p| p.1).collect::<Vec<_>>());
-        let y = self
-            .texts
-            .emb
-            .select_rows(&txts.iter().map(|p| p.1).collect::<Vec<_>>());
-        let s = x.matmul_t(&y);
-        let banned = |i: usize, j: usize| rejected.contains(&(imgs[i].0, txts[j].0));
-        // Best and second-best text per image, best image per text (rejected pairs excluded).
-        let mut row_best = vec![(usize::MAX, f32::NEG_INFINITY, f32::NEG_INFINITY); n];
-        let mut col_best = vec![(usize::MAX, f32::NEG_INFINITY); m];
-        for i in 0..n {
-            for j in 0..m {
-                if banned(i, j) {
-                    continue;
-                }
-                let v = s.data[i * m + j];
-                let rb = &mut row_best[i];
-                if v > rb.1 {
-                    rb.2 = rb.1;
-                    rb.0 = j;
-                    rb.1 = v;
-                } else if v > rb.2 {
-                    rb.2 = v;
-                }
-                if v > col_best[j].1 {
-                    col_best[j] = (i, v);
-                }
+        // Confirmed pairs (most recent MAX_REFERENCES) appended after the pool: `propose`
+        // never proposes them and `diverse` steers away from them.
+        let (ci, ct) = (
+            self.index.current(slot(Modality::Image)),
+            self.index.current(slot(Modality::Text)),
+        );
+        let refs: Vec<(SampleId, SampleId)> = confirmed
+            .iter()
+            .rev()
+            .filter(|(i, t)| ci.index.contains(i.0) && ct.index.contains(t.0))
+            .take(MAX_REFERENCES)
+            .copied()
+            .collect();
+        let mut imgs = img_pool;
+        let mut txts = txt_pool;
+        let mut decisions = Decisions::default();
+        for (i, t) in &refs {
+            decisions.confirm(imgs.len(), txts.len());
+            imgs.push(*i);
+            txts.push(*t);
+        }
+        let ipos: HashMap<SampleId, usize> =
+            imgs.iter().enumerate().map(|(k, id)| (*id, k)).collect();
+        let tpos: HashMap<SampleId, usize> =
+            txts.iter().enumerate().map(|(k, id)| (*id, k)).collect();
+        for (i, t) in rejected {
+            if let (Some(a), Some(c)) = (ipos.get(i), tpos.get(t)) {
+                decisions.reject(*a, *c);
             }
         }
-        let mutual = |i: usize, j: usize| row_best[i].0 == j && col_best[j].0 == i;
-        let pick = |i: usize, j: usize, priority: f64, ot: Option<f64>| PairPick {
-            image: imgs[i].0,
-            text: txts[j].0,
-            score: s.data[i * m + j] as f64,
-            priority,
-            mutual_nn: mutual(i, j),
-            ot_mass: ot,
+        let ex = self.rows(Modality::Image, &imgs);
+        let ey = self.rows(Modality::Text, &txts);
+        let st = match strategy {
+            Strategy::Random => acquire::Strategy::Random,
+            Strategy::Confidence => acquire::Strategy::Confidence,
+            Strategy::MutualNn => acquire::Strategy::Mnn,
+            Strategy::OtMass => acquire::Strategy::Ot,
+            Strategy::Diverse => acquire::Strategy::Diverse,
+            Strategy::MnnOt => acquire::Strategy::MnnOt,
         };
-        let margin = |i: usize| {
-            let (_, b, sec) = row_best[i];
-            if sec.is_finite() {
-                (b - sec) as f64
-            } else {
-                b as f64
-            }
-        };
-        let valid: Vec<usize> = (0..n).filter(|&i| row_best[i].0 != usize::MAX).collect();
-        let mut out: Vec<PairPick> = match strategy {
-            Strategy::Random => {
-                let mut order = valid.clone();
-                order.shuffle(&mut rng);
-                order
-                    .into_iter()
-                    .map(|i| pick(i, row_best[i].0, rng.random::<f64>(), None))
-                    .collect()
-            }
-            Strategy::Confidence | Strategy::Diverse => {
-                let mut v: Vec<PairPick> = valid
-                    .iter()
-                    .map(|&i| pick(i, row_best[i].0, margin(i), None))
-                    .collect();
-                v.sort_by(|a, b| b.priority.total_cmp(&a.priority));
-                v
-            }
-            Strategy::MutualNn => {
-                let mut v: Vec<PairPick> = valid
-                    .iter()
-                    .filter(|&&i| mutual(i, row_best[i].0))
-                    .map(|&i| pick(i, row_best[i].0, s.data[i * m + row_best[i].0] as f64, None))
-                    .collect();
-                v.sort_by(|a, b| b.priority.total_cmp(&a.priority));
-                v
-            }
-            Strategy::OtMass => {
-                // Entropic OT between the unpaired images and texts under the current model;
-                // rejected pairs get a prohibitive cost.
-                let mut k = s.data.clone();
-                for i in 0..n {
-                    for j in 0..m {
-                        if banned(i, j) {
-                            k[i * m + j] = -4.0;
-                        }
-                    }
-                }
-                let mut sk = crate::align::sinkhorn::Sinkhorn::new(n, m);
-                sk.solve(&k, OT_EPS, OT_ITERS)?;
-                let mut v: Vec<PairPick> = valid
-                    .iter()
-                    .map(|&i| {
-                        let (j, mass) = (0..m)
-                            .filter(|&j| !banned(i, j))
-                            .map(|j| (j, sk.plan_entry(i, j)))
-                            .fold((usize::MAX, f32::NEG_INFINITY), |a, b| {
-                                if b.1 > a.1 { b } else { a }
-                            });
-                        // Scaled so that 1 = the image's whole row mass on this text.
-                        let scaled = mass as f64 * n as f64;
-                        pick(i, j, scaled, Some(scaled))
-                    })
-                    .collect();
-                v.sort_by(|a, b| b.priority.total_cmp(&a.priority));
-                v
-            }
-        };
-        // One suggestion per text; `diverse` also skips near-duplicates of chosen ones.
-        let mut used_texts = HashSet::new();
-        let mut chosen: Vec<PairPick> = Vec::new();
-        for p in out.drain(..) {
-            if chosen.len() >= limit {
-                break;
-            }
-            if !used_texts.insert(p.text) {
-                continue;
-            }
-            if strategy == Strategy::Diverse {
-                let close = chosen.iter().any(|c| {
-                    let a = self
-                        .images
-                        .vector(c.image)
-                        .zip(self.images.vector(p.image))
-                        .map(|(a, b)| dot(a, b));
-                    let b = self
-                        .texts
-                        .vector(c.text)
-                        .zip(self.texts.vector(p.text))
-                        .map(|(a, b)| dot(a, b));
-                    a.is_some_and(|v| v > DIVERSE_MAX_COS) || b.is_some_and(|v| v > DIVERSE_MAX_COS)
-                });
-                if close {
-                    continue;
-                }
-            }
-            chosen.push(p);
-        }
-        Ok(chosen)
+        let picks = acquire::propose_embedded(
+            &ex,
+            &ey,
+            &decisions,
+            st,
+            limit,
+            &AcquireConfig::default(),
+            &mut rng,
+        )?;
+        Ok(picks
+            .into_iter()
+            .map(|p| PairPick {
+                image: imgs[p.image],
+                text: txts[p.text],
+                score: p.score as f64,
+                priority: p.key,
+                mutual_nn: p.mutual_nn,
+                ot_mass: p.ot_mass,
+            })
+            .collect())
     }
 }
 
 /// Largest unpaired pool per modality scored densely by global suggestions.
 pub const MAX_SIDE: usize = 4096;
-/// Temperature and iterations of the suggestion OT plan (cosine affinities).
-const OT_EPS: f64 = 0.05;
-const OT_ITERS: usize = 100;
-/// `diverse`: a candidate whose image or text has this cosine or more with an already chosen
-/// one is skipped.
-const DIVERSE_MAX_COS: f32 = 0.9;
+/// Most recent confirmed pairs used as near-duplicate references by `diverse`.
+const MAX_REFERENCES: usize = 2048;
 
 /// One global suggestion.
 #[derive(Debug, Clone, PartialEq)]
@@ -452,33 +464,35 @@ mod tests {
         }
     }
 
-    fn served() -> Served {
+    fn served(config: IndexConfig) -> Served {
         // Images 1..4 and texts 11..14 at matching angles; text 14 is a near-copy of text 13.
         let a = |deg: f32| [deg.to_radians().cos(), deg.to_radians().sin()];
         let images = emb(&[1, 2, 3, 4], &[a(0.0), a(40.0), a(80.0), a(85.0)]);
         let texts = emb(&[11, 12, 13, 14], &[a(2.0), a(38.0), a(83.0), a(84.0)]);
-        Served::build(
+        let mut s = Served::new(
             RunId(1),
             AlignMethod::Cca,
             "identity".into(),
             Box::new(Identity),
-            &images,
-            &texts,
-            HashSet::new(),
             0,
             0,
             None,
-        )
-        .unwrap()
+            config,
+        );
+        let mut seen = Vec::new();
+        s.index_samples(&images, &texts, &mut |m, d, t| seen.push((m, d, t)))
+            .unwrap();
+        // Each side reports its completion.
+        assert!(seen.contains(&(Modality::Image, 4, 4)));
+        assert!(seen.contains(&(Modality::Text, 4, 4)));
+        s
     }
 
     #[test]
     fn evaluation_follows_the_pessimistic_rank_rule() {
-        let s = served();
+        let s = served(IndexConfig::default());
         let pairs: Vec<(SampleId, SampleId)> =
             (1..=4).map(|i| (SampleId(i), SampleId(10 + i))).collect();
-        // Distinct captions: image 3 (80 deg) is closer to text 13 (83) than 14 (84) -> all
-        // i2t at rank 0 except image 4 (85 deg): text 14 (84) beats... it is its own match.
         let caps: HashMap<SampleId, String> =
             (11..=14).map(|t| (SampleId(t), format!("c{t}"))).collect();
         let m = s.evaluate(&pairs, &caps).unwrap();
@@ -494,65 +508,71 @@ mod tests {
     }
 
     #[test]
-    fn suggestions_respect_rejections_and_rank_by_strategy() {
-        let s = served();
-        let imgs: Vec<SampleId> = (1..=4).map(SampleId).collect();
-        let txts: Vec<SampleId> = (11..=14).map(SampleId).collect();
+    fn suggestions_skip_hidden_confirmed_and_rejected() {
+        let s = served(IndexConfig::default());
         let none = HashSet::new();
-        let conf = s
-            .suggest_pairs(&imgs, &txts, &none, Strategy::Confidence, 10, 0)
-            .unwrap();
-        // Image 1's best text 11 has the largest margin (next text is 36 degrees further).
-        assert_eq!((conf[0].image, conf[0].text), (SampleId(1), SampleId(11)));
-        assert!(conf.windows(2).all(|w| w[0].priority >= w[1].priority));
-        let mnn = s
-            .suggest_pairs(&imgs, &txts, &none, Strategy::MutualNn, 10, 0)
-            .unwrap();
-        assert!(mnn.iter().all(|p| p.mutual_nn));
-        assert!(
-            mnn.iter()
-                .any(|p| (p.image, p.text) == (SampleId(2), SampleId(12)))
-        );
         let rejected: HashSet<_> = [(SampleId(1), SampleId(11))].into_iter().collect();
+        // Image 2 and text 12 are a confirmed pair: hidden, and a `diverse` reference.
+        let hidden: IdSet = [2, 12].into_iter().collect();
+        let confirmed = [(SampleId(2), SampleId(12))];
         for st in [
             Strategy::Random,
             Strategy::Confidence,
             Strategy::MutualNn,
             Strategy::OtMass,
             Strategy::Diverse,
+            Strategy::MnnOt,
         ] {
-            let v = s.suggest_pairs(&imgs, &txts, &rejected, st, 10, 7).unwrap();
-            assert!(
-                !v.iter()
-                    .any(|p| (p.image, p.text) == (SampleId(1), SampleId(11))),
-                "{st:?}"
-            );
+            let v = s
+                .suggest_pairs(&hidden, &confirmed, &rejected, st, 10, 7)
+                .unwrap();
+            assert!(!v.is_empty(), "{st:?}");
+            for p in &v {
+                assert_ne!((p.image, p.text), (SampleId(1), SampleId(11)), "{st:?}");
+                assert!(p.image != SampleId(2) && p.text != SampleId(12), "{st:?}");
+            }
             let texts: HashSet<_> = v.iter().map(|p| p.text).collect();
             assert_eq!(texts.len(), v.len(), "{st:?} suggested a text twice");
         }
-        let ot = s
-            .suggest_pairs(&imgs, &txts, &none, Strategy::OtMass, 10, 0)
+        // Default ranking: the mutual pairs first (1-11, 2-12, 4-14; image 3's best text 13
+        // prefers image 4), every pair with its plan mass.
+        let v = s
+            .suggest_pairs(&IdSet::new(), &[], &none, Strategy::MnnOt, 10, 0)
             .unwrap();
+        let mutual: HashSet<(u64, u64)> = v[..3]
+            .iter()
+            .filter(|p| p.mutual_nn)
+            .map(|p| (p.image.0, p.text.0))
+            .collect();
+        assert_eq!(mutual, [(1, 11), (2, 12), (4, 14)].into_iter().collect());
+        assert!(v[3..].iter().all(|p| !p.mutual_nn));
         assert!(
-            ot.iter()
+            v.iter()
                 .all(|p| p.ot_mass.is_some_and(|m| m > 0.0 && m <= 1.0 + 1e-3))
         );
-        assert_eq!((ot[0].image, ot[0].text), (SampleId(1), SampleId(11)));
-        // Diverse skips image 4 / text 14, near-copies of image 3 / text 13.
-        let div = s
-            .suggest_pairs(&imgs, &txts, &none, Strategy::Diverse, 10, 0)
-            .unwrap();
-        assert!(div.len() < conf.len());
     }
 
     #[test]
-    fn top_k_filters_and_orders() {
-        let s = served();
-        let q = s.images.vector(SampleId(3)).unwrap().to_vec();
-        let hits = s.texts.top_k(&q, 2, |id| id != SampleId(13));
-        assert_eq!(
-            hits.iter().map(|h| h.0).collect::<Vec<_>>(),
-            vec![SampleId(14), SampleId(12)]
-        );
+    fn search_filters_and_orders_with_both_backends() {
+        for exact_below in [usize::MAX, 0] {
+            let s = served(IndexConfig {
+                exact_below,
+                ..IndexConfig::default()
+            });
+            let kind = if exact_below == 0 {
+                IndexKind::Hnsw
+            } else {
+                IndexKind::Exact
+            };
+            assert_eq!(s.index_kind(), kind);
+            let q = s.vector(Modality::Image, SampleId(3)).unwrap();
+            let hits = s.search(Modality::Text, &q, 2, &|id| id != 13).unwrap();
+            assert_eq!(
+                hits.iter().map(|h| h.0).collect::<Vec<_>>(),
+                vec![SampleId(14), SampleId(12)]
+            );
+            let hidden: IdSet = [13].into_iter().collect();
+            assert_eq!(s.best_in(Modality::Text, &q, &hidden), Some(SampleId(14)));
+        }
     }
 }

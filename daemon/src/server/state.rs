@@ -1,6 +1,6 @@
 //! State shared by every connection and job of one daemon (behind an `Arc`).
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sotalign_protocol::{ErrorObject, Message};
@@ -23,8 +23,10 @@ pub struct Options {
     /// Required in `initialize` on TCP connections when set.
     pub token: Option<String>,
     pub max_body: usize,
-    /// Where the encoder weights live (`sotalign` asset layout); `None`: no text search.
-    pub assets_dir: Option<PathBuf>,
+    /// Where the encoder weights live (`sotalign fetch`'s asset layout).
+    pub assets_dir: PathBuf,
+    /// Exact search below `exact_below` items per modality, HNSW above.
+    pub index: crate::index::IndexConfig,
 }
 
 pub struct Shared {
@@ -33,10 +35,16 @@ pub struct Shared {
     /// thread, so a slow disk never stalls the async workers.
     store: Arc<Mutex<Store>>,
     pub jobs: Arc<Jobs>,
+    /// Text and image encoders, loaded on first need and kept resident.
+    pub encoders: super::encode::Encoders,
     pub notify: broadcast::Sender<Message>,
     model: RwLock<Option<Arc<Served>>>,
-    /// True while a new model's search structures are being built (status: `rebuilding`).
-    pub rebuilding: AtomicBool,
+    /// Index builds in progress (a new model's, a restore's, an ingest's re-index); status
+    /// says `rebuilding` while any runs.
+    rebuilds: AtomicUsize,
+    /// Bumped whenever stored embeddings change (ingest): an alignment that snapshotted an
+    /// older version re-indexes after its swap, so samples ingested meanwhile are searchable.
+    pub samples_version: AtomicU64,
     shutdown: watch::Sender<bool>,
     next_conn: AtomicU64,
 }
@@ -46,12 +54,14 @@ impl Shared {
         let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
         let (shutdown, _) = watch::channel(false);
         Arc::new(Self {
+            encoders: super::encode::Encoders::new(opts.assets_dir.clone(), opts.device.clone()),
             opts,
             store: Arc::new(Mutex::new(store)),
             jobs: Arc::new(Jobs::new(notify.clone())),
             notify,
             model: RwLock::new(None),
-            rebuilding: AtomicBool::new(false),
+            rebuilds: AtomicUsize::new(0),
+            samples_version: AtomicU64::new(0),
             shutdown,
             next_conn: AtomicU64::new(1),
         })
@@ -90,6 +100,16 @@ impl Shared {
         *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(m);
     }
 
+    /// Mark an index build; status reports `rebuilding` until the guard drops.
+    pub fn begin_rebuild(&self) -> RebuildGuard<'_> {
+        self.rebuilds.fetch_add(1, Ordering::SeqCst);
+        RebuildGuard(self)
+    }
+
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilds.load(Ordering::SeqCst) > 0
+    }
+
     pub fn next_connection_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::SeqCst)
     }
@@ -106,5 +126,14 @@ impl Shared {
     pub fn trigger_shutdown(&self) {
         self.shutdown.send_replace(true);
         self.jobs.cancel_all();
+    }
+}
+
+/// Ends an index build mark when dropped (also on error paths).
+pub struct RebuildGuard<'a>(&'a Shared);
+
+impl Drop for RebuildGuard<'_> {
+    fn drop(&mut self) {
+        self.0.rebuilds.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -1,4 +1,6 @@
-//! Browse / search: a free-text query finds images; the selected image shows its captions.
+//! Browse / search: the stored images, or the images a free-text query finds (falling back to
+//! name matches, with the daemon's reason shown, when free-text search is unavailable); the
+//! selected image shows its closest captions.
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style, Stylize};
@@ -7,7 +9,7 @@ use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
 
 use super::{DIM, ERROR, picture};
 use crate::images::Images;
-use crate::state::{App, Loadable, truncate};
+use crate::state::{App, Listing, Loadable, truncate};
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
     let b = &app.browse;
@@ -38,13 +40,40 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
 
     let [list_area, detail] =
         Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(body);
-    let title = match &b.results {
-        Loadable::Ready(h) => format!(" {} images for \"{}\" ", h.len(), truncate(&b.searched, 20)),
+    let title = match (&b.listing, &b.results) {
+        (Listing::Text(q), Loadable::Ready(h)) => {
+            format!(" {} images for \"{}\" ", h.len(), truncate(q, 20))
+        }
+        (Listing::Names(None), Loadable::Ready(h)) => match b.total {
+            Some(t) if t > h.len() as u64 => format!(" Images (first {} of {t}) ", h.len()),
+            _ => format!(" Images ({}) ", h.len()),
+        },
+        (Listing::Names(Some(f)), Loadable::Ready(h)) => {
+            format!(" {} images named like \"{}\" ", h.len(), truncate(f, 16))
+        }
         _ => " Images ".to_owned(),
     };
-    let block = Block::bordered().title(title);
-    let inner = block.inner(list_area);
+    let block =
+        Block::bordered().title(truncate(&title, list_area.width.saturating_sub(2) as usize));
+    let mut inner = block.inner(list_area);
     f.render_widget(block, list_area);
+    if let Some(e) = &b.search_error {
+        // The daemon's reason, above the fallback list, so nobody mistakes name matches for
+        // semantic hits.
+        let msg = e.to_string();
+        // Word wrapping needs at most one line more than the characters fill.
+        let wrapped = (msg.chars().count() as u16).div_ceil(inner.width.max(1)) + 1;
+        let h = (1 + wrapped).min(inner.height / 2);
+        let notice = Paragraph::new(vec![
+            Line::styled("free-text search unavailable:", ERROR),
+            Line::styled(msg, ERROR),
+        ])
+        .wrap(Wrap { trim: true });
+        let [top, rest] =
+            Layout::vertical([Constraint::Length(h), Constraint::Min(0)]).areas(inner);
+        f.render_widget(notice, top);
+        inner = rest;
+    }
     match &b.results {
         Loadable::Idle => f.render_widget(
             Paragraph::new("Type a description and press Enter, e.g. \"a bird that swims\".")
@@ -68,7 +97,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
             let w = inner.width.saturating_sub(10) as usize;
             let items: Vec<ListItem> = hits
                 .iter()
-                .map(|h| ListItem::new(format!("{:>6.3} {}", h.score, truncate(&h.sample.key, w))))
+                .map(|h| {
+                    let key = truncate(&h.sample.key, w);
+                    ListItem::new(match h.score {
+                        Some(score) => format!("{score:>6.3} {key}"),
+                        None => format!("{:>6} {key}", h.sample.id),
+                    })
+                })
                 .collect();
             let list = List::new(items)
                 .highlight_symbol("▶ ")
