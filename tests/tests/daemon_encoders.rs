@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use serde_json::{Value, json};
-use sotalign::assets::Assets;
 use sotalign::ingest::npy::read_f32;
 use sotalign_protocol::types::*;
 use sotalign_protocol::vector::Vector;
@@ -23,28 +22,6 @@ use sotalign_protocol::{Client, codes, methods};
 /// rest stored unpaired (what suggestions and search offer).
 const N: usize = 26;
 const N_PAIRS: usize = 20;
-
-fn assets_or_skip(test: &str) -> Option<Assets> {
-    let a = Assets::default_location();
-    let missing: Vec<&str> = ["minilm", "effnet-lite0", "tuxpaint"]
-        .into_iter()
-        .filter(|n| !a.is_complete(n))
-        .collect();
-    if missing.is_empty() {
-        return Some(a);
-    }
-    let msg = format!(
-        "SOTALIGN-SKIPPED-NO-ASSETS: {test}: assets {missing:?} not found under {} (run `sotalign fetch`)",
-        a.root.display()
-    );
-    if std::env::var("SOTALIGN_REQUIRE_ASSETS").is_ok_and(|v| v == "1") {
-        panic!("{msg} and SOTALIGN_REQUIRE_ASSETS=1");
-    }
-    eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!("!!! {msg}");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
-    None
-}
 
 /// Reference rows (index.json row numbers) of the stamps used: distinct captions, mixed groups.
 fn pick_rows(index: &Value, n: usize) -> Vec<usize> {
@@ -68,7 +45,7 @@ fn pick_rows(index: &Value, n: usize) -> Vec<usize> {
 
 #[test]
 fn raw_stamps_are_encoded_in_the_background_and_text_search_uses_minilm() {
-    let Some(assets) = assets_or_skip("daemon raw ingest + text search") else {
+    let Some(assets) = common::assets_or_skip("daemon raw ingest + text search") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

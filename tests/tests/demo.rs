@@ -8,28 +8,6 @@ mod common;
 
 use std::process::Command;
 
-use sotalign::assets::Assets;
-
-fn assets_present() -> bool {
-    let a = Assets::default_location();
-    let missing: Vec<&str> = ["minilm", "effnet-lite0", "tuxpaint"]
-        .into_iter()
-        .filter(|n| !a.is_complete(n))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "SOTALIGN-SKIPPED-NO-ASSETS: demo: assets {missing:?} missing under {} (run `sotalign fetch`)",
-        a.root.display()
-    );
-    if std::env::var("SOTALIGN_REQUIRE_ASSETS").is_ok_and(|v| v == "1") {
-        panic!("{msg} and SOTALIGN_REQUIRE_ASSETS=1");
-    }
-    eprintln!("\n!!! {msg}\n");
-    false
-}
-
 /// Parse the markdown table rows `| method | 6 numbers | secs |`.
 fn table_rows(stdout: &str) -> Vec<(String, Vec<f64>)> {
     stdout
@@ -48,7 +26,7 @@ fn table_rows(stdout: &str) -> Vec<(String, Vec<f64>)> {
 
 #[test]
 fn demo_runs_end_to_end_and_caches() {
-    if !assets_present() {
+    if common::assets_or_skip("demo").is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
