@@ -23,6 +23,7 @@ pub mod matrix;
 pub mod methods;
 pub mod optim;
 pub mod procrustes;
+pub mod select;
 pub mod progress;
 pub mod siglip;
 pub mod sinkhorn;
