@@ -113,7 +113,11 @@ pub fn typiclust(
                 continue;
             }
             row.clear();
-            row.extend((0..m.len()).filter(|&c| c != a).map(|c| s.data[a * m.len() + c]));
+            row.extend(
+                (0..m.len())
+                    .filter(|&c| c != a)
+                    .map(|c| s.data[a * m.len() + c]),
+            );
             row.select_nth_unstable_by(nn - 1, |p, q| q.total_cmp(p));
             typical[i] = row[..nn].iter().map(|&v| v as f64).sum::<f64>() / nn as f64;
         }
@@ -359,14 +363,22 @@ mod tests {
         assert_eq!(picks.len(), 5);
         let picked_blobs: std::collections::HashSet<usize> =
             picks.iter().map(|&p| blob[pool_rows[p]]).collect();
-        assert_eq!(picked_blobs.len(), 5, "picks {picks:?} blobs {picked_blobs:?}");
+        assert_eq!(
+            picked_blobs.len(),
+            5,
+            "picks {picks:?} blobs {picked_blobs:?}"
+        );
         assert!(!picked_blobs.contains(&0), "picked the labeled blob");
         let xu = x.l2_normalized();
         for &p in &picks {
             let i = pool_rows[p];
             let b = blob[i];
             let cos = |r: usize| -> f32 {
-                xu.row(r).iter().zip(centres.row(b)).map(|(a, c)| a * c).sum()
+                xu.row(r)
+                    .iter()
+                    .zip(centres.row(b))
+                    .map(|(a, c)| a * c)
+                    .sum()
             };
             let mine = cos(i);
             let rank = (0..x.rows)

@@ -30,10 +30,10 @@ use super::data_args::ConfigArgs;
 use super::plot::{PlotSpec, Scale, Series, line_plot};
 use crate::align::AlignData;
 use crate::align::acquire::{AcquireConfig, Decisions, Strategy, propose};
-use crate::align::select::{Hybrid, HybridConfig, Mode, TypiclustConfig, typiclust};
-use crate::align::{Aligned, Matrix};
 use crate::align::eval::evaluate;
 use crate::align::methods::{Method, fit_quiet};
+use crate::align::select::{Hybrid, HybridConfig, Mode, TypiclustConfig, typiclust};
+use crate::align::{Aligned, Matrix};
 use crate::io::reference::Reference;
 
 #[derive(Debug, Args)]
@@ -56,7 +56,9 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 20)]
     pub batch: usize,
     /// Feature space `typiclust` clusters in: `encoder` (the image encoder's features) or
-    /// `model` (the current model's shared space, re-computed every round).
+    /// `model` (the current model's shared space, re-computed every round) or `centred`
+    /// (encoder features minus their mean over pool and paired images: the encoder's
+    /// post-ReLU features are all positive, so raw cosines are all high).
     #[arg(long, default_value = "encoder")]
     pub select_space: String,
     /// `hybrid` switches from captioning to judging when the estimated precision of `mnn`
@@ -84,6 +86,16 @@ struct Point {
     correct: usize,
     r1_i2t: f64,
     r1_t2i: f64,
+    /// `hybrid` only: its precision estimate after the round's answers, and whether it will
+    /// judge (rather than caption) next round.
+    hybrid: Option<(f64, bool)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Space {
+    Encoder,
+    Centred,
+    Model,
 }
 
 enum Strat {
@@ -116,10 +128,11 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let acq = AcquireConfig::default();
-    let model_space = match args.select_space.as_str() {
-        "model" => true,
-        "encoder" => false,
-        other => bail!("--select-space must be `encoder` or `model`, got `{other}`"),
+    let space = match args.select_space.as_str() {
+        "model" => Space::Model,
+        "encoder" => Space::Encoder,
+        "centred" => Space::Centred,
+        other => bail!("--select-space must be `encoder`, `centred` or `model`, got `{other}`"),
     };
     let hcfg = HybridConfig {
         threshold: args.hybrid_threshold,
@@ -159,8 +172,11 @@ pub fn run(args: SimulateArgs) -> Result<()> {
             passive_order.shuffle(&mut rng);
             let mut dec = Decisions::default();
             // Position of each reference row in the shuffled text pool (a caption's text).
-            let text_pos: std::collections::HashMap<usize, usize> =
-                pool_t.iter().enumerate().map(|(c, &row)| (row, c)).collect();
+            let text_pos: std::collections::HashMap<usize, usize> = pool_t
+                .iter()
+                .enumerate()
+                .map(|(c, &row)| (row, c))
+                .collect();
             let mut hybrid = Hybrid::new(hcfg.clone())?;
             let mut captions = 0usize;
             // Pairs as (image row, text row) in the reference matrices.
@@ -179,6 +195,8 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                     correct,
                     r1_i2t: rep.i2t.r1,
                     r1_t2i: rep.t2i.r1,
+                    hybrid: matches!(strat, Strat::Hybrid)
+                        .then(|| (hybrid.estimate(), hybrid.mode() == Mode::Judge)),
                 });
                 pb.inc(1);
                 if round == args.rounds {
@@ -209,7 +227,7 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                         };
                         let picks = select_images(
                             model.as_ref(),
-                            model_space,
+                            space,
                             &r.img,
                             &images,
                             &pairs,
@@ -235,8 +253,13 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                     Strat::Passive => {
                         for _ in 0..args.batch {
                             if let Some(k) = passive_order.pop() {
+                                let c = *text_pos
+                                    .get(&pool[k])
+                                    .context("pool text of a captioned image")?;
+                                dec.confirm(k, c);
                                 pairs.push((pool[k], pool[k]));
                                 labels += 1;
+                                captions += 1;
                                 correct += 1;
                             }
                         }
@@ -313,7 +336,7 @@ pub fn run(args: SimulateArgs) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn select_images(
     model: &dyn Aligned,
-    model_space: bool,
+    space: Space,
     all_images: &Matrix,
     images: &Matrix,
     pairs: &[(usize, usize)],
@@ -325,10 +348,30 @@ fn select_images(
     let avail: Vec<usize> = (0..images.rows).filter(|k| !used.contains(k)).collect();
     let pool = images.select_rows(&avail);
     let labeled = all_images.select_rows(&pairs.iter().map(|p| p.0).collect::<Vec<_>>());
-    let (pool, labeled) = if model_space {
-        (model.embed_x(&pool)?, model.embed_x(&labeled)?)
-    } else {
-        (pool, labeled)
+    let (pool, labeled) = match space {
+        Space::Model => (model.embed_x(&pool)?, model.embed_x(&labeled)?),
+        Space::Encoder => (pool, labeled),
+        Space::Centred => {
+            let n = (pool.rows + labeled.rows).max(1) as f32;
+            let mut mean = vec![0f32; pool.cols];
+            for m in [&pool, &labeled] {
+                for i in 0..m.rows {
+                    for (a, &v) in mean.iter_mut().zip(m.row(i)) {
+                        *a += v / n;
+                    }
+                }
+            }
+            let centre = |m: &Matrix| {
+                let mut c = m.clone();
+                for i in 0..c.rows {
+                    for (v, &a) in c.row_mut(i).iter_mut().zip(&mean) {
+                        *v -= a;
+                    }
+                }
+                c
+            };
+            (centre(&pool), centre(&labeled))
+        }
     };
     let cfg = TypiclustConfig {
         seed,
@@ -406,7 +449,7 @@ fn render(
 ) -> Result<String> {
     let mut md = String::new();
     let cmd = format!(
-        "sotalign simulate --reference {} --strategies {} --seeds {} --n0 {} --rounds {} --batch {} --method {}",
+        "sotalign simulate --reference {} --strategies {} --seeds {} --n0 {} --rounds {} --batch {} --method {} --select-space {} --hybrid-threshold {}",
         args.reference.display(),
         args.strategies.join(","),
         args.seeds
@@ -417,7 +460,9 @@ fn render(
         args.n0,
         args.rounds,
         args.batch,
-        args.method
+        args.method,
+        args.select_space,
+        args.hybrid_threshold
     );
     writeln!(
         md,
@@ -479,6 +524,22 @@ fn render(
         }
         writeln!(md, "{line}")?;
     }
+    // The hybrid's trace: precision estimate after each round, `J` where it judged next.
+    if let Some(c) = curves.get("hybrid") {
+        writeln!(
+            md,
+            "\n`hybrid` (threshold {}): estimated `mnn` precision after each round, per seed (`*` = the next round judged proposals):\n",
+            args.hybrid_threshold
+        )?;
+        for (seed, v) in args.seeds.iter().zip(c) {
+            let cells: Vec<String> = v
+                .iter()
+                .filter_map(|p| p.hybrid)
+                .map(|(e, j)| format!("{:.2}{}", e, if j { "*" } else { "" }))
+                .collect();
+            writeln!(md, "- seed {seed}: {}", cells.join(" "))?;
+        }
+    }
     // The goal: labels the best strategy needs to reach random labelling's final R@1.
     // Also an intermediate target: the baseline's R@1 at half its final labels.
     if let Some(base) = curves.get("random-pairs").map(|c| mean_curve(c)) {
@@ -512,9 +573,10 @@ fn render(
                         "- {name}: reaches it at {l:.0} labels ({:.2} x the baseline's labels)",
                         l / bl.max(1.0)
                     )?,
-                    None => {
-                        writeln!(md, "- {name}: does not reach it within {bl_final:.0} labels")?
-                    }
+                    None => writeln!(
+                        md,
+                        "- {name}: does not reach it within {bl_final:.0} labels"
+                    )?,
                 }
             }
         }
