@@ -7,12 +7,18 @@
 //! (on the protocol's teacher), and score blends of the teacher with ASIF / centred ASIF
 //! ([`super::blend`]).
 //!
-//! Scoring: the protocol's validation ([`super::validation`]: `max(5, round(0.2 n))` pairs held
-//! out, unpaired pool as distractors, mean MRR of both directions) on `splits` random held-out
-//! sets of the pairs, averaged. Choice: the first candidate (simplest) whose mean is within
-//! `tie_se` standard errors of the best, the standard error being that of its per-split
-//! difference to the best (paired, so split-to-split difficulty cancels). The winner is refitted
-//! on all pairs.
+//! Scoring: the protocol's validation ([`super::validation`]: held-out pairs retrieved among
+//! the unpaired pool as distractors, mean MRR of both directions), on `splits` folds of the
+//! pairs (k-fold by default: every pair is validated exactly once, the most validation queries
+//! a small n has). Learning-curve correction (`curve_fraction`, default 0.75): each fold also
+//! fits every candidate on 75% of its training pairs and scores the same validation pairs, and
+//! the two scores are extrapolated linearly in log(pairs) to the n pairs of the final fit
+//! ([`extrapolate`]): a fold fit sees 80% of the pairs, the final fit all of them, and a method
+//! with up to n - 1 components (CCA) gains more from the extra 20% than one rotation
+//! (Procrustes). Choice: the first candidate (simplest) whose mean extrapolated score is within
+//! `tie_se` standard errors of the best, the standard error being that of its per-fold
+//! difference to the best (paired, so fold-to-fold difficulty cancels). The winner is refitted
+//! on all pairs. Only the paired training data (and the unpaired pools) are ever looked at.
 use std::ops::ControlFlow;
 
 use faer::Mat;
@@ -21,12 +27,13 @@ use serde_json::json;
 
 use super::asif::Asif;
 use super::blend::Blend;
+use super::config::ValidationScheme;
 use super::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
 use super::csa::Csa;
 use super::methods::{Method, Progress, report};
 use super::procrustes::Procrustes;
 use super::teacher::CcaTeacher;
-use super::validation::Holdout;
+use super::validation::{self, Holdout};
 use super::{AlignConfig, AlignData, AlignError, Aligned, Matrix, MethodState};
 
 /// One candidate configuration.
@@ -64,19 +71,27 @@ enum Kind {
 #[derive(Debug, Clone, Serialize)]
 pub struct Scored {
     pub label: String,
-    /// Mean over the splits of the mean MRR (both directions).
+    /// Mean over the folds of the mean MRR (both directions), extrapolated to all n pairs
+    /// when the learning-curve correction is on: what the choice is made on.
     pub score: f64,
-    /// Standard error of the difference to the best candidate's per-split scores (0 for the
-    /// best itself or with one split).
+    /// Standard error of the difference to the best candidate's per-fold scores (0 for the
+    /// best itself or with one fold).
     pub se_diff: f64,
+    /// Mean over the folds of the mean MRR after the fold's own fit (no extrapolation).
+    pub at_fold_size: f64,
 }
 
 /// A fitted `auto` model: the winning method refitted on all pairs, plus the evidence.
 pub struct AutoModel {
     inner: Box<dyn Aligned>,
     pub choice: Candidate,
+    /// What the same tie rule picks on the unextrapolated fold scores (evidence only).
+    pub plain_choice: String,
     pub scores: Vec<Scored>,
     pub splits: usize,
+    /// Training pairs of each fold's fit, and of its learning-curve subset fit.
+    pub m_full: Vec<usize>,
+    pub m_sub: Vec<usize>,
 }
 
 fn teacher_grid(cfg: &AlignConfig) -> Vec<(String, TeacherConfig)> {
@@ -209,61 +224,207 @@ fn fit_candidate(c: &Candidate, data: &AlignData) -> Result<Box<dyn Aligned>, Al
     })
 }
 
-/// Validation scores of every candidate: `scores[c][r]` = mean MRR of candidate `c` on split
-/// `r` (`-inf` when it could not be fitted there), in candidate order.
+/// Every candidate's validation scores on every fold.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// `full[c][f]`: mean MRR of candidate `c` on fold `f` after a fit on the fold's training
+    /// pairs (`-inf` when it could not be fitted there).
+    pub full: Vec<Vec<f64>>,
+    /// `sub[c][f]`: the same validation pairs after a fit on a subset of the training pairs
+    /// (learning curve); empty when the correction is off.
+    pub sub: Vec<Vec<f64>>,
+    /// Per fold: training pairs of the full and of the subset fit.
+    pub m_full: Vec<usize>,
+    pub m_sub: Vec<usize>,
+}
+
+impl Validation {
+    /// Per candidate and fold, the score extrapolated to `n` training pairs
+    /// ([`extrapolate`]); the plain scores when there is no learning curve.
+    pub fn extrapolated(&self, n: usize) -> Vec<Vec<f64>> {
+        if self.sub.is_empty() {
+            return self.full.clone();
+        }
+        self.full
+            .iter()
+            .zip(&self.sub)
+            .map(|(f, s)| {
+                (0..f.len())
+                    .map(|k| extrapolate(f[k], self.m_full[k], s[k], self.m_sub[k], n))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// The score at `n` training pairs of a learning curve linear in log(pairs) through
+/// (`m1`, `s1`) and (`m0`, `s0`), `m0 < m1`. Falls back to `s1` when the two sizes coincide.
+/// The slope is not clamped: clamping it at 0 would bias every estimate upwards, and a method
+/// that does get worse with more pairs (e.g. CSA at a fixed s) should be seen to.
+pub fn extrapolate(s1: f64, m1: usize, s0: f64, m0: usize, n: usize) -> f64 {
+    if !(s1.is_finite() && s0.is_finite()) {
+        return if s1.is_finite() {
+            s1
+        } else {
+            f64::NEG_INFINITY
+        };
+    }
+    if m0 == 0 || m0 >= m1 || n <= m1 {
+        return s1;
+    }
+    let t = (n as f64 / m1 as f64).ln() / (m1 as f64 / m0 as f64).ln();
+    s1 + t * (s1 - s0)
+}
+
+/// The (training, validation) index sets of every fold of `cfg.auto` for `n` pairs.
+fn folds(data: &AlignData, cfg: &AlignConfig) -> Result<Vec<(Vec<usize>, Vec<usize>)>, AlignError> {
+    let n = data.n_pairs();
+    let k = cfg.auto.splits.max(1);
+    match cfg.auto.scheme {
+        ValidationScheme::KFold => {
+            // Two folds at least (one fold would validate on its own training data); the
+            // training side must keep >= 2 pairs.
+            let k = k.max(2).min(n / 2);
+            if k < 2 || n < 4 {
+                return Err(AlignError::NotEnoughData(format!(
+                    "auto: k-fold validation needs at least 4 pairs, got {n}"
+                )));
+            }
+            let parts = validation::kfold(n, k, 0);
+            Ok(parts
+                .iter()
+                .map(|va| {
+                    let mut held = vec![false; n];
+                    va.iter().for_each(|&i| held[i] = true);
+                    ((0..n).filter(|&i| !held[i]).collect(), va.clone())
+                })
+                .collect())
+        }
+        ValidationScheme::Random => {
+            let v = validation::val_size(n);
+            if n < v + 2 {
+                return Err(AlignError::NotEnoughData(format!(
+                    "validation holds out {v} of {n} pairs and needs at least 2 left to fit; give at least {} pairs",
+                    v + 2
+                )));
+            }
+            Ok((0..k)
+                .map(|r| {
+                    let va = validation::random_indices(n, r as u64);
+                    let mut held = vec![false; n];
+                    va.iter().for_each(|&i| held[i] = true);
+                    ((0..n).filter(|&i| !held[i]).collect(), va)
+                })
+                .collect())
+        }
+    }
+}
+
+/// Validation scores of every candidate on every fold, in candidate order, at the fold's
+/// training size and (learning curve on) at `curve_fraction` of it.
 pub fn validate_candidates(
     data: &AlignData,
     cfg: &AlignConfig,
     cands: &[Candidate],
     progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
-) -> Result<Vec<Vec<f64>>, AlignError> {
-    let splits = cfg.auto.splits.max(1);
+) -> Result<Validation, AlignError> {
+    let folds = folds(data, cfg)?;
+    let frac = cfg.auto.curve_fraction;
+    let curve = frac > 0.0 && frac < 1.0;
     let teachers = teacher_grid(cfg);
-    let mut scores = vec![Vec::with_capacity(splits); cands.len()];
-    let total = splits * cands.len();
+    let passes = if curve { 2 } else { 1 };
+    let total = passes * folds.len() * cands.len();
     let mut step = 0;
-    for split in 0..splits {
-        let h = Holdout::random(data, split as u64)?;
-        // CCA does not depend on s: fit each teacher once per split, reuse it for every CSA s
-        // and blend.
-        let mut fitted: Vec<Option<CcaTeacher>> = vec![None; teachers.len()];
-        for (i, c) in cands.iter().enumerate() {
-            // A candidate that cannot be fitted on this split (e.g. a degenerate CCA) is out of
-            // the running: its score becomes -inf, the search goes on.
-            let model: Result<Box<dyn Aligned>, AlignError> = match c.kind {
-                Kind::Teacher { t, .. } | Kind::Blend { t, .. } if t < teachers.len() => {
-                    if fitted[t].is_none() {
-                        fitted[t] = CcaTeacher::fit(&h.train, &teachers[t].1).ok();
-                    }
-                    match (fitted[t].clone(), c.kind) {
-                        (None, _) => Err(AlignError::NotEnoughData(format!("{} failed", c.label))),
-                        (Some(t), Kind::Teacher { csa_s: None, .. }) => Ok(Box::new(t)),
-                        (Some(t), Kind::Blend { w, .. }) => Asif::fit(&h.train, &c.cfg.asif)
-                            .and_then(|a| Blend::new(Box::new(t), Box::new(a), w, &h.train))
-                            .map(|m| Box::new(m) as Box<dyn Aligned>),
-                        (Some(t), Kind::Teacher { csa_s, .. }) => {
-                            Csa::from_teacher(t, csa_s).map(|m| Box::new(m) as Box<dyn Aligned>)
-                        }
-                        (Some(_), _) => fit_candidate(c, &h.train),
-                    }
-                }
-                _ => fit_candidate(c, &h.train),
-            };
-            let s = match model.and_then(|m| h.evaluate(m.as_ref())) {
-                Ok(r) => r.mean_mrr(),
-                Err(AlignError::Cancelled) => return Err(AlignError::Cancelled),
-                Err(_) => f64::NEG_INFINITY,
-            };
-            scores[i].push(s);
-            step += 1;
-            report(
-                progress,
-                "validate",
-                step,
-                total,
-                s.is_finite().then_some(s),
-            )?;
+    let mut out = Validation {
+        full: vec![Vec::with_capacity(folds.len()); cands.len()],
+        sub: if curve {
+            vec![Vec::with_capacity(folds.len()); cands.len()]
+        } else {
+            Vec::new()
+        },
+        m_full: Vec::new(),
+        m_sub: Vec::new(),
+    };
+    for (f, (tr, va)) in folds.iter().enumerate() {
+        let h = Holdout::with_split(data, tr, va)?;
+        out.m_full.push(h.n_train());
+        let s = score_holdout(&h, cands, &teachers, progress, &mut step, total)?;
+        for (c, v) in s.into_iter().enumerate() {
+            out.full[c].push(v);
         }
+        if curve {
+            let m0 = ((frac * tr.len() as f64).round() as usize).max(2);
+            if m0 < tr.len() {
+                let hs = Holdout::with_split(data, &validation::subsample(tr, m0, f as u64), va)?;
+                out.m_sub.push(hs.n_train());
+                let s = score_holdout(&hs, cands, &teachers, progress, &mut step, total)?;
+                for (c, v) in s.into_iter().enumerate() {
+                    out.sub[c].push(v);
+                }
+            } else {
+                // Too few pairs for a second point: the extrapolation falls back to the plain
+                // score for this fold (m_sub = m_full).
+                out.m_sub.push(h.n_train());
+                for c in 0..cands.len() {
+                    let v = out.full[c][f];
+                    out.sub[c].push(v);
+                }
+                step += cands.len();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Mean MRR of every candidate on one holdout (`-inf` for a candidate that cannot be fitted).
+fn score_holdout(
+    h: &Holdout,
+    cands: &[Candidate],
+    teachers: &[(String, TeacherConfig)],
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    step: &mut usize,
+    total: usize,
+) -> Result<Vec<f64>, AlignError> {
+    let mut scores = Vec::with_capacity(cands.len());
+    // CCA does not depend on s: fit each teacher once per holdout, reuse it for every CSA s
+    // and blend.
+    let mut fitted: Vec<Option<CcaTeacher>> = vec![None; teachers.len()];
+    for c in cands {
+        // A candidate that cannot be fitted on this split (e.g. a degenerate CCA) is out of
+        // the running: its score becomes -inf, the search goes on.
+        let model: Result<Box<dyn Aligned>, AlignError> = match c.kind {
+            Kind::Teacher { t, .. } | Kind::Blend { t, .. } if t < teachers.len() => {
+                if fitted[t].is_none() {
+                    fitted[t] = CcaTeacher::fit(&h.train, &teachers[t].1).ok();
+                }
+                match (fitted[t].clone(), c.kind) {
+                    (None, _) => Err(AlignError::NotEnoughData(format!("{} failed", c.label))),
+                    (Some(t), Kind::Teacher { csa_s: None, .. }) => Ok(Box::new(t)),
+                    (Some(t), Kind::Blend { w, .. }) => Asif::fit(&h.train, &c.cfg.asif)
+                        .and_then(|a| Blend::new(Box::new(t), Box::new(a), w, &h.train))
+                        .map(|m| Box::new(m) as Box<dyn Aligned>),
+                    (Some(t), Kind::Teacher { csa_s, .. }) => {
+                        Csa::from_teacher(t, csa_s).map(|m| Box::new(m) as Box<dyn Aligned>)
+                    }
+                    (Some(_), _) => fit_candidate(c, &h.train),
+                }
+            }
+            _ => fit_candidate(c, &h.train),
+        };
+        let s = match model.and_then(|m| h.evaluate(m.as_ref())) {
+            Ok(r) => r.mean_mrr(),
+            Err(AlignError::Cancelled) => return Err(AlignError::Cancelled),
+            Err(_) => f64::NEG_INFINITY,
+        };
+        scores.push(s);
+        *step += 1;
+        report(
+            progress,
+            "validate",
+            *step,
+            total,
+            s.is_finite().then_some(s),
+        )?;
     }
     Ok(scores)
 }
@@ -310,9 +471,12 @@ pub fn fit_auto(
     progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<AutoModel, AlignError> {
     let cands = candidates(cfg);
-    let per_split = validate_candidates(data, cfg, &cands, progress)?;
+    let val = validate_candidates(data, cfg, &cands, progress)?;
+    let per_split = val.extrapolated(data.n_pairs());
     let splits = per_split.first().map_or(0, Vec::len);
     let (best, stats) = choose(&per_split, cfg.auto.tie_se);
+    // What the same rule picks without the learning-curve correction (recorded as evidence).
+    let (plain_best, plain_stats) = choose(&val.full, cfg.auto.tie_se);
     let scores: Vec<f64> = stats.iter().map(|s| s.0).collect();
     if !scores[best].is_finite() {
         return Err(AlignError::NotEnoughData(
@@ -338,17 +502,22 @@ pub fn fit_auto(
     let scores = cands
         .iter()
         .zip(stats)
-        .map(|(c, (score, se_diff))| Scored {
+        .zip(plain_stats)
+        .map(|((c, (score, se_diff)), (at_fold_size, _))| Scored {
             label: c.label.clone(),
             score,
             se_diff,
+            at_fold_size,
         })
         .collect();
     Ok(AutoModel {
         inner,
         choice,
+        plain_choice: cands[plain_best].label.clone(),
         scores,
         splits,
+        m_full: val.m_full,
+        m_sub: val.m_sub,
     })
 }
 
@@ -371,8 +540,14 @@ impl Aligned for AutoModel {
     /// The chosen method's state (it restores as that method), with the choice recorded.
     fn export_state(&self) -> Result<MethodState, AlignError> {
         let mut st = self.inner.export_state()?;
-        st.meta["auto"] =
-            json!({ "choice": self.choice.label, "splits": self.splits, "scores": self.scores });
+        st.meta["auto"] = json!({
+            "choice": self.choice.label,
+            "plain_choice": self.plain_choice,
+            "splits": self.splits,
+            "m_full": self.m_full,
+            "m_sub": self.m_sub,
+            "scores": self.scores,
+        });
         Ok(st)
     }
 }
@@ -406,6 +581,90 @@ mod tests {
         // One split: only exact ties count.
         let one = vec![vec![0.2], vec![0.3], vec![0.3]];
         assert_eq!(choose(&one, 1.0).0, 1);
+    }
+
+    #[test]
+    fn extrapolation_is_exact_on_a_log_linear_curve() {
+        // Planted learning curve s(m) = 0.1 + 0.05 ln m: two points recover it anywhere.
+        let s = |m: usize| 0.1 + 0.05 * (m as f64).ln();
+        for (m0, m1, n) in [(15, 20, 25), (30, 40, 50), (60, 80, 100), (240, 320, 400)] {
+            let got = extrapolate(s(m1), m1, s(m0), m0, n);
+            assert!(
+                (got - s(n)).abs() < 1e-12,
+                "{m0},{m1}->{n}: {got} vs {}",
+                s(n)
+            );
+        }
+        // A flat curve stays flat; a falling one keeps falling (no clamping).
+        assert_eq!(extrapolate(0.3, 40, 0.3, 30, 50), 0.3);
+        assert!(extrapolate(0.3, 40, 0.32, 30, 50) < 0.3);
+        // Degenerate inputs fall back to the fold score.
+        assert_eq!(extrapolate(0.3, 40, 0.1, 40, 50), 0.3);
+        assert_eq!(extrapolate(0.3, 40, f64::NEG_INFINITY, 30, 50), 0.3);
+        assert_eq!(
+            extrapolate(f64::NEG_INFINITY, 40, 0.2, 30, 50),
+            f64::NEG_INFINITY
+        );
+    }
+
+    #[test]
+    fn learning_curve_changes_the_choice_on_a_planted_case() {
+        // Candidate 0 (simpler) is saturated: 0.30 at 30 and at 40 pairs. Candidate 1 scores
+        // slightly less at 40 pairs (0.29) but is still climbing (0.22 at 30 pairs). At the fold
+        // size the simple one wins; extrapolated to 50 pairs the climbing one does.
+        let v = Validation {
+            full: vec![vec![0.30, 0.31, 0.29], vec![0.29, 0.30, 0.28]],
+            sub: vec![vec![0.30, 0.31, 0.29], vec![0.22, 0.23, 0.21]],
+            m_full: vec![40; 3],
+            m_sub: vec![30; 3],
+        };
+        assert_eq!(choose(&v.full, 0.0).0, 0);
+        let ext = v.extrapolated(50);
+        assert_eq!(choose(&ext, 0.0).0, 1);
+        let want = 0.29 + (50f64 / 40.0).ln() / (40f64 / 30.0).ln() * 0.07;
+        assert!((ext[1][0] - want).abs() < 1e-12);
+        assert_eq!(ext[0], v.full[0]);
+        // No learning curve: the plain scores are used.
+        let plain = Validation {
+            sub: Vec::new(),
+            ..v.clone()
+        };
+        assert_eq!(plain.extrapolated(50), plain.full);
+    }
+
+    #[test]
+    fn kfold_validates_every_pair_once() {
+        let data = {
+            let x = Matrix::from_vec(
+                23,
+                3,
+                (0..69).map(|i| ((i * 7 % 13) as f32) - 6.0).collect(),
+            )
+            .unwrap();
+            AlignData::from_pairs(x.clone(), x)
+        };
+        let cfg = AlignConfig::default();
+        let f = folds(&data, &cfg).unwrap();
+        assert_eq!(f.len(), cfg.auto.splits);
+        let mut seen = vec![0; 23];
+        for (tr, va) in &f {
+            assert_eq!(tr.len() + va.len(), 23);
+            assert!(va.len() == 4 || va.len() == 5, "{}", va.len());
+            for &i in va {
+                seen[i] += 1;
+                assert!(!tr.contains(&i));
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1));
+        // Too few pairs for two folds is a typed error, never a panic.
+        let tiny = AlignData::from_pairs(
+            data.xp.select_rows(&[0, 1, 2]),
+            data.yp.select_rows(&[0, 1, 2]),
+        );
+        assert!(matches!(
+            folds(&tiny, &cfg),
+            Err(AlignError::NotEnoughData(_))
+        ));
     }
 
     #[test]

@@ -35,9 +35,10 @@ fn cpu_device() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AutoConfig {
-    /// Random held-out splits of the pairs averaged (each holds out the protocol's
-    /// `max(5, round(0.2 n))` pairs, drawn with seed = split index; `folds` is the old name).
-    /// Several splits average out the noise of a 5-80 pair validation set.
+    /// Number of validation sets averaged: folds of the k-fold scheme, or random held-out sets
+    /// of the protocol's `max(5, round(0.2 n))` pairs (seed = split index) with
+    /// `scheme = random`. `folds` is an alias. Several sets average out the noise of a 5-80
+    /// pair validation set.
     #[serde(alias = "folds")]
     pub splits: usize,
     /// Tie tolerance in standard errors: the simplest candidate whose mean validation score is
@@ -50,6 +51,26 @@ pub struct AutoConfig {
     pub asif_p_grid: Vec<f64>,
     /// Weights of the CCA teacher in CCA + ASIF score blends ([`super::blend`]); empty = none.
     pub blend_weights: Vec<f64>,
+    /// How the validation sets are drawn: `kfold` (`splits` disjoint folds, every pair
+    /// validated exactly once: the most validation queries a small n can give) or `random`
+    /// (`splits` independent draws of the protocol's `max(5, round(0.2 n))` pairs).
+    pub scheme: ValidationScheme,
+    /// Learning-curve correction: each candidate is also fitted on this fraction of each fold's
+    /// training pairs (same validation pairs), and its score is extrapolated, linearly in
+    /// log(pairs), from the fold's training size to the n pairs of the final fit. Why: the
+    /// validation fits see 80% of the pairs, the final fit all of them, and methods differ in
+    /// how much they gain from more pairs (CCA keeps up to n - 1 components, Procrustes one
+    /// rotation), so unextrapolated validation favours the methods that saturate early.
+    /// 0 (or >= 1) = off: score at the fold's training size only.
+    pub curve_fraction: f64,
+}
+
+/// How `auto` draws its validation sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidationScheme {
+    KFold,
+    Random,
 }
 
 impl Default for AutoConfig {
@@ -60,6 +81,8 @@ impl Default for AutoConfig {
             ridge_grid: vec![0.03, 0.1, 0.3, 1.0],
             asif_p_grid: vec![4.0, 8.0, 16.0],
             blend_weights: vec![0.25, 0.5, 0.75],
+            scheme: ValidationScheme::KFold,
+            curve_fraction: 0.75,
         }
     }
 }

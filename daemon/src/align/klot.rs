@@ -73,6 +73,17 @@ impl Klot {
         eps_t: f64,
         iters: usize,
     ) -> Result<KlotValue, AlignError> {
+        super::sinkhorn::on_pool(|| self.step_here(ks, kt, eps_s, eps_t, iters))
+    }
+
+    fn step_here(
+        &mut self,
+        ks: &[f32],
+        kt: &[f32],
+        eps_s: f64,
+        eps_t: f64,
+        iters: usize,
+    ) -> Result<KlotValue, AlignError> {
         let student = self.student.solve(ks, eps_s, iters)?;
         let teacher = self.teacher.solve(kt, eps_t, iters)?;
         let kl = self.fuse(ks, kt)?;

@@ -159,6 +159,15 @@ impl Sinkhorn {
         eps: f64,
         iters: usize,
     ) -> Result<SinkhornStats, AlignError> {
+        on_pool(|| self.solve_here(k, eps, iters))
+    }
+
+    fn solve_here(
+        &mut self,
+        k: &[f32],
+        eps: f64,
+        iters: usize,
+    ) -> Result<SinkhornStats, AlignError> {
         if k.len() != self.rows * self.cols {
             return Err(AlignError::DimensionMismatch {
                 what: format!(
@@ -452,6 +461,21 @@ impl Sinkhorn {
                 fused_chunk(kch, cols, v, a, mode, uch, sch, acc, blk)
             })
             .reduce(|| true, |x, y| x && y)
+    }
+}
+
+/// Run `f` on a rayon worker thread (directly if already on one).
+///
+/// A solve makes a few parallel calls per iteration. Issued from a thread outside the pool, each
+/// call injects a job into the global queue (whose linked blocks are allocated as it grows) and
+/// parks the caller until a worker finishes it, a wake-up per call. Moving the whole loop onto
+/// a worker once makes the inner calls cheap `join`s on that worker's own deque: no allocation
+/// and no cross-thread wake-up per iteration (`daemon/tests/klot_alloc.rs` checks the former).
+pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
     }
 }
 

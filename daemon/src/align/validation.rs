@@ -17,6 +17,47 @@ pub fn val_size(n: usize) -> usize {
     5usize.max((0.2 * n as f64).round() as usize)
 }
 
+/// `k` disjoint validation folds covering all `n` pairs: a seeded permutation cut into `k`
+/// blocks whose sizes differ by at most one, each block sorted. `k` is capped at `n`.
+pub fn kfold(n: usize, k: usize, seed: u64) -> Vec<Vec<usize>> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let k = k.clamp(1, n.max(1));
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0xF01D ^ seed));
+    (0..k)
+        .map(|f| {
+            let (lo, hi) = (f * n / k, (f + 1) * n / k);
+            let mut v = idx[lo..hi].to_vec();
+            v.sort_unstable();
+            v
+        })
+        .collect()
+}
+
+/// The `val_size(n)` pairs (sorted) that random split `seed` holds out.
+pub fn random_indices(n: usize, seed: u64) -> Vec<usize> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0xA070 ^ seed));
+    idx.truncate(val_size(n).min(n));
+    idx.sort_unstable();
+    idx
+}
+
+/// A seeded subset of `m` of the indices `from` (sorted): the smaller training set of a
+/// learning curve. Deterministic for a given seed.
+pub fn subsample(from: &[usize], m: usize, seed: u64) -> Vec<usize> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut v = from.to_vec();
+    v.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0x5B5A ^ seed));
+    v.truncate(m);
+    v.sort_unstable();
+    v
+}
+
 /// A train / validation division of one [`AlignData`].
 #[derive(Debug, Clone)]
 pub struct Holdout {
@@ -55,8 +96,6 @@ impl Holdout {
     /// Repeated random splits let `auto` average validation noise without the constraint of
     /// disjoint blocks (which leave few folds at small n).
     pub fn random(data: &AlignData, seed: u64) -> Result<Holdout, AlignError> {
-        use rand::SeedableRng;
-        use rand::seq::SliceRandom;
         data.validate()?;
         let n = data.n_pairs();
         let v = val_size(n);
@@ -66,27 +105,43 @@ impl Holdout {
                 v + 2
             )));
         }
-        let mut idx: Vec<usize> = (0..n).collect();
-        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0xA070 ^ seed));
-        let mut va = idx[..v].to_vec();
-        va.sort_unstable();
-        Self::with_validation(data, &va)
+        Self::with_validation(data, &random_indices(n, seed))
     }
 
     /// Hold out the pairs `va` (sorted, distinct, in range); fit on the others.
     pub fn with_validation(data: &AlignData, va: &[usize]) -> Result<Holdout, AlignError> {
         let n = data.n_pairs();
-        if va.is_empty() || va.iter().any(|&i| i >= n) || n < va.len() + 2 {
-            return Err(AlignError::NotEnoughData(format!(
-                "validation set of {} pairs out of {n} (need >= 1 held out and >= 2 to fit)",
-                va.len()
-            )));
-        }
         let mut held = vec![false; n];
-        for &i in va {
+        for &i in va.iter().filter(|&&i| i < n) {
             held[i] = true;
         }
         let tr: Vec<usize> = (0..n).filter(|&i| !held[i]).collect();
+        Self::with_split(data, &tr, va)
+    }
+
+    /// Hold out the pairs `va`, fit on the pairs `tr` only (disjoint from `va`; pairs in
+    /// neither are left out entirely). Used for learning curves: the same validation pairs
+    /// scored after fits on fewer training pairs.
+    pub fn with_split(data: &AlignData, tr: &[usize], va: &[usize]) -> Result<Holdout, AlignError> {
+        data.validate()?;
+        let n = data.n_pairs();
+        let mut used = vec![false; n];
+        let mut clash = false;
+        for &i in tr.iter().chain(va) {
+            if i >= n || used[i] {
+                clash = true;
+                break;
+            }
+            used[i] = true;
+        }
+        if va.is_empty() || tr.len() < 2 || clash {
+            return Err(AlignError::NotEnoughData(format!(
+                "validation set of {} pairs, training set of {} out of {n} (need >= 1 held out, >= 2 to fit, disjoint and in range)",
+                va.len(),
+                tr.len()
+            )));
+        }
+        let tr = tr.to_vec();
         let va = va.to_vec();
         let train = AlignData {
             xp: data.xp.select_rows(&tr),
@@ -130,6 +185,11 @@ impl Holdout {
             q_labels,
             y_extra_labels,
         })
+    }
+
+    /// Number of pairs the method is fitted on.
+    pub fn n_train(&self) -> usize {
+        self.train.n_pairs()
     }
 
     /// Retrieval of the held-out pairs among the unpaired distractors.

@@ -72,6 +72,9 @@ struct CellResult {
     seconds: f64,
     /// What `auto` chose.
     choice: Option<String>,
+    /// What `auto`'s tie rule picks without the learning-curve correction (evidence only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plain_choice: Option<String>,
     /// What the fit adjusted on its own (e.g. the unpaired batch capped to a small pool).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     notes: Vec<String>,
@@ -202,7 +205,8 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                         want.iter()
                             .all(|(k, v)| metrics.get(k).is_some_and(|g| (g - v).abs() < 1e-9))
                     });
-                let choice = auto_choice(model.as_ref());
+                let choice = auto_choice(model.as_ref(), "choice");
+                let plain_choice = auto_choice(model.as_ref(), "plain_choice");
                 let notes = fit_notes(model.as_ref());
                 for note in &notes {
                     pb.println(format!("note: {m} n={n} seed={seed}: {note}"));
@@ -215,6 +219,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                     matches_reference,
                     seconds,
                     choice,
+                    plain_choice,
                     notes,
                 });
                 pb.inc(1);
@@ -252,14 +257,15 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     Ok(())
 }
 
-fn auto_choice(model: &dyn Aligned) -> Option<String> {
+/// A field (`choice`, `plain_choice`) of what `auto` recorded about its choice.
+fn auto_choice(model: &dyn Aligned, key: &str) -> Option<String> {
     if model.name() != "auto" {
         return None;
     }
     let st = model.export_state().ok()?;
     st.meta
         .get("auto")
-        .and_then(|a| a.get("choice"))
+        .and_then(|a| a.get(key))
         .and_then(|c| c.as_str())
         .map(str::to_string)
 }
@@ -420,9 +426,12 @@ fn render(
     let autos: Vec<String> = cells
         .iter()
         .filter_map(|c| {
-            c.choice
-                .as_ref()
-                .map(|ch| format!("{}_{}: {ch}", c.seed, c.n))
+            c.choice.as_ref().map(|ch| match &c.plain_choice {
+                Some(p) if p != ch => {
+                    format!("{}_{}: {ch} (without the learning curve: {p})", c.seed, c.n)
+                }
+                _ => format!("{}_{}: {ch}", c.seed, c.n),
+            })
         })
         .collect();
     if !autos.is_empty() {
