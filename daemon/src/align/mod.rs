@@ -25,6 +25,7 @@ pub mod methods;
 pub mod optim;
 pub mod procrustes;
 pub mod progress;
+pub mod select;
 pub mod siglip;
 pub mod sinkhorn;
 pub mod synthetic;
