@@ -9,6 +9,11 @@
 //!
 //! `random-pairs` is the passive baseline: each label reveals one randomly chosen true pair
 //! (an annotator captioning random images), so it never wastes a label.
+//!
+//! Selection strategies (`typiclust`) choose *which* images the annotator captions: one label =
+//! one captioned image = one true pair. `hybrid` captions `typiclust` picks until the precision
+//! of the model's `mnn` proposals, estimated online from the annotator's own answers
+//! ([`Hybrid`]), reaches a threshold, then judges `mnn` proposals (one label = one yes/no).
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -27,6 +32,8 @@ use crate::align::AlignData;
 use crate::align::acquire::{AcquireConfig, Decisions, Strategy, propose};
 use crate::align::eval::evaluate;
 use crate::align::methods::{Method, fit_quiet};
+use crate::align::select::{Hybrid, HybridConfig, Mode, TypiclustConfig, typiclust};
+use crate::align::{Aligned, Matrix};
 use crate::io::reference::Reference;
 
 #[derive(Debug, Args)]
@@ -34,7 +41,8 @@ pub struct SimulateArgs {
     /// Directory of the reference fixtures (tests/fixtures/reference).
     #[arg(long, default_value = "tests/fixtures/reference")]
     pub reference: PathBuf,
-    /// Strategies: random, confidence, mnn, ot, diverse, random-pairs.
+    /// Strategies: random-pairs, typiclust, hybrid (caption selections) and random,
+    /// confidence, mnn, ot, diverse, mnn-ot (judge proposals).
     #[arg(long, value_delimiter = ',', default_values_t = ["random-pairs".to_string(), "random".into(), "confidence".into(), "mnn".into(), "ot".into(), "diverse".into()])]
     pub strategies: Vec<String>,
     #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 1, 2])]
@@ -47,6 +55,16 @@ pub struct SimulateArgs {
     /// Proposals judged per round.
     #[arg(long, default_value_t = 20)]
     pub batch: usize,
+    /// Feature space `typiclust` clusters in: `encoder` (the image encoder's features) or
+    /// `model` (the current model's shared space, re-computed every round) or `centred`
+    /// (encoder features minus their mean over pool and paired images: the encoder's
+    /// post-ReLU features are all positive, so raw cosines are all high).
+    #[arg(long, default_value = "encoder")]
+    pub select_space: String,
+    /// `hybrid` switches from captioning to judging when the estimated precision of `mnn`
+    /// proposals reaches this.
+    #[arg(long, default_value_t = 0.5)]
+    pub hybrid_threshold: f64,
     /// Re-alignment method (`cca` = the closed-form teacher; `sotalign` is much slower).
     #[arg(long, default_value = "cca")]
     pub method: String,
@@ -62,15 +80,29 @@ pub struct SimulateArgs {
 #[derive(Debug, Clone, Serialize)]
 struct Point {
     labels: usize,
+    /// Labels spent captioning (the rest judged proposals).
+    captions: usize,
     pairs: usize,
     correct: usize,
     r1_i2t: f64,
     r1_t2i: f64,
+    /// `hybrid` only: its precision estimate after the round's answers, and whether it will
+    /// judge (rather than caption) next round.
+    hybrid: Option<(f64, bool)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Space {
+    Encoder,
+    Centred,
+    Model,
 }
 
 enum Strat {
     Passive,
     Active(Strategy),
+    Typiclust,
+    Hybrid,
 }
 
 pub fn run(args: SimulateArgs) -> Result<()> {
@@ -86,12 +118,27 @@ pub fn run(args: SimulateArgs) -> Result<()> {
             let s = s.trim().to_ascii_lowercase();
             Ok(if s == "random-pairs" {
                 (s, Strat::Passive)
+            } else if s == "typiclust" {
+                (s, Strat::Typiclust)
+            } else if s == "hybrid" {
+                (s, Strat::Hybrid)
             } else {
                 (s.clone(), Strat::Active(s.parse()?))
             })
         })
         .collect::<Result<_>>()?;
     let acq = AcquireConfig::default();
+    let space = match args.select_space.as_str() {
+        "model" => Space::Model,
+        "encoder" => Space::Encoder,
+        "centred" => Space::Centred,
+        other => bail!("--select-space must be `encoder`, `centred` or `model`, got `{other}`"),
+    };
+    let hcfg = HybridConfig {
+        threshold: args.hybrid_threshold,
+        ..HybridConfig::default()
+    };
+    Hybrid::new(hcfg.clone())?;
     let total = (strats.len() * args.seeds.len() * (args.rounds + 1)) as u64;
     let pb = indicatif::ProgressBar::new(total);
     pb.set_style(
@@ -124,6 +171,14 @@ pub fn run(args: SimulateArgs) -> Result<()> {
             let mut passive_order: Vec<usize> = (0..pool.len()).collect();
             passive_order.shuffle(&mut rng);
             let mut dec = Decisions::default();
+            // Position of each reference row in the shuffled text pool (a caption's text).
+            let text_pos: std::collections::HashMap<usize, usize> = pool_t
+                .iter()
+                .enumerate()
+                .map(|(c, &row)| (row, c))
+                .collect();
+            let mut hybrid = Hybrid::new(hcfg.clone())?;
+            let mut captions = 0usize;
             // Pairs as (image row, text row) in the reference matrices.
             let mut pairs: Vec<(usize, usize)> = init.iter().map(|&i| (i, i)).collect();
             let (mut labels, mut correct) = (0usize, 0usize);
@@ -135,32 +190,91 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                 let rep = evaluate(model.as_ref(), &test.x, &test.y, &test.labels)?;
                 points.push(Point {
                     labels,
+                    captions,
                     pairs: pairs.len(),
                     correct,
                     r1_i2t: rep.i2t.r1,
                     r1_t2i: rep.t2i.r1,
+                    hybrid: matches!(strat, Strat::Hybrid)
+                        .then(|| (hybrid.estimate(), hybrid.mode() == Mode::Judge)),
                 });
                 pb.inc(1);
                 if round == args.rounds {
                     break;
                 }
+                let mode = match strat {
+                    Strat::Typiclust => Some(Mode::Caption),
+                    Strat::Hybrid => Some(hybrid.mode()),
+                    _ => None,
+                };
                 match strat {
+                    Strat::Typiclust | Strat::Hybrid if mode == Some(Mode::Caption) => {
+                        // The model's mutual-NN proposal of each image, for the hybrid's
+                        // free precision estimate (computed before this round's decisions).
+                        let shadow = if matches!(strat, Strat::Hybrid) {
+                            propose(
+                                model.as_ref(),
+                                &images,
+                                &texts,
+                                &dec,
+                                Strategy::Mnn,
+                                images.rows,
+                                &acq,
+                                &mut rng,
+                            )?
+                        } else {
+                            Vec::new()
+                        };
+                        let picks = select_images(
+                            model.as_ref(),
+                            space,
+                            &r.img,
+                            &images,
+                            &pairs,
+                            &dec,
+                            args.batch,
+                            seed * 1000 + round as u64,
+                        )?;
+                        for k in picks {
+                            let row = pool[k];
+                            if let Some(p) = shadow.iter().find(|p| p.image == k && p.mutual_nn) {
+                                hybrid.observe(r.groups[row] == r.groups[pool_t[p.text]]);
+                            }
+                            let c = *text_pos
+                                .get(&row)
+                                .context("pool text of a captioned image")?;
+                            dec.confirm(k, c);
+                            pairs.push((row, row));
+                            labels += 1;
+                            captions += 1;
+                            correct += 1;
+                        }
+                    }
                     Strat::Passive => {
                         for _ in 0..args.batch {
                             if let Some(k) = passive_order.pop() {
+                                let c = *text_pos
+                                    .get(&pool[k])
+                                    .context("pool text of a captioned image")?;
+                                dec.confirm(k, c);
                                 pairs.push((pool[k], pool[k]));
                                 labels += 1;
+                                captions += 1;
                                 correct += 1;
                             }
                         }
                     }
-                    Strat::Active(st) => {
+                    Strat::Active(_) | Strat::Typiclust | Strat::Hybrid => {
+                        let st = match strat {
+                            Strat::Active(st) => *st,
+                            _ => Strategy::Mnn,
+                        };
                         let props = propose(
                             model.as_ref(),
                             &images,
                             &texts,
                             &dec,
-                            *st,
+                            st,
                             args.batch,
                             &acq,
                             &mut rng,
@@ -168,7 +282,9 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                         for p in props {
                             labels += 1;
                             let (ri, rt) = (pool[p.image], pool_t[p.text]);
-                            if r.groups[ri] == r.groups[rt] {
+                            let ok = r.groups[ri] == r.groups[rt];
+                            hybrid.observe(ok);
+                            if ok {
                                 dec.confirm(p.image, p.text);
                                 pairs.push((ri, rt));
                                 correct += 1;
@@ -213,6 +329,58 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     )?;
     eprintln!("wrote {} and {}", args.out.display(), args.plot.display());
     Ok(())
+}
+
+/// Images to caption next by `typiclust`, as pool indices: clustered in the image encoder's
+/// space or in the current model's shared space, with the paired images as the labeled rows.
+#[allow(clippy::too_many_arguments)]
+fn select_images(
+    model: &dyn Aligned,
+    space: Space,
+    all_images: &Matrix,
+    images: &Matrix,
+    pairs: &[(usize, usize)],
+    dec: &Decisions,
+    b: usize,
+    seed: u64,
+) -> Result<Vec<usize>> {
+    let used: std::collections::HashSet<usize> = dec.confirmed.iter().map(|p| p.0).collect();
+    let avail: Vec<usize> = (0..images.rows).filter(|k| !used.contains(k)).collect();
+    let pool = images.select_rows(&avail);
+    let labeled = all_images.select_rows(&pairs.iter().map(|p| p.0).collect::<Vec<_>>());
+    let (pool, labeled) = match space {
+        Space::Model => (model.embed_x(&pool)?, model.embed_x(&labeled)?),
+        Space::Encoder => (pool, labeled),
+        Space::Centred => {
+            let n = (pool.rows + labeled.rows).max(1) as f32;
+            let mut mean = vec![0f32; pool.cols];
+            for m in [&pool, &labeled] {
+                for i in 0..m.rows {
+                    for (a, &v) in mean.iter_mut().zip(m.row(i)) {
+                        *a += v / n;
+                    }
+                }
+            }
+            let centre = |m: &Matrix| {
+                let mut c = m.clone();
+                for i in 0..c.rows {
+                    for (v, &a) in c.row_mut(i).iter_mut().zip(&mean) {
+                        *v -= a;
+                    }
+                }
+                c
+            };
+            (centre(&pool), centre(&labeled))
+        }
+    };
+    let cfg = TypiclustConfig {
+        seed,
+        ..TypiclustConfig::default()
+    };
+    Ok(typiclust(&pool, &labeled, b, &cfg)?
+        .into_iter()
+        .map(|a| avail[a])
+        .collect())
 }
 
 /// Training data: the pairs, and the pool items not yet confirmed as unpaired data.
@@ -281,7 +449,7 @@ fn render(
 ) -> Result<String> {
     let mut md = String::new();
     let cmd = format!(
-        "sotalign simulate --reference {} --strategies {} --seeds {} --n0 {} --rounds {} --batch {} --method {}",
+        "sotalign simulate --reference {} --strategies {} --seeds {} --n0 {} --rounds {} --batch {} --method {} --select-space {} --hybrid-threshold {}",
         args.reference.display(),
         args.strategies.join(","),
         args.seeds
@@ -292,7 +460,9 @@ fn render(
         args.n0,
         args.rounds,
         args.batch,
-        args.method
+        args.method,
+        args.select_space,
+        args.hybrid_threshold
     );
     writeln!(
         md,
@@ -304,13 +474,13 @@ fn render(
     writeln!(md, "![R@1 vs labels](curation.png)\n")?;
     writeln!(
         md,
-        "Final round, percent, mean ± std over seeds. `labels` = proposals judged (accepted or rejected); `pairs` = paired set size (n0 + accepted); `precision` = accepted / labels.\n"
+        "Final round, percent, mean ± std over seeds. `labels` = captions written + proposals judged (accepted or rejected), one label each; `pairs` = paired set size (n0 + captions + accepted); `precision` = accepted / judged (– when nothing was judged).\n"
     )?;
     writeln!(
         md,
-        "| strategy | labels | pairs | precision | i2t R@1 | t2i R@1 | mean R@1 |"
+        "| strategy | labels | captions | judged | pairs | precision | i2t R@1 | t2i R@1 | mean R@1 |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
     for (name, _) in strats {
         let Some(c) = curves.get(name) else { continue };
         let last: Vec<&Point> = c.iter().filter_map(|v| v.last()).collect();
@@ -318,14 +488,21 @@ fn render(
             |g: &dyn Fn(&Point) -> f64| mean_std(&last.iter().map(|p| g(p)).collect::<Vec<_>>());
         let (l, _) = f(&|p| p.labels as f64);
         let (np, _) = f(&|p| p.pairs as f64);
-        let (pr, _) = f(&|p| p.correct as f64 / (p.labels.max(1)) as f64);
+        let (cap, _) = f(&|p| p.captions as f64);
+        let judged: usize = last.iter().map(|p| p.labels - p.captions).sum();
+        let accepted: usize = last.iter().map(|p| p.correct - p.captions).sum();
+        let pr = if judged > 0 {
+            format!("{:.0}%", 100.0 * accepted as f64 / judged as f64)
+        } else {
+            "–".to_string()
+        };
         let (a, sa) = f(&|p| 100.0 * p.r1_i2t);
         let (b, sb) = f(&|p| 100.0 * p.r1_t2i);
         let (m, sm) = f(&|p| 50.0 * (p.r1_i2t + p.r1_t2i));
         writeln!(
             md,
-            "| {name} | {l:.0} | {np:.1} | {:.0}% | {a:.1}±{sa:.1} | {b:.1}±{sb:.1} | {m:.1}±{sm:.1} |",
-            100.0 * pr
+            "| {name} | {l:.0} | {cap:.0} | {:.0} | {np:.1} | {pr} | {a:.1}±{sa:.1} | {b:.1}±{sb:.1} | {m:.1}±{sm:.1} |",
+            l - cap
         )?;
     }
     writeln!(
@@ -347,28 +524,60 @@ fn render(
         }
         writeln!(md, "{line}")?;
     }
-    // The goal: labels the best strategy needs to reach random labelling's final R@1.
-    if let Some(base) = curves.get("random-pairs").map(|c| mean_curve(c)) {
-        let Some(&(bl, target)) = base.last() else {
-            bail!("empty baseline")
-        };
+    // The hybrid's trace: precision estimate after each round, `J` where it judged next.
+    if let Some(c) = curves.get("hybrid") {
         writeln!(
             md,
-            "\nTarget: `random-pairs` reaches {:.1}% mean R@1 with {bl:.0} labels.\n",
-            100.0 * target
+            "\n`hybrid` (threshold {}): estimated `mnn` precision after each round, per seed (`*` = the next round judged proposals):\n",
+            args.hybrid_threshold
         )?;
-        for (name, _) in strats {
-            if name == "random-pairs" {
-                continue;
-            }
-            let Some(c) = curves.get(name) else { continue };
-            match mean_curve(c).iter().find(|p| p.1 >= target) {
-                Some(&(l, _)) => writeln!(
-                    md,
-                    "- {name}: reaches it at {l:.0} labels ({:.2} x the baseline's labels)",
-                    l / bl.max(1.0)
-                )?,
-                None => writeln!(md, "- {name}: does not reach it within {bl:.0} labels")?,
+        for (seed, v) in args.seeds.iter().zip(c) {
+            let cells: Vec<String> = v
+                .iter()
+                .filter_map(|p| p.hybrid)
+                .map(|(e, j)| format!("{:.2}{}", e, if j { "*" } else { "" }))
+                .collect();
+            writeln!(md, "- seed {seed}: {}", cells.join(" "))?;
+        }
+    }
+    // The goal: labels the best strategy needs to reach random labelling's final R@1.
+    // Also an intermediate target: the baseline's R@1 at half its final labels.
+    if let Some(base) = curves.get("random-pairs").map(|c| mean_curve(c)) {
+        let Some(&(bl_final, _)) = base.last() else {
+            bail!("empty baseline")
+        };
+        let mid = base
+            .iter()
+            .min_by(|p, q| {
+                (p.0 - bl_final / 2.0)
+                    .abs()
+                    .total_cmp(&(q.0 - bl_final / 2.0).abs())
+            })
+            .copied();
+        let targets = [base.last().copied(), mid];
+        for (which, t) in ["final", "intermediate"].iter().zip(targets) {
+            let Some((bl, target)) = t else { continue };
+            writeln!(
+                md,
+                "\nTarget ({which}): `random-pairs` reaches {:.1}% mean R@1 with {bl:.0} labels.\n",
+                100.0 * target
+            )?;
+            for (name, _) in strats {
+                if name == "random-pairs" {
+                    continue;
+                }
+                let Some(c) = curves.get(name) else { continue };
+                match mean_curve(c).iter().find(|p| p.1 >= target) {
+                    Some(&(l, _)) => writeln!(
+                        md,
+                        "- {name}: reaches it at {l:.0} labels ({:.2} x the baseline's labels)",
+                        l / bl.max(1.0)
+                    )?,
+                    None => writeln!(
+                        md,
+                        "- {name}: does not reach it within {bl_final:.0} labels"
+                    )?,
+                }
             }
         }
     }
