@@ -14,7 +14,7 @@ fi
 # CARGO_BENCH overrides the cargo invocation, e.g. to reuse the dev-profile dependency builds:
 #   CARGO_BENCH="cargo bench --workspace --bench align --profile dev --config profile.dev.package.sotalign.opt-level=3 ..."
 # (see docs/BENCHMARKS.md for the exact command; `-p` re-resolves features and rebuilds candle)
-${CARGO_BENCH:-cargo bench -p sotalign --bench align} -- 'klot_step|cca_fit'
+${CARGO_BENCH:-cargo bench --workspace --bench align} -- 'klot_step|cca_fit'
 # Faster numpy: the machine's OpenBLAS work-arounds slow current numpy (see .library env notes).
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$VENV/bin/python" scripts/bench_reference.py \
     --sizes "$SIZES" --criterion target/criterion --json target/bench-reference.json \

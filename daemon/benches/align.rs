@@ -5,6 +5,8 @@
 //!   on cosine affinities of random unit vectors (dim 64). The same computation as
 //!   `scripts/bench_reference.py` (numpy and jax-jit); `scripts/bench-reference.sh` runs both
 //!   and prints the ratio table of docs/BENCHMARKS.md.
+//! - `klot_step_device/B`: the same step in candle tensor ops (`align::klot_device`) on
+//!   `SOTALIGN_BENCH_DEVICE` (cpu by default, cuda for scripts/gpu-check.sh).
 //! - `sinkhorn/B`: one 100-iteration plan at eps = 0.05 (half a KLOT step).
 //! - `cca_fit/n`: the ridge-CCA teacher fitted on the first n rows of the real Tux Paint
 //!   embeddings (1280-d images, 384-d texts, `tests/fixtures/reference`), lambda = 0.1: row
@@ -16,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sotalign::align::config::TeacherConfig;
 use sotalign::align::klot::Klot;
+use sotalign::align::klot_device;
 use sotalign::align::sinkhorn::Sinkhorn;
 use sotalign::align::teacher::CcaTeacher;
 use sotalign::align::{AlignData, Matrix};
@@ -58,6 +61,47 @@ fn klot_step(c: &mut Criterion) {
             bench.iter(|| {
                 black_box(
                     k.step(&ks, &kt, 0.05, 0.01, 100)
+                        .map(|v| v.kl)
+                        .unwrap_or(f64::NAN),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The candle-ops KLOT step (`align::klot_device`) on `SOTALIGN_BENCH_DEVICE` (default cpu;
+/// `cuda` in a `--features cuda` build, as scripts/gpu-check.sh runs it). On the CPU it is the
+/// unfused log-domain reference the fused engine is compared with; on a GPU it is the figure.
+fn klot_step_device(c: &mut Criterion) {
+    let spec = std::env::var("SOTALIGN_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let dev = match sotalign::encoders::parse_device(&spec) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("klot_step_device: {e}; skipped");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("klot_step_device");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    let sizes: Vec<usize> = std::env::var("SOTALIGN_KLOT_B")
+        .ok()
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![256, 1024]);
+    for &b in &sizes {
+        let tensor = |seed| {
+            candle_core::Tensor::from_vec(affinity(b, seed), (b, b), &dev)
+                .expect("affinity tensor on the bench device")
+        };
+        let (ks, kt) = (tensor(1), tensor(2));
+        g.bench_with_input(BenchmarkId::from_parameter(b), &b, |bench, _| {
+            bench.iter(|| {
+                // `kl` is read back to the host, which also waits for the device.
+                black_box(
+                    klot_device::step(&ks, &kt, 0.05, 0.01, 100)
                         .map(|v| v.kl)
                         .unwrap_or(f64::NAN),
                 )
@@ -129,5 +173,5 @@ fn cca_fit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, klot_step, sinkhorn, cca_fit);
+criterion_group!(benches, klot_step, klot_step_device, sinkhorn, cca_fit);
 criterion_main!(benches);

@@ -9,7 +9,7 @@ use candle_core::Device;
 use serde_json::Value;
 use sotalign::assets::Assets;
 use sotalign::encoders::{ImageEncoder, TextEncoder};
-use sotalign::ingest::npy::NpyF32;
+use sotalign::io::npy::NpyF32;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use serde_json::{Value, json};
-use sotalign::ingest::npy::read_f32;
+use sotalign::io::npy::read_npy;
 use sotalign_protocol::types::*;
 use sotalign_protocol::vector::Vector;
 use sotalign_protocol::{Client, codes, methods};
@@ -131,8 +131,8 @@ fn raw_stamps_are_encoded_in_the_background_and_text_search_uses_minilm() {
         })
         .unwrap();
     assert_eq!(wait_finished(&mut c, a.job).state, JobState::Succeeded);
-    let ref_img = read_f32(&fixtures().join("tuxpaint_img.npy")).unwrap();
-    let ref_txt = read_f32(&fixtures().join("tuxpaint_txt.npy")).unwrap();
+    let ref_img = read_npy(&fixtures().join("tuxpaint_img.npy")).unwrap();
+    let ref_txt = read_npy(&fixtures().join("tuxpaint_txt.npy")).unwrap();
     let keys =
         |h: &[Candidate]| -> Vec<String> { h.iter().map(|c| c.sample.key.clone()).collect() };
     for &r in unpaired_rows {

@@ -232,7 +232,7 @@ fn confirmed_held_out_and_rejected_are_never_offered() {
         check(h.sample.id, "search by a confirmed sample");
     }
     let row = fx.test[0];
-    let v = sotalign::ingest::npy::read_f32(&fixtures().join("tuxpaint_txt.npy"))
+    let v = sotalign::io::npy::read_npy(&fixtures().join("tuxpaint_txt.npy"))
         .unwrap()
         .row(row)
         .to_vec();
@@ -406,7 +406,7 @@ fn samples_ingested_during_an_alignment_are_searchable_after_it() {
     })
     .unwrap();
     // A new image: a held-out row's reference vector, under a new key.
-    let v = sotalign::ingest::npy::read_f32(&fixtures().join("tuxpaint_img.npy"))
+    let v = sotalign::io::npy::read_npy(&fixtures().join("tuxpaint_img.npy"))
         .unwrap()
         .row(fx.test[0])
         .to_vec();

@@ -175,6 +175,21 @@ pub struct KlotConfig {
     pub cap_batch: bool,
     /// Candidates tried when alpha is chosen on validation.
     pub alpha_grid: Vec<f64>,
+    /// Which KLOT implementation a training step uses.
+    pub engine: KlotEngine,
+}
+
+/// Where the KLOT step runs during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlotEngine {
+    /// The CPU engine when training on the CPU (fastest there), the device engine otherwise.
+    #[default]
+    Auto,
+    /// Always the fused CPU engine (`klot.rs`): affinities copied to the host and back.
+    Cpu,
+    /// Always candle tensor ops on the training device (`klot_device.rs`).
+    Device,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,6 +299,7 @@ impl Default for KlotConfig {
             batch: 256,
             cap_batch: true,
             alpha_grid: vec![0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+            engine: KlotEngine::Auto,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod eval;
 pub mod heads;
 pub mod klot;
+pub mod klot_device;
 pub mod linalg;
 pub mod matrix;
 pub mod methods;

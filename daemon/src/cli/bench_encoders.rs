@@ -200,7 +200,7 @@ fn run_reference(
     let x = ienc.load_input(&golden.join("chelsea.png"))?;
     let m = crate::align::Matrix::from_vec(1, x.len(), x)
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
-    crate::ingest::npy::write_f32(&tmp, &m)?;
+    crate::io::npy::write_npy(&tmp, &m)?;
     let out = std::process::Command::new(&py)
         .arg(root.join("scripts/bench_encoders_ref.py"))
         .arg("--assets")

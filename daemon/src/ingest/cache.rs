@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::IngestError;
-use super::npy::{self, NpyF32};
 use crate::align::Matrix;
+use crate::io::npy::{NpyF32, write_npy};
 
 /// Environment variable overriding the embedding cache root.
 pub const ENV_VAR: &str = "SOTALIGN_CACHE";
@@ -146,7 +146,7 @@ impl ModelCache {
             .unwrap_or(0);
         let stem = format!("shard-{nanos:024}-{}", std::process::id());
         let npy_path = self.dir.join(format!("{stem}.npy"));
-        npy::write_f32(&npy_path, rows)?;
+        write_npy(&npy_path, rows)?;
         let keys_path = self.dir.join(format!("{stem}.keys"));
         let tmp = self.dir.join(format!("{stem}.keys.tmp"));
         fs::write(&tmp, hashes.join("\n") + "\n").map_err(|e| IngestError::io(&tmp, e))?;

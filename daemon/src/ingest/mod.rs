@@ -5,7 +5,6 @@
 //! a background job and forwards the progress callback; the CLI draws progress bars from it.
 //! Invariant: every input item ends up either as a row or in the [`Report`]'s skipped list.
 pub mod cache;
-pub mod npy;
 pub mod sources;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +29,9 @@ pub enum IngestError {
     NotFound(PathBuf),
     #[error(transparent)]
     Encoder(#[from] EncoderError),
+    /// Reading or writing a cache shard or an output matrix.
+    #[error(transparent)]
+    File(#[from] crate::io::IoError),
 }
 
 impl IngestError {
@@ -308,10 +310,10 @@ struct ItemRecord<'a> {
 pub fn write_output(dir: &Path, enc: &Encoded) -> Result<(), IngestError> {
     std::fs::create_dir_all(dir).map_err(|e| IngestError::io(dir, e))?;
     if let Some(m) = &enc.images {
-        npy::write_f32(&dir.join("images.npy"), m)?;
+        crate::io::npy::write_npy(&dir.join("images.npy"), m)?;
     }
     if let Some(m) = &enc.texts {
-        npy::write_f32(&dir.join("texts.npy"), m)?;
+        crate::io::npy::write_npy(&dir.join("texts.npy"), m)?;
     }
     let mut lines = String::new();
     for (k, item) in enc.items.iter().enumerate() {

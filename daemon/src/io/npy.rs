@@ -17,8 +17,20 @@ pub fn read_npy(path: &Path) -> Result<Matrix, IoError> {
     })
 }
 
-/// Parse `.npy` bytes (errors are plain messages; [`read_npy`] adds the path).
-pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
+/// What a `.npy` header says, after validation against the bytes that follow it.
+struct Header<'a> {
+    descr: &'a str,
+    rows: usize,
+    cols: usize,
+    /// Bytes per element (4, 2 or 8).
+    width: usize,
+    /// Where the data starts.
+    data_start: usize,
+}
+
+/// Parse and validate the header: a 2-D, C-order, little-endian float array whose data is
+/// exactly as long as its shape says (errors are plain messages; callers add the path).
+fn parse_header(bytes: &[u8]) -> Result<Header<'_>, String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("missing \\x93NUMPY magic".into());
     }
@@ -62,7 +74,6 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
         _ => return Err(format!("expected a 2-D array, got shape {dims:?}")),
     };
     let n = rows.checked_mul(cols).ok_or("shape overflows")?;
-    let body = &bytes[start + hlen..];
     let width = match descr {
         "<f4" => 4,
         "<f2" => 2,
@@ -73,13 +84,33 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
             ));
         }
     };
-    if body.len() != n * width {
+    let data_start = start + hlen;
+    let body = bytes.len() - data_start;
+    if Some(body) != n.checked_mul(width) {
         return Err(format!(
-            "data is {} bytes, shape ({rows}, {cols}) of `{descr}` needs {}",
-            body.len(),
-            n * width
+            "data is {body} bytes, shape ({rows}, {cols}) of `{descr}` needs {} (truncated?)",
+            n.saturating_mul(width)
         ));
     }
+    Ok(Header {
+        descr,
+        rows,
+        cols,
+        width,
+        data_start,
+    })
+}
+
+/// Parse `.npy` bytes (errors are plain messages; [`read_npy`] adds the path).
+pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
+    let Header {
+        rows,
+        cols,
+        width,
+        data_start,
+        ..
+    } = parse_header(bytes)?;
+    let body = &bytes[data_start..];
     let data: Vec<f32> = match width {
         4 => body
             .chunks_exact(4)
@@ -114,6 +145,62 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     } else {
         let end = rest.find([',', '}']).unwrap_or(rest.len());
         Some(rest[..end].trim())
+    }
+}
+
+/// A memory-mapped 2-D little-endian f32 `.npy`: the ingest cache's shards are read through it,
+/// so a large cache costs no copy until rows are gathered.
+pub struct NpyF32 {
+    map: memmap2::Mmap,
+    offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl NpyF32 {
+    /// Map a file and validate its header (`<f4`, C order, 2-D, size consistent).
+    pub fn open(path: &Path) -> Result<Self, IoError> {
+        let f = std::fs::File::open(path).map_err(|e| IoError::fs(path, e))?;
+        // SAFETY: read-only map; cache shards are written once and only ever renamed into place.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| IoError::fs(path, e))?;
+        let bad = |msg: String| IoError::Npy {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let h = parse_header(&map).map_err(bad)?;
+        if h.descr != "<f4" {
+            return Err(bad(format!(
+                "dtype `{}`: memory-mapped reading needs little-endian float32",
+                h.descr
+            )));
+        }
+        let (offset, rows, cols) = (h.data_start, h.rows, h.cols);
+        Ok(Self {
+            map,
+            offset,
+            rows,
+            cols,
+        })
+    }
+
+    /// Copy row `i` (< `rows`) into `out` (length `cols`).
+    pub fn read_row(&self, i: usize, out: &mut [f32]) {
+        let start = self.offset + i * self.cols * 4;
+        for (o, c) in out
+            .iter_mut()
+            .zip(self.map[start..start + self.cols * 4].chunks_exact(4))
+        {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+    }
+
+    /// The whole array as a [`Matrix`].
+    pub fn to_matrix(&self) -> Matrix {
+        let mut m = Matrix::zeros(self.rows, self.cols);
+        for i in 0..self.rows {
+            self.read_row(i, m.row_mut(i));
+        }
+        m
     }
 }
 
@@ -230,5 +317,29 @@ mod tests {
         );
         assert!(parse_npy(&short).unwrap_err().contains("needs 16"));
         assert!(parse_npy(b"garbage").is_err());
+    }
+
+    #[test]
+    fn mapped_reader_round_trip_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.npy");
+        let m = Matrix::from_vec(3, 2, vec![1.0, -2.0, 3.5, 0.0, f32::MIN_POSITIVE, 7.0]).unwrap();
+        write_npy(&p, &m).unwrap();
+        assert_eq!(NpyF32::open(&p).unwrap().to_matrix(), m);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
+        let err = NpyF32::open(&p).err().unwrap().to_string();
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    /// A file numpy wrote (the reference fixture) maps with its shape and the same values as
+    /// the copying reader.
+    #[test]
+    fn mapped_reader_reads_numpy_written_file() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/reference/tuxpaint_txt.npy");
+        let a = NpyF32::open(&p).unwrap();
+        assert_eq!((a.rows, a.cols), (785, 384));
+        assert_eq!(a.to_matrix(), read_npy(&p).unwrap());
     }
 }

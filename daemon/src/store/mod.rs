@@ -134,69 +134,43 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn modality_str(m: Modality) -> &'static str {
-    match m {
-        Modality::Image => "image",
-        Modality::Text => "text",
-    }
+/// The store keeps enums as readable TEXT columns. One table per enum gives both directions,
+/// so a variant can never be written under one spelling and read back under another.
+macro_rules! text_enum {
+    ($ty:ident, $what:literal, $to:ident, $from:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        fn $to(v: $ty) -> &'static str {
+            match v {
+                $($ty::$variant => $text,)+
+            }
+        }
+
+        fn $from(s: &str) -> Result<$ty, StoreError> {
+            match s {
+                $($text => Ok($ty::$variant),)+
+                other => Err(StoreError::Corrupt(format!(concat!($what, " {:?}"), other))),
+            }
+        }
+    };
 }
 
-fn parse_modality(s: &str) -> Result<Modality, StoreError> {
-    match s {
-        "image" => Ok(Modality::Image),
-        "text" => Ok(Modality::Text),
-        other => Err(StoreError::Corrupt(format!("modality {other:?}"))),
-    }
-}
-
-fn sample_state_str(s: SampleState) -> &'static str {
-    match s {
-        SampleState::Unpaired => "unpaired",
-        SampleState::Paired => "paired",
-        SampleState::HeldOut => "held_out",
-    }
-}
-
-fn parse_sample_state(s: &str) -> Result<SampleState, StoreError> {
-    match s {
-        "unpaired" => Ok(SampleState::Unpaired),
-        "paired" => Ok(SampleState::Paired),
-        "held_out" => Ok(SampleState::HeldOut),
-        other => Err(StoreError::Corrupt(format!("sample state {other:?}"))),
-    }
-}
-
-fn pair_state_str(s: PairState) -> &'static str {
-    match s {
-        PairState::Confirmed => "confirmed",
-        PairState::Rejected => "rejected",
-        PairState::HeldOut => "held_out",
-    }
-}
-
-fn parse_pair_state(s: &str) -> Result<PairState, StoreError> {
-    match s {
-        "confirmed" => Ok(PairState::Confirmed),
-        "rejected" => Ok(PairState::Rejected),
-        "held_out" => Ok(PairState::HeldOut),
-        other => Err(StoreError::Corrupt(format!("pair state {other:?}"))),
-    }
-}
-
-fn kind_str(k: DecisionKind) -> &'static str {
-    match k {
-        DecisionKind::Confirm => "confirm",
-        DecisionKind::Reject => "reject",
-    }
-}
-
-fn parse_kind(s: &str) -> Result<DecisionKind, StoreError> {
-    match s {
-        "confirm" => Ok(DecisionKind::Confirm),
-        "reject" => Ok(DecisionKind::Reject),
-        other => Err(StoreError::Corrupt(format!("decision kind {other:?}"))),
-    }
-}
+text_enum!(Modality, "modality", modality_str, parse_modality {
+    Image => "image",
+    Text => "text",
+});
+text_enum!(SampleState, "sample state", sample_state_str, parse_sample_state {
+    Unpaired => "unpaired",
+    Paired => "paired",
+    HeldOut => "held_out",
+});
+text_enum!(PairState, "pair state", pair_state_str, parse_pair_state {
+    Confirmed => "confirmed",
+    Rejected => "rejected",
+    HeldOut => "held_out",
+});
+text_enum!(DecisionKind, "decision kind", kind_str, parse_kind {
+    Confirm => "confirm",
+    Reject => "reject",
+});
 
 fn enum_str<T: serde::Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
