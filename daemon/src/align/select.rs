@@ -30,6 +30,9 @@ pub struct TypiclustConfig {
     pub knn: usize,
     /// Seed of the k-means++ initialisation: same seed, same input, same answer.
     pub seed: u64,
+    /// Number of clusters; `None` = labeled rows + `b` (TypiClust's choice: one new cluster per
+    /// pick, so every pick can open an uncovered region).
+    pub clusters: Option<usize>,
 }
 
 impl Default for TypiclustConfig {
@@ -38,6 +41,7 @@ impl Default for TypiclustConfig {
             iters: 30,
             knn: 20,
             seed: 0,
+            clusters: None,
         }
     }
 }
@@ -78,7 +82,7 @@ pub fn typiclust(
         all.row_mut(np + i).copy_from_slice(labeled.row(i));
     }
     let f = all.l2_normalized();
-    let k = (labeled.rows + b).min(f.rows);
+    let k = cfg.clusters.unwrap_or(labeled.rows + b).clamp(1, f.rows);
     let assign = spherical_kmeans(&f, k, cfg)?;
 
     // Cluster membership and coverage.
@@ -390,9 +394,25 @@ mod tests {
                 sizes[b]
             );
         }
+        // A fixed cluster count below the number of picks: the least-covered rule spreads the
+        // picks, so 12 picks over 6 clusters (one per blob) put exactly 2 in every blob.
+        let six = TypiclustConfig {
+            clusters: Some(6),
+            ..TypiclustConfig::default()
+        };
+        let p12 = typiclust(&x, &none_labeled(&x), 12, &six).unwrap();
+        let mut per_blob = vec![0; sizes.len()];
+        for &p in &p12 {
+            per_blob[blob[p]] += 1;
+        }
+        assert_eq!(per_blob, vec![2; sizes.len()], "picks {p12:?}");
         // Deterministic: same input and seed, same answer.
         let again = typiclust(&pool, &labeled, 5, &TypiclustConfig::default()).unwrap();
         assert_eq!(picks, again);
+    }
+
+    fn none_labeled(x: &Matrix) -> Matrix {
+        Matrix::zeros(0, x.cols)
     }
 
     #[test]

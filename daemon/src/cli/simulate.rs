@@ -65,6 +65,12 @@ pub struct SimulateArgs {
     /// proposals reaches this.
     #[arg(long, default_value_t = 0.5)]
     pub hybrid_threshold: f64,
+    /// `typiclust` clusters (default: paired + batch, TypiClust's choice).
+    #[arg(long)]
+    pub typiclust_k: Option<usize>,
+    /// `typiclust` typicality neighbours.
+    #[arg(long, default_value_t = 20)]
+    pub typiclust_knn: usize,
     /// Re-alignment method (`cca` = the closed-form teacher; `sotalign` is much slower).
     #[arg(long, default_value = "cca")]
     pub method: String,
@@ -233,7 +239,12 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                             &pairs,
                             &dec,
                             args.batch,
-                            seed * 1000 + round as u64,
+                            &TypiclustConfig {
+                                seed: seed * 1000 + round as u64,
+                                clusters: args.typiclust_k,
+                                knn: args.typiclust_knn,
+                                ..TypiclustConfig::default()
+                            },
                         )?;
                         for k in picks {
                             let row = pool[k];
@@ -342,7 +353,7 @@ fn select_images(
     pairs: &[(usize, usize)],
     dec: &Decisions,
     b: usize,
-    seed: u64,
+    cfg: &TypiclustConfig,
 ) -> Result<Vec<usize>> {
     let used: std::collections::HashSet<usize> = dec.confirmed.iter().map(|p| p.0).collect();
     let avail: Vec<usize> = (0..images.rows).filter(|k| !used.contains(k)).collect();
@@ -373,11 +384,7 @@ fn select_images(
             (centre(&pool), centre(&labeled))
         }
     };
-    let cfg = TypiclustConfig {
-        seed,
-        ..TypiclustConfig::default()
-    };
-    Ok(typiclust(&pool, &labeled, b, &cfg)?
+    Ok(typiclust(&pool, &labeled, b, cfg)?
         .into_iter()
         .map(|a| avail[a])
         .collect())
