@@ -42,17 +42,22 @@ fn affinity(b: usize, seed: u64) -> Vec<f32> {
     x.matmul_t(&y).data
 }
 
+/// KLOT batch sizes: `SOTALIGN_KLOT_B=4096,16384,32768` (scripts/gpu-check.sh) overrides
+/// `default`.
+fn batch_sizes(default: &[usize]) -> Vec<usize> {
+    std::env::var("SOTALIGN_KLOT_B")
+        .ok()
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
+
 fn klot_step(c: &mut Criterion) {
     let mut g = c.benchmark_group("klot_step");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    // `SOTALIGN_KLOT_B=4096,16384,32768` overrides the batch sizes (scripts/gpu-check.sh).
-    let sizes: Vec<usize> = std::env::var("SOTALIGN_KLOT_B")
-        .ok()
-        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![256, 1024, 2048, 4096]);
+    let sizes = batch_sizes(&[256, 1024, 2048, 4096]);
     for &b in &sizes {
         let ks = affinity(b, 1);
         let kt = affinity(b, 2);
@@ -86,11 +91,7 @@ fn klot_step_device(c: &mut Criterion) {
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    let sizes: Vec<usize> = std::env::var("SOTALIGN_KLOT_B")
-        .ok()
-        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![256, 1024]);
+    let sizes = batch_sizes(&[256, 1024]);
     for &b in &sizes {
         let tensor = |seed| {
             candle_core::Tensor::from_vec(affinity(b, seed), (b, b), &dev)

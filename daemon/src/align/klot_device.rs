@@ -36,21 +36,7 @@ pub struct DeviceKlotValue {
 /// Log of the entropic plan of `k` (rows x cols, f32) at temperature `eps`, uniform marginals.
 pub fn log_plan(k: &Tensor, eps: f64, iters: usize) -> Result<Tensor, AlignError> {
     let (rows, cols) = k.dims2()?;
-    if rows == 0 || cols == 0 {
-        return Err(AlignError::NotEnoughData(
-            "Sinkhorn on an empty affinity matrix".into(),
-        ));
-    }
-    if !(eps.is_finite() && eps > 0.0) {
-        return Err(AlignError::InvalidConfig(format!(
-            "Sinkhorn eps must be > 0, got {eps}"
-        )));
-    }
-    if iters == 0 {
-        return Err(AlignError::InvalidConfig(
-            "Sinkhorn needs at least 1 iteration".into(),
-        ));
-    }
+    super::sinkhorn::check_problem(rows, cols, eps, iters)?;
     let k = k.to_dtype(DType::F32)?;
     // Row sums tell whether any entry is NaN/Inf (NaN and Inf propagate through a sum of
     // cosines, which are bounded), and which row: B floats cross to the host, not B^2.

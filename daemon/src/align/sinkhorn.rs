@@ -178,21 +178,7 @@ impl Sinkhorn {
                 got: k.len(),
             });
         }
-        if !(eps.is_finite() && eps > 0.0) {
-            return Err(AlignError::InvalidConfig(format!(
-                "Sinkhorn eps must be > 0, got {eps}"
-            )));
-        }
-        if iters == 0 {
-            return Err(AlignError::InvalidConfig(
-                "Sinkhorn needs at least 1 iteration".into(),
-            ));
-        }
-        if self.rows == 0 || self.cols == 0 {
-            return Err(AlignError::NotEnoughData(
-                "Sinkhorn on an empty affinity matrix".into(),
-            ));
-        }
+        check_problem(self.rows, self.cols, eps, iters)?;
         check_finite(k, self.cols)?;
         self.eps = eps;
         self.stats = SinkhornStats::default();
@@ -462,6 +448,32 @@ impl Sinkhorn {
             })
             .reduce(|| true, |x, y| x && y)
     }
+}
+
+/// The checks every Sinkhorn solver makes before iterating (this engine and
+/// [`super::klot_device`]): a positive finite `eps`, at least one iteration, a non-empty matrix.
+pub(crate) fn check_problem(
+    rows: usize,
+    cols: usize,
+    eps: f64,
+    iters: usize,
+) -> Result<(), AlignError> {
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(AlignError::InvalidConfig(format!(
+            "Sinkhorn eps must be > 0, got {eps}"
+        )));
+    }
+    if iters == 0 {
+        return Err(AlignError::InvalidConfig(
+            "Sinkhorn needs at least 1 iteration".into(),
+        ));
+    }
+    if rows == 0 || cols == 0 {
+        return Err(AlignError::NotEnoughData(
+            "Sinkhorn on an empty affinity matrix".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Run `f` on a rayon worker thread (directly if already on one).
