@@ -1,33 +1,68 @@
-//! Score fusion of two fitted methods: `score = w * s_a / sd_a + (1 - w) * s_b / sd_b`.
+//! Score fusion of fitted methods: `score = sum_i w_i * s_i / sd_i`.
 //!
-//! Why: the closed-form methods make different errors (the CCA teacher is a global linear map,
-//! ASIF a local relative representation against the paired anchors), so a weighted sum of their
-//! scores can rank better than either. `sd_a`, `sd_b` are the standard deviations of each
-//! method's score matrix on the training pairs, so `w` weighs comparable quantities whatever
-//! the methods' score ranges (cosines in [-1, 1] for CCA, powered similarities for ASIF).
+//! Why: the closed-form methods make different errors (Procrustes is one rotation, the CCA
+//! teacher a global linear map with up to n - 1 directions, ASIF a local relative
+//! representation against the paired anchors), so a weighted sum of their scores ranks better
+//! than the average of its parts and, on the reference splits, than the best of them (see
+//! docs/RESULTS.md). Fusing is also a variance reducer: picking one method on 5-80 validation
+//! pairs pays for the noise of that pick, averaging does not. `sd_i` is the standard deviation
+//! of method i's score matrix on the training pairs, so the weights act on comparable
+//! quantities whatever each method's score range (cosines in [-1, 1], powered similarities).
 //!
-//! A blend is still an [`Aligned`] dot-product model: the image embedding is the concatenation
-//! `[w / sd_a * ex_a, (1 - w) / sd_b * ex_b]` and the text embedding `[ey_a, ey_b]`, so the
-//! daemon's index and every evaluation path work unchanged. `auto` offers blends as candidates.
+//! A fusion is still an [`Aligned`] dot-product model: the image embedding is the
+//! concatenation `[w_1 / sd_1 * ex_1, ..., w_k / sd_k * ex_k]` and the text embedding
+//! `[ey_1, ..., ey_k]`, so the daemon's index and every evaluation path work unchanged.
+//! `auto` offers fusions as candidates ([`super::auto`]).
 use faer::Mat;
 use serde_json::json;
 
 use super::{AlignData, AlignError, Aligned, Matrix, MethodState, linalg};
 
-/// Two fitted methods and their fusion weights.
+/// Fitted methods and their fusion weights.
 pub struct Blend {
-    a: Box<dyn Aligned>,
-    b: Box<dyn Aligned>,
-    /// Weight of `a` in [0, 1]; `b` gets `1 - w`.
-    pub w: f64,
-    /// Multipliers applied to each method's image embedding: `w / sd_a`, `(1 - w) / sd_b`.
-    scale_a: f64,
-    scale_b: f64,
+    parts: Vec<Box<dyn Aligned>>,
+    /// Weights, normalised to sum to 1.
+    pub weights: Vec<f64>,
+    /// Multiplier applied to each part's image embedding: `w_i / sd_i`.
+    scales: Vec<f64>,
 }
 
 impl Blend {
-    /// Blend two methods fitted on `data`; the score spreads are measured on its pairs.
+    /// Fuse `parts` fitted on `data` with `weights` (>= 0, not all 0; normalised to sum 1); the
+    /// score spreads are measured on the pairs of `data`.
     pub fn new(
+        parts: Vec<Box<dyn Aligned>>,
+        weights: &[f64],
+        data: &AlignData,
+    ) -> Result<Self, AlignError> {
+        if parts.is_empty() || parts.len() != weights.len() {
+            return Err(AlignError::InvalidConfig(format!(
+                "a blend needs one weight per part and at least one part ({} parts, {} weights)",
+                parts.len(),
+                weights.len()
+            )));
+        }
+        let total: f64 = weights.iter().sum();
+        if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || !(total > 0.0) {
+            return Err(AlignError::InvalidConfig(format!(
+                "blend weights must be finite, >= 0 and not all 0, got {weights:?}"
+            )));
+        }
+        let weights: Vec<f64> = weights.iter().map(|w| w / total).collect();
+        let scales = parts
+            .iter()
+            .zip(&weights)
+            .map(|(p, w)| Ok(w / score_sd(p.as_ref(), data)?))
+            .collect::<Result<Vec<f64>, AlignError>>()?;
+        Ok(Self {
+            parts,
+            weights,
+            scales,
+        })
+    }
+
+    /// Two-part shorthand: `a` at weight `w`, `b` at `1 - w`.
+    pub fn pair(
         a: Box<dyn Aligned>,
         b: Box<dyn Aligned>,
         w: f64,
@@ -38,43 +73,29 @@ impl Blend {
                 "blend weight must be in [0, 1], got {w}"
             )));
         }
-        let sd_a = score_sd(a.as_ref(), data)?;
-        let sd_b = score_sd(b.as_ref(), data)?;
-        Ok(Self {
-            a,
-            b,
-            w,
-            scale_a: w / sd_a,
-            scale_b: (1.0 - w) / sd_b,
-        })
+        Self::new(vec![a, b], &[w, 1.0 - w], data)
     }
 
-    /// The two blended methods' names.
-    pub fn parts(&self) -> (&str, &str) {
-        (self.a.name(), self.b.name())
+    /// The blended methods' names, in order.
+    pub fn parts(&self) -> Vec<&str> {
+        self.parts.iter().map(|p| p.name()).collect()
     }
 
-    /// Rebuild from [`Aligned::export_state`] output: tensors prefixed `a.` / `b.`, the parts'
-    /// own states in `meta`. `restore` rebuilds each part (it is the method registry's).
+    /// Rebuild from [`Aligned::export_state`] output: tensors prefixed `p{i}.`, the parts' own
+    /// states in `meta.parts`. Two-part checkpoints of the earlier layout (prefixes `a.` / `b.`,
+    /// `w`, `scale_a`, `scale_b`) load too. `restore` rebuilds each part (the method registry's).
     pub fn from_state(
         state: &MethodState,
         restore: &dyn Fn(&MethodState) -> Result<Box<dyn Aligned>, AlignError>,
     ) -> Result<Self, AlignError> {
         let meta = &state.meta;
-        let num = |k: &str| {
-            meta.get(k)
-                .and_then(|v| v.as_f64())
-                .ok_or_else(|| AlignError::InvalidConfig(format!("blend checkpoint lacks `{k}`")))
-        };
-        let part = |p: &str| -> Result<Box<dyn Aligned>, AlignError> {
-            let m = meta.get(p).ok_or_else(|| {
-                AlignError::InvalidConfig(format!("blend checkpoint lacks part `{p}`"))
-            })?;
+        let bad = |what: &str| AlignError::InvalidConfig(format!("blend checkpoint: {what}"));
+        let part = |prefix: &str, m: &serde_json::Value| -> Result<Box<dyn Aligned>, AlignError> {
             let method = m
                 .get("method")
                 .and_then(|v| v.as_str())
-                .ok_or_else(|| AlignError::InvalidConfig(format!("blend part `{p}` unnamed")))?;
-            let prefix = format!("{p}.");
+                .ok_or_else(|| bad(&format!("part `{prefix}` unnamed")))?;
+            let prefix = format!("{prefix}.");
             let sub = MethodState {
                 method: method.to_string(),
                 tensors: state
@@ -88,12 +109,45 @@ impl Blend {
             };
             restore(&sub)
         };
+        let nums = |k: &str| -> Result<Vec<f64>, AlignError> {
+            meta.get(k)
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| bad(&format!("lacks `{k}`")))?
+                .iter()
+                .map(|v| {
+                    v.as_f64()
+                        .ok_or_else(|| bad(&format!("`{k}` is not numeric")))
+                })
+                .collect()
+        };
+        if let Some(list) = meta.get("parts").and_then(|v| v.as_array()) {
+            let parts = list
+                .iter()
+                .enumerate()
+                .map(|(i, m)| part(&format!("p{i}"), m))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (weights, scales) = (nums("weights")?, nums("scales")?);
+            if weights.len() != parts.len() || scales.len() != parts.len() {
+                return Err(bad("weights / scales do not match the parts"));
+            }
+            return Ok(Self {
+                parts,
+                weights,
+                scales,
+            });
+        }
+        // The two-part layout written before fusions had more than two parts.
+        let num = |k: &str| {
+            meta.get(k)
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| bad(&format!("lacks `{k}`")))
+        };
+        let sub = |k: &str| meta.get(k).ok_or_else(|| bad(&format!("lacks part `{k}`")));
+        let w = num("w")?;
         Ok(Self {
-            a: part("a")?,
-            b: part("b")?,
-            w: num("w")?,
-            scale_a: num("scale_a")?,
-            scale_b: num("scale_b")?,
+            parts: vec![part("a", sub("a")?)?, part("b", sub("b")?)?],
+            weights: vec![w, 1.0 - w],
+            scales: vec![num("scale_a")?, num("scale_b")?],
         })
     }
 }
@@ -123,15 +177,22 @@ fn score_sd(m: &dyn Aligned, data: &AlignData) -> Result<f64, AlignError> {
     Ok(sd)
 }
 
-fn hcat(a: Mat<f64>, sa: f64, b: Mat<f64>, sb: f64) -> Mat<f64> {
-    let (ca, cb) = (a.ncols(), b.ncols());
-    Mat::from_fn(a.nrows(), ca + cb, |i, j| {
-        if j < ca {
-            sa * a[(i, j)]
-        } else {
-            sb * b[(i, j - ca)]
+/// Side-by-side concatenation of `blocks`, block i multiplied by `scale[i]`.
+fn hcat(blocks: &[Mat<f64>], scale: impl Fn(usize) -> f64) -> Mat<f64> {
+    let rows = blocks.first().map_or(0, |b| b.nrows());
+    let cols: usize = blocks.iter().map(|b| b.ncols()).sum();
+    let mut out = Mat::<f64>::zeros(rows, cols);
+    let mut at = 0;
+    for (k, b) in blocks.iter().enumerate() {
+        let s = scale(k);
+        for j in 0..b.ncols() {
+            for i in 0..rows {
+                out[(i, at + j)] = s * b[(i, j)];
+            }
         }
-    })
+        at += b.ncols();
+    }
+    out
 }
 
 impl Aligned for Blend {
@@ -148,41 +209,40 @@ impl Aligned for Blend {
     }
 
     fn embed_x_f64(&self, x: &Matrix) -> Result<Mat<f64>, AlignError> {
-        Ok(hcat(
-            self.a.embed_x_f64(x)?,
-            self.scale_a,
-            self.b.embed_x_f64(x)?,
-            self.scale_b,
-        ))
+        let blocks = self
+            .parts
+            .iter()
+            .map(|p| p.embed_x_f64(x))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(hcat(&blocks, |k| self.scales[k]))
     }
 
     fn embed_y_f64(&self, y: &Matrix) -> Result<Mat<f64>, AlignError> {
-        Ok(hcat(
-            self.a.embed_y_f64(y)?,
-            1.0,
-            self.b.embed_y_f64(y)?,
-            1.0,
-        ))
+        let blocks = self
+            .parts
+            .iter()
+            .map(|p| p.embed_y_f64(y))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(hcat(&blocks, |_| 1.0))
     }
 
     fn export_state(&self) -> Result<MethodState, AlignError> {
-        let sa = self.a.export_state()?;
-        let sb = self.b.export_state()?;
         let mut tensors = Vec::new();
-        for (p, st) in [("a", &sa), ("b", &sb)] {
-            for (n, t) in &st.tensors {
-                tensors.push((format!("{p}.{n}"), t.clone()));
+        let mut parts = Vec::new();
+        for (i, p) in self.parts.iter().enumerate() {
+            let st = p.export_state()?;
+            for (n, t) in st.tensors {
+                tensors.push((format!("p{i}.{n}"), t));
             }
+            parts.push(json!({ "method": st.method, "meta": st.meta }));
         }
         Ok(MethodState {
             method: "blend".into(),
             tensors,
             meta: json!({
-                "w": self.w,
-                "scale_a": self.scale_a,
-                "scale_b": self.scale_b,
-                "a": { "method": sa.method, "meta": sa.meta },
-                "b": { "method": sb.method, "meta": sb.meta },
+                "weights": self.weights,
+                "scales": self.scales,
+                "parts": parts,
             }),
         })
     }
@@ -192,12 +252,12 @@ impl Aligned for Blend {
 mod tests {
     use super::*;
     use crate::align::asif::Asif;
-    use crate::align::config::{AsifConfig, TeacherConfig};
+    use crate::align::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
+    use crate::align::procrustes::Procrustes;
     use crate::align::synthetic::{Platonic, PlatonicSpec};
     use crate::align::teacher::CcaTeacher;
 
-    #[test]
-    fn blend_scores_are_the_weighted_sum_and_restore() {
+    fn data() -> (AlignData, Matrix, Matrix) {
         let p = Platonic::new(PlatonicSpec {
             latent: 6,
             hidden: 32,
@@ -207,11 +267,16 @@ mod tests {
             seed: 5,
         })
         .unwrap();
-        let (d, xt, yt) = p.split(60, 50, 40, 2);
+        p.split(60, 50, 40, 2)
+    }
+
+    #[test]
+    fn blend_scores_are_the_weighted_sum_and_restore() {
+        let (d, xt, yt) = data();
         let fit_a = || CcaTeacher::fit(&d, &TeacherConfig::default()).unwrap();
         let fit_b = || Asif::fit(&d, &AsifConfig::default()).unwrap();
         let w = 0.3;
-        let blend = Blend::new(Box::new(fit_a()), Box::new(fit_b()), w, &d).unwrap();
+        let blend = Blend::pair(Box::new(fit_a()), Box::new(fit_b()), w, &d).unwrap();
         let sa = fit_a().score_f64(&xt, &yt).unwrap();
         let sb = fit_b().score_f64(&xt, &yt).unwrap();
         let sd_a = score_sd(&fit_a(), &d).unwrap();
@@ -225,15 +290,119 @@ mod tests {
         }
         let st = blend.export_state().unwrap();
         let back = Blend::from_state(&st, &crate::align::methods::restore).unwrap();
-        assert_eq!(back.parts(), ("cca", "asif"));
+        assert_eq!(back.parts(), vec!["cca", "asif"]);
         let s2 = back.score(&xt, &yt).unwrap();
         let s1 = blend.score(&xt, &yt).unwrap();
         for (u, v) in s1.data.iter().zip(&s2.data) {
             assert!((u - v).abs() < 1e-3 * u.abs().max(1.0), "{u} vs {v}");
         }
         assert!(matches!(
-            Blend::new(Box::new(fit_a()), Box::new(fit_b()), 1.5, &d),
+            Blend::pair(Box::new(fit_a()), Box::new(fit_b()), 1.5, &d),
             Err(AlignError::InvalidConfig(_))
         ));
+    }
+
+    #[test]
+    fn three_way_fusion_normalises_weights_and_restores() {
+        let (d, xt, yt) = data();
+        let parts = || -> Vec<Box<dyn Aligned>> {
+            vec![
+                Box::new(Procrustes::fit(&d, &ProcrustesConfig::default()).unwrap()),
+                Box::new(CcaTeacher::fit(&d, &TeacherConfig::default()).unwrap()),
+                Box::new(
+                    Asif::fit(
+                        &d,
+                        &AsifConfig {
+                            centre: true,
+                            ..AsifConfig::default()
+                        },
+                    )
+                    .unwrap(),
+                ),
+            ]
+        };
+        // Weights 1:1:2 are normalised to 1/4, 1/4, 1/2.
+        let f = Blend::new(parts(), &[1.0, 1.0, 2.0], &d).unwrap();
+        assert_eq!(f.weights, vec![0.25, 0.25, 0.5]);
+        let mut want = Mat::<f64>::zeros(xt.rows, yt.rows);
+        for (p, w) in parts().iter().zip(&f.weights) {
+            let s = p.score_f64(&xt, &yt).unwrap();
+            let sd = score_sd(p.as_ref(), &d).unwrap();
+            for i in 0..s.nrows() {
+                for j in 0..s.ncols() {
+                    want[(i, j)] += w / sd * s[(i, j)];
+                }
+            }
+        }
+        let got = f.score_f64(&xt, &yt).unwrap();
+        for i in 0..got.nrows() {
+            for j in 0..got.ncols() {
+                assert!((got[(i, j)] - want[(i, j)]).abs() < 1e-9);
+            }
+        }
+        let back =
+            Blend::from_state(&f.export_state().unwrap(), &crate::align::methods::restore).unwrap();
+        assert_eq!(back.parts(), vec!["procrustes", "cca", "asif_c"]);
+        let (s1, s2) = (f.score(&xt, &yt).unwrap(), back.score(&xt, &yt).unwrap());
+        for (u, v) in s1.data.iter().zip(&s2.data) {
+            assert!((u - v).abs() < 1e-3 * u.abs().max(1.0), "{u} vs {v}");
+        }
+        // Bad weights are typed errors.
+        for w in [
+            vec![1.0, 1.0],
+            vec![0.0, 0.0, 0.0],
+            vec![1.0, -1.0, 1.0],
+            vec![f64::NAN, 1.0, 1.0],
+        ] {
+            assert!(matches!(
+                Blend::new(parts(), &w, &d),
+                Err(AlignError::InvalidConfig(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn two_part_checkpoints_of_the_earlier_layout_still_load() {
+        let (d, xt, yt) = data();
+        let b = Blend::pair(
+            Box::new(CcaTeacher::fit(&d, &TeacherConfig::default()).unwrap()),
+            Box::new(Asif::fit(&d, &AsifConfig::default()).unwrap()),
+            0.75,
+            &d,
+        )
+        .unwrap();
+        // Rewrite the state into the old layout: prefixes a./b., w, scale_a, scale_b.
+        let st = b.export_state().unwrap();
+        let old = MethodState {
+            method: "blend".into(),
+            tensors: st
+                .tensors
+                .iter()
+                .map(|(n, t)| {
+                    (
+                        n.replacen("p0.", "a.", 1).replacen("p1.", "b.", 1),
+                        t.clone(),
+                    )
+                })
+                .collect(),
+            meta: json!({
+                "w": 0.75,
+                "scale_a": b.scales[0],
+                "scale_b": b.scales[1],
+                "a": st.meta["parts"][0],
+                "b": st.meta["parts"][1],
+            }),
+        };
+        let back = Blend::from_state(&old, &crate::align::methods::restore).unwrap();
+        assert_eq!(back.weights, vec![0.75, 0.25]);
+        // Restored parts carry f32 tensors: equal to f32 rounding, not bit for bit.
+        let (s1, s2) = (b.score(&xt, &yt).unwrap(), back.score(&xt, &yt).unwrap());
+        let worst = s1
+            .data
+            .iter()
+            .zip(&s2.data)
+            .map(|(u, v)| (u - v).abs() / u.abs().max(1.0))
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "largest relative difference {worst}");
     }
 }
