@@ -127,6 +127,12 @@ pub enum AlignMethod {
     Asif,
     /// Student heads trained on the pairs only (alpha = 0).
     Siglip,
+    /// ASIF on features centred on the paired means.
+    AsifC,
+    /// Chosen by validation on the confirmed pairs only: the best of three score fusions of
+    /// the method families (CCA + centred ASIF, + Procrustes, + plain ASIF). The strongest
+    /// method on the reference splits at every pair budget (docs/RESULTS.md).
+    Auto,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -307,6 +307,55 @@ fn curation_flow_over_tcp_with_a_second_client_and_a_stalled_one() {
     drop(stalled);
 }
 
+/// `auto` over JSON-RPC: the daemon fits the validation-chosen fusion, serves it (status names
+/// the choice), suggests pairs with it, and serves it again after a restart.
+#[test]
+fn auto_alignment_is_served_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = fixture(dir.path(), N_TRAIN, 20, 40);
+    let data = dir.path().join("data");
+    let fitted = {
+        let (mut d, mut c, _) = spawn_stdio(&data, &[]);
+        c.initialize("auto-test", None).unwrap();
+        ingest(&mut c, &fx.manifest);
+        let a = c
+            .call::<methods::Align>(AlignParams {
+                method: AlignMethod::Auto,
+                preset: None,
+                config: None,
+                seed: Some(1),
+            })
+            .unwrap();
+        let f = wait_finished(&mut c, a.job);
+        assert_eq!(f.state, JobState::Succeeded, "{f:?}");
+        check_progress(&progress_of(&mut c, a.job), &f);
+        let st = c.call::<methods::Status>(Empty {}).unwrap();
+        let model = st.model.expect("a served model");
+        let fitted = model.fitted.clone().unwrap_or_default();
+        assert!(fitted.starts_with("auto: fusion("), "{fitted}");
+        assert_eq!(st.index.state, IndexState::Ready);
+        let sp = c
+            .call::<methods::SuggestPairs>(SuggestPairsParams {
+                strategy: Strategy::Confidence,
+                limit: 5,
+                seed: None,
+            })
+            .unwrap();
+        assert_eq!(sp.run, a.run);
+        assert!(!sp.suggestions.is_empty());
+        assert!(sp.suggestions.iter().all(|s| s.score.is_finite()));
+        c.shutdown().unwrap();
+        let _ = d.child.wait();
+        fitted
+    };
+    // A new daemon on the same data directory serves the same `auto` model.
+    let (_d, mut c, _) = spawn_stdio(&data, &[]);
+    c.initialize("auto-test-2", None).unwrap();
+    let st = wait_for_model(&mut c);
+    let model = st.model.expect("the model is reloaded after a restart");
+    assert_eq!(model.fitted.as_deref(), Some(fitted.as_str()));
+}
+
 #[test]
 fn cancellation_stops_the_job_and_keeps_the_previous_model() {
     let dir = tempfile::tempdir().unwrap();

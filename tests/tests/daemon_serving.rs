@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
 
 use common::*;
 use sotalign_protocol::types::*;
@@ -33,22 +32,6 @@ fn ingest_and_align<R: Read, W: Write>(c: &mut Client<R, W>, fx: &Fixture) -> Ru
     let f = wait_finished(c, a.job);
     assert_eq!(f.state, JobState::Succeeded, "{f:?}");
     a.run
-}
-
-/// Wait until the daemon serves a model (a restarted daemon restores it in the background).
-fn wait_for_model<R: Read, W: Write>(c: &mut Client<R, W>) -> StatusResult {
-    let t0 = Instant::now();
-    loop {
-        let st = c.call::<methods::Status>(Empty {}).unwrap();
-        if st.model.is_some() && st.index.state == IndexState::Ready {
-            return st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no model restored: {st:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn unpaired<R: Read, W: Write>(c: &mut Client<R, W>, m: Modality) -> Vec<Sample> {

@@ -45,8 +45,8 @@ struct Args {
     /// half-blocks); `halfblocks` works everywhere, including plain SSH and tmux.
     #[arg(long, value_enum, default_value_t = ImageMode::Auto)]
     images: ImageMode,
-    /// Alignment method `r` starts (sotalign, cca, procrustes, csa, asif, siglip; default:
-    /// the daemon's default).
+    /// Alignment method `r` starts (sotalign, cca, procrustes, csa, asif, asif_c, siglip, auto;
+    /// default: the daemon's default).
     #[arg(long, value_name = "METHOD")]
     align_method: Option<String>,
     /// Named engine preset for `r` (see the daemon's documentation).

@@ -323,6 +323,8 @@ pub struct Validation {
     /// Per fold: training pairs of the full and of the subset fit.
     pub m_full: Vec<usize>,
     pub m_sub: Vec<usize>,
+    /// Progress steps in all, the final refit included (see [`validate_candidates`]).
+    pub steps: usize,
 }
 
 impl Validation {
@@ -420,7 +422,9 @@ pub fn validate_candidates(
     let curve = frac > 0.0 && frac < 1.0;
     let teachers = teacher_grid(cfg);
     let passes = if curve { 2 } else { 1 };
-    let total = passes * folds.len() * cands.len();
+    // One step per (pass, fold, candidate) fit, plus one for the final refit on all pairs that
+    // `fit_auto` reports as the last step: a single counter, so progress never goes backwards.
+    let total = passes * folds.len() * cands.len() + 1;
     let mut step = 0;
     let mut out = Validation {
         full: vec![Vec::with_capacity(folds.len()); cands.len()],
@@ -431,6 +435,7 @@ pub fn validate_candidates(
         },
         m_full: Vec::new(),
         m_sub: Vec::new(),
+        steps: total,
     };
     for (f, (tr, va)) in folds.iter().enumerate() {
         let h = Holdout::with_split(data, tr, va)?;
@@ -571,21 +576,11 @@ pub fn fit_auto(
         ));
     }
     let choice = cands[best].clone();
-    report(
-        progress,
-        &format!("fit {}", choice.label),
-        0,
-        1,
-        Some(scores[best]),
-    )?;
+    let stage = format!("fit {}", choice.label);
+    let steps = val.steps.max(1);
+    report(progress, &stage, steps - 1, steps, Some(scores[best]))?;
     let inner = fit_candidate(&choice, data)?;
-    report(
-        progress,
-        &format!("fit {}", choice.label),
-        1,
-        1,
-        Some(scores[best]),
-    )?;
+    report(progress, &stage, steps, steps, Some(scores[best]))?;
     let scores = cands
         .iter()
         .zip(stats)
@@ -704,6 +699,7 @@ mod tests {
             sub: vec![vec![0.30, 0.31, 0.29], vec![0.22, 0.23, 0.21]],
             m_full: vec![40; 3],
             m_sub: vec![30; 3],
+            steps: 0,
         };
         assert_eq!(choose(&v.full, 0.0).0, 0);
         let ext = v.extrapolated(50);
@@ -792,7 +788,17 @@ mod tests {
         .unwrap();
         let (d, xt, yt) = p.split(40, 60, 30, 4);
         let cfg = AlignConfig::default();
-        let m = fit_auto(&d, &cfg, &mut |_| ControlFlow::Continue(())).unwrap();
+        let mut seen = Vec::new();
+        let m = fit_auto(&d, &cfg, &mut |p| {
+            seen.push((p.step, p.total));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        // One step counter for validation and the final refit: never backwards, ends complete.
+        let total = seen[0].1;
+        assert!(seen.iter().all(|&(_, t)| t == total), "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+        assert_eq!(seen.last(), Some(&(total, total)));
         assert_eq!(m.scores.len(), FUSIONS.len());
         assert!(m.scores.iter().all(|s| s.score.is_finite()));
         assert!(m.choice.label.starts_with("fusion("), "{}", m.choice.label);

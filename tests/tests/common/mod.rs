@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sotalign_protocol::types::*;
@@ -281,4 +281,20 @@ pub fn assets_or_skip(test: &str) -> Option<sotalign::assets::Assets> {
     eprintln!("!!! {msg}");
     eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
     None
+}
+
+/// Wait until the daemon serves a model (a restarted daemon restores it in the background).
+pub fn wait_for_model<R: Read, W: Write>(c: &mut Client<R, W>) -> StatusResult {
+    let t0 = Instant::now();
+    loop {
+        let st = c.call::<methods::Status>(Empty {}).unwrap();
+        if st.model.is_some() && st.index.state == IndexState::Ready {
+            return st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no model restored: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
