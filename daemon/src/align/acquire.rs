@@ -531,26 +531,10 @@ fn ot_mass(plan: &[f32], ni: usize, nt: usize) -> Vec<(usize, usize, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::align::MethodState;
     use rand::SeedableRng;
     use rand_distr::{Distribution, StandardNormal};
 
-    /// Identity model: both modalities already live in one space; score = cosine.
-    struct Identity;
-    impl Aligned for Identity {
-        fn name(&self) -> &str {
-            "identity"
-        }
-        fn embed_x(&self, x: &Matrix) -> Result<Matrix, AlignError> {
-            Ok(x.l2_normalized())
-        }
-        fn embed_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
-            Ok(y.l2_normalized())
-        }
-        fn export_state(&self) -> Result<MethodState, AlignError> {
-            Err(AlignError::InvalidConfig("test model".into()))
-        }
-    }
+    use crate::align::testing::Identity;
 
     fn gauss(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Matrix {
         let data = (0..rows * cols)

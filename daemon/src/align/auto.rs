@@ -71,6 +71,11 @@ enum Kind {
     Fusion {
         parts: &'static [Part],
     },
+    /// A trained method (`siglip`, `siglip_tinit`, `sotalign`) with the head init, alpha and
+    /// eps of `cfg`.
+    Trained {
+        method: Method,
+    },
 }
 
 /// A member of a fusion candidate.
@@ -227,14 +232,57 @@ fn teacher_cand(cfg: &AlignConfig, t: usize, tl: &str, tc: &TeacherConfig) -> Ca
 /// preference.
 pub fn candidates(cfg: &AlignConfig) -> Vec<Candidate> {
     let fusions = FUSIONS.iter().map(|p| fusion_cand(cfg, p));
-    match cfg.auto.grid {
+    let mut out = match cfg.auto.grid {
         AutoGrid::Fusions => fusions.collect(),
         AutoGrid::Full => {
             let mut out = full_grid(cfg);
             out.extend(fusions);
             out
         }
+    };
+    if cfg.auto.trained {
+        out.extend(trained_cands(cfg));
     }
+    out
+}
+
+/// The trained candidates: head init (random vs teacher, alpha = 0), then SOTAlign over the
+/// alpha x eps grid. Listed after the closed forms: they are the costliest and, for the tie
+/// rule, the most complex.
+fn trained_cands(cfg: &AlignConfig) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for method in [Method::Siglip, Method::SiglipTinit] {
+        let mut c = cfg.clone();
+        c.klot.alpha = 0.0;
+        out.push(Candidate {
+            label: method.name().to_string(),
+            method: method.name(),
+            cfg: c,
+            kind: Kind::Trained { method },
+        });
+    }
+    let eps: Vec<f64> = if cfg.auto.eps_grid.is_empty() {
+        vec![cfg.klot.eps_s]
+    } else {
+        cfg.auto.eps_grid.clone()
+    };
+    for &alpha in cfg.klot.alpha_grid.iter().filter(|a| **a > 0.0) {
+        for &e in &eps {
+            let mut c = cfg.clone();
+            c.klot.alpha = alpha;
+            c.klot.eps_s = e;
+            c.heads.init = super::config::HeadInit::Teacher;
+            out.push(Candidate {
+                label: format!("sotalign(alpha={alpha}, eps_s={e})"),
+                method: "sotalign",
+                cfg: c,
+                kind: Kind::Trained {
+                    method: Method::Sotalign,
+                },
+            });
+        }
+    }
+    out
 }
 
 /// Every single method with its hyper-parameter grid and the CCA + ASIF blends, simplest first.
@@ -286,8 +334,22 @@ fn full_grid(cfg: &AlignConfig) -> Vec<Candidate> {
     out
 }
 
+/// Fit a candidate; `progress` only matters for the trained ones (a training run), whose
+/// reports it receives so that a cancel reaches them.
+fn fit_candidate_with(
+    c: &Candidate,
+    data: &AlignData,
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<Box<dyn Aligned>, AlignError> {
+    match c.kind {
+        Kind::Trained { method } => super::methods::fit(method, data, &c.cfg, progress),
+        _ => fit_candidate(c, data),
+    }
+}
+
 fn fit_candidate(c: &Candidate, data: &AlignData) -> Result<Box<dyn Aligned>, AlignError> {
     Ok(match c.kind {
+        Kind::Trained { method } => super::methods::fit_quiet(method, data, &c.cfg)?,
         Kind::Procrustes { .. } => Box::new(Procrustes::fit(data, &c.cfg.procrustes)?),
         Kind::Teacher { csa_s: None, .. } => Box::new(CcaTeacher::fit(data, &c.cfg.teacher)?),
         Kind::Teacher { csa_s, .. } => Box::new(Csa::from_teacher(
@@ -501,6 +563,17 @@ fn score_holdout(
                     (Some(_), _) => fit_candidate(c, &h.train),
                 }
             }
+            Kind::Trained { .. } => {
+                // A training run inside validation: its own reports re-announce the current
+                // validation step, which keeps the counter monotone and lets a cancel through.
+                let at = *step;
+                fit_candidate_with(c, &h.train, &mut |_| match report(
+                    progress, "validate", at, total, None,
+                ) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                })
+            }
             _ => fit_candidate(c, &h.train),
         };
         let s = match model.and_then(|m| h.evaluate(m.as_ref())) {
@@ -579,7 +652,16 @@ pub fn fit_auto(
     let stage = format!("fit {}", choice.label);
     let steps = val.steps.max(1);
     report(progress, &stage, steps - 1, steps, Some(scores[best]))?;
-    let inner = fit_candidate(&choice, data)?;
+    let inner = fit_candidate_with(&choice, data, &mut |_| match report(
+        progress,
+        &stage,
+        steps - 1,
+        steps,
+        Some(scores[best]),
+    ) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(_) => ControlFlow::Break(()),
+    })?;
     report(progress, &stage, steps, steps, Some(scores[best]))?;
     let scores = cands
         .iter()
@@ -713,6 +795,58 @@ mod tests {
             ..v.clone()
         };
         assert_eq!(plain.extrapolated(50), plain.full);
+    }
+
+    #[test]
+    fn trained_candidates_choose_head_init_alpha_and_eps_and_cancel() {
+        use crate::align::synthetic::{Platonic, PlatonicSpec};
+        let mut cfg = AlignConfig::default();
+        cfg.auto.trained = true;
+        cfg.auto.splits = 2;
+        cfg.auto.eps_grid = vec![0.05, 0.1];
+        cfg.klot.alpha_grid = vec![0.0, 0.1];
+        cfg.klot.batch = 16;
+        cfg.optim.steps = 10;
+        cfg.heads.dim = 16;
+        let labels: Vec<String> = candidates(&cfg).into_iter().map(|c| c.label).collect();
+        assert_eq!(labels.len(), FUSIONS.len() + 4);
+        assert_eq!(
+            labels[FUSIONS.len()..],
+            [
+                "siglip",
+                "siglip_tinit",
+                "sotalign(alpha=0.1, eps_s=0.05)",
+                "sotalign(alpha=0.1, eps_s=0.1)"
+            ]
+        );
+        let p = Platonic::new(PlatonicSpec {
+            latent: 6,
+            hidden: 32,
+            dx: 24,
+            dy: 20,
+            noise: 0.1,
+            seed: 2,
+        })
+        .unwrap();
+        let (d, _, _) = p.split(30, 40, 10, 3);
+        let m = fit_auto(&d, &cfg, &mut |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(m.scores.len(), labels.len());
+        assert!(
+            m.scores.iter().all(|s| s.score.is_finite()),
+            "every candidate fitted and scored: {:?}",
+            m.scores
+        );
+        // A cancel during a trained candidate's training run stops the whole search.
+        let mut calls = 0;
+        let r = fit_auto(&d, &cfg, &mut |p| {
+            calls += 1;
+            if p.stage == "validate" && calls > 40 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(matches!(r, Err(AlignError::Cancelled)), "{:?}", r.err());
     }
 
     #[test]

@@ -102,3 +102,30 @@ pub trait Aligned: Send + Sync {
     /// Export the fitted state (checkpointing); `crate::align::methods::restore` rebuilds it.
     fn export_state(&self) -> Result<MethodState, AlignError>;
 }
+
+/// Helpers for the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{AlignError, Aligned, Matrix, MethodState};
+
+    /// The identity "alignment": both modalities are taken to live in one space already, each
+    /// row is L2-normalised, so the score is the cosine of the raw features. For tests that
+    /// plant the answer in the features and exercise what sits on top of a model (queries,
+    /// suggestions, acquisition), not a method.
+    pub struct Identity;
+
+    impl Aligned for Identity {
+        fn name(&self) -> &str {
+            "identity"
+        }
+        fn embed_x(&self, x: &Matrix) -> Result<Matrix, AlignError> {
+            Ok(x.l2_normalized())
+        }
+        fn embed_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
+            Ok(y.l2_normalized())
+        }
+        fn export_state(&self) -> Result<MethodState, AlignError> {
+            Err(AlignError::InvalidConfig("test model".into()))
+        }
+    }
+}

@@ -439,22 +439,7 @@ pub struct PairPick {
 mod tests {
     use super::*;
 
-    /// Identity "alignment" on 2-d features, for testing the query logic alone.
-    struct Identity;
-    impl Aligned for Identity {
-        fn name(&self) -> &str {
-            "identity"
-        }
-        fn embed_x(&self, x: &Matrix) -> Result<Matrix, AlignError> {
-            Ok(x.clone())
-        }
-        fn embed_y(&self, y: &Matrix) -> Result<Matrix, AlignError> {
-            Ok(y.clone())
-        }
-        fn export_state(&self) -> Result<crate::align::MethodState, AlignError> {
-            Err(AlignError::InvalidConfig("test model".into()))
-        }
-    }
+    use crate::align::testing::Identity;
 
     fn emb(ids: &[u64], rows: &[[f32; 2]]) -> Embeddings {
         Embeddings {
