@@ -15,34 +15,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
-/// The fetched assets, or None after a loud message (a failure when assets are required).
-fn assets_or_skip(test: &str, names: &[&str]) -> Option<Assets> {
-    let a = Assets::default_location();
-    let missing: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|n| !a.is_complete(n))
-        .collect();
-    if missing.is_empty() {
-        return Some(a);
-    }
-    let msg = format!(
-        "SOTALIGN-SKIPPED-NO-ASSETS: {test}: assets {missing:?} not found under {} (run `sotalign fetch`)",
-        a.root.display()
-    );
-    if std::env::var("SOTALIGN_REQUIRE_ASSETS").is_ok_and(|v| v == "1") {
-        panic!("{msg} and SOTALIGN_REQUIRE_ASSETS=1");
-    }
-    eprintln!(
-        "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
-    );
-    eprintln!("!!! {msg}");
-    eprintln!(
-        "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-    );
-    None
-}
-
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -67,7 +39,7 @@ fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
 
 #[test]
 fn minilm_matches_golden_token_ids_and_embeddings() {
-    let Some(a) = assets_or_skip("minilm_golden", &["minilm"]) else {
+    let Some(a) = Assets::for_test("minilm_golden", &["minilm"]) else {
         return;
     };
     let enc = TextEncoder::load(&a.minilm_dir(), &Device::Cpu).unwrap();
@@ -103,7 +75,7 @@ fn minilm_matches_golden_token_ids_and_embeddings() {
 
 #[test]
 fn minilm_truncates_at_max_seq_length() {
-    let Some(a) = assets_or_skip("minilm_truncation", &["minilm"]) else {
+    let Some(a) = Assets::for_test("minilm_truncation", &["minilm"]) else {
         return;
     };
     let enc = TextEncoder::load(&a.minilm_dir(), &Device::Cpu).unwrap();
@@ -115,7 +87,7 @@ fn minilm_truncates_at_max_seq_length() {
 
 #[test]
 fn efficientnet_lite0_matches_golden_top5_and_features() {
-    let Some(a) = assets_or_skip("effnet_golden", &["effnet-lite0"]) else {
+    let Some(a) = Assets::for_test("effnet_golden", &["effnet-lite0"]) else {
         return;
     };
     let enc = ImageEncoder::load_efficientnet(&a.effnet_pth(), &Device::Cpu).unwrap();
@@ -225,7 +197,8 @@ fn check_tuxpaint_rows(a: &Assets, rows: &[(String, String, usize)]) -> (f64, f6
 
 #[test]
 fn tuxpaint_sample_reproduces_reference_rows() {
-    let Some(a) = assets_or_skip("tuxpaint_sample", &["minilm", "effnet-lite0", "tuxpaint"]) else {
+    let Some(a) = Assets::for_test("tuxpaint_sample", &["minilm", "effnet-lite0", "tuxpaint"])
+    else {
         return;
     };
     let all = reference_rows();
@@ -247,7 +220,7 @@ fn tuxpaint_sample_reproduces_reference_rows() {
 #[test]
 #[ignore]
 fn tuxpaint_all_rows_reproduce_reference() {
-    let Some(a) = assets_or_skip("tuxpaint_all", &["minilm", "effnet-lite0", "tuxpaint"]) else {
+    let Some(a) = Assets::for_test("tuxpaint_all", &["minilm", "effnet-lite0", "tuxpaint"]) else {
         return;
     };
     let all = reference_rows();
@@ -260,7 +233,7 @@ fn tuxpaint_all_rows_reproduce_reference() {
 
 #[test]
 fn legacy_pth_has_expected_tensors() {
-    let Some(a) = assets_or_skip("pth_reader", &["effnet-lite0"]) else {
+    let Some(a) = Assets::for_test("pth_reader", &["effnet-lite0"]) else {
         return;
     };
     let t = sotalign::encoders::pth::load_legacy(&a.effnet_pth(), &Device::Cpu).unwrap();

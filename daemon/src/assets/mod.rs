@@ -67,6 +67,32 @@ impl Assets {
     pub fn is_complete(&self, name: &str) -> bool {
         is_complete_dir(&self.root.join(name))
     }
+
+    /// For tests that need real assets: the default location when every one of `names` is in
+    /// place; otherwise `None` after a loud `SOTALIGN-SKIPPED-NO-ASSETS` message, or a panic
+    /// when `SOTALIGN_REQUIRE_ASSETS=1` (as in CI), so that a missing fetch cannot pass as a
+    /// skipped test there. Shared by the test suites of every crate.
+    pub fn for_test(test: &str, names: &[&str]) -> Option<Assets> {
+        let a = Assets::default_location();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !a.is_complete(n))
+            .collect();
+        if missing.is_empty() {
+            return Some(a);
+        }
+        let msg = format!(
+            "SOTALIGN-SKIPPED-NO-ASSETS: {test}: assets {missing:?} not found under {} (run `sotalign fetch`)",
+            a.root.display()
+        );
+        if std::env::var("SOTALIGN_REQUIRE_ASSETS").is_ok_and(|v| v == "1") {
+            panic!("{msg} and SOTALIGN_REQUIRE_ASSETS=1");
+        }
+        let bar = "!".repeat(86);
+        eprintln!("\n{bar}\n!!! {msg}\n{bar}\n");
+        None
+    }
 }
 
 /// A directory counts as complete when its marker exists and every file it lists has its size.

@@ -262,25 +262,7 @@ pub fn align_params(steps: u64) -> AlignParams {
 /// The fetched assets (both encoders and the Tux Paint stamps), or `None` after a loud message;
 /// absence is a failure when `SOTALIGN_REQUIRE_ASSETS=1` (as in CI), so the real files are used.
 pub fn assets_or_skip(test: &str) -> Option<sotalign::assets::Assets> {
-    let a = sotalign::assets::Assets::default_location();
-    let missing: Vec<&str> = ["minilm", "effnet-lite0", "tuxpaint"]
-        .into_iter()
-        .filter(|n| !a.is_complete(n))
-        .collect();
-    if missing.is_empty() {
-        return Some(a);
-    }
-    let msg = format!(
-        "SOTALIGN-SKIPPED-NO-ASSETS: {test}: assets {missing:?} not found under {} (run `sotalign fetch`)",
-        a.root.display()
-    );
-    if std::env::var("SOTALIGN_REQUIRE_ASSETS").is_ok_and(|v| v == "1") {
-        panic!("{msg} and SOTALIGN_REQUIRE_ASSETS=1");
-    }
-    eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!("!!! {msg}");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
-    None
+    sotalign::assets::Assets::for_test(test, &["minilm", "effnet-lite0", "tuxpaint"])
 }
 
 /// Wait until the daemon serves a model (a restarted daemon restores it in the background).
