@@ -3,10 +3,12 @@
 //! Candidates ([`super::config::AutoGrid`]):
 //! - `fusions` (default): three equal-weight score fusions of the method families
 //!   ([`FUSIONS`], [`super::blend`]): CCA teacher + centred ASIF, then with Procrustes, then
-//!   with plain ASIF as well. Why fusions and not single methods: with 5-20 validation pairs
-//!   per fold, validation cannot rank ~45 single-method candidates whose true differences are
-//!   a fraction of a point, and the pick pays a winner's-curse cost; a fusion beats each of its
-//!   parts, so the choice is among three good candidates (docs/RESULTS.md, both measured).
+//!   with plain ASIF as well. Why fusions and not single methods: with 25-100 pairs (so
+//!   25-100 validation queries in all), validation cannot rank ~45 single-method candidates
+//!   whose true differences are a fraction of a point, and the pick pays a winner's-curse
+//!   cost; each fusion is about as good as the best of its parts at n = 25 (within 0.07
+//!   points) and better from n = 50 on, so the choice is among three good candidates
+//!   (docs/RESULTS.md, both measured).
 //! - `full`: Procrustes, the ridge-CCA teacher with the protocol's ridge, ASIF and centred ASIF
 //!   at p = 8; whitened Procrustes, teachers with ridges scaled to the feature covariance
 //!   (`lambda * tr(C)/d`, [`super::config::AutoConfig::ridge_grid`]), the other ASIF powers,

@@ -83,11 +83,12 @@ pub struct AutoConfig {
 
 /// The candidate set of `auto`.
 ///
-/// Why `fusions` is the default: on the reference splits the full grid loses 0.3-1.3 points
-/// of R@1 to the best single method at n <= 100, because 5-20 validation pairs per fold cannot
-/// rank ~45 candidates whose true differences are a fraction of a point (winner's curse),
-/// while a fusion of the families beats each of its parts and leaves only three, all good,
-/// candidates to rank (docs/RESULTS.md has both measurements).
+/// Why `fusions` is the default: on the reference splits the full grid loses 0.2-1.3 points
+/// of R@1 to the best single method at n <= 100, because 25-100 validation queries in all
+/// cannot rank ~45 candidates whose true differences are a fraction of a point (winner's curse),
+/// while fusions of the families are within 0.07 points of the best of their parts at n = 25
+/// and above it from n = 50 on, leaving only three, all good, candidates to rank (docs/RESULTS.md has both
+/// measurements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AutoGrid {
