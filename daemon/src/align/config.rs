@@ -63,8 +63,9 @@ pub struct AutoConfig {
     /// validation fits see 80% of the pairs, the final fit all of them, and methods differ in
     /// how much they gain from more pairs (CCA keeps up to n - 1 components, Procrustes one
     /// rotation), so unextrapolated validation favours the methods that saturate early.
-    /// 0 (or >= 1) = off: score at the fold's training size only (the default: measured on
-    /// the fusion grid, see docs/RESULTS.md, it is not needed there and doubles the cost).
+    /// 0 (or >= 1) = off: score at the fold's training size only. Off by default: the fusion
+    /// rule of docs/RESULTS.md was measured without it (10 folds instead), and it doubles the
+    /// cost.
     pub curve_fraction: f64,
     /// Which candidates are validated: `fusions` (default: three equal-weight score fusions
     /// of the method families, [`super::blend`]) or `full` (every single method with its
@@ -87,8 +88,8 @@ pub struct AutoConfig {
 /// of R@1 to the best single method at n <= 100, because 25-100 validation queries in all
 /// cannot rank ~45 candidates whose true differences are a fraction of a point (winner's curse),
 /// while fusions of the families are within 0.07 points of the best of their parts at n = 25
-/// and above it from n = 50 on, leaving only three, all good, candidates to rank (docs/RESULTS.md has both
-/// measurements).
+/// and above it from n = 50 on, leaving only three, all good, candidates to rank
+/// (docs/RESULTS.md has both measurements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AutoGrid {
