@@ -4,8 +4,9 @@
 //! teacher a global linear map with up to n - 1 directions, ASIF a local relative
 //! representation against the paired anchors), so a weighted sum of their scores can rank
 //! better than any of its parts (on the reference splits the fusions `auto` offers are within
-//! 0.07 points of their best part at n = 25 and above it from n = 50 on, docs/RESULTS.md). Fusing is also a variance reducer: picking one method on 5-80 validation
-//! pairs pays for the noise of that pick, averaging does not. `sd_i` is the standard deviation
+//! 0.07 points of their best part at n = 25 and above it from n = 50 on, docs/RESULTS.md).
+//! Fusing is also a variance reducer: picking one method on a few dozen validation queries
+//! pays for the noise of that pick, averaging does not. `sd_i` is the standard deviation
 //! of method i's score matrix on the training pairs, so the weights act on comparable
 //! quantities whatever each method's score range (cosines in [-1, 1], powered similarities).
 //!
