@@ -801,7 +801,6 @@ mod tests {
 
     #[test]
     fn trained_candidates_choose_head_init_alpha_and_eps_and_cancel() {
-        use crate::align::synthetic::{Platonic, PlatonicSpec};
         let mut cfg = AlignConfig::default();
         cfg.auto.trained = true;
         cfg.auto.splits = 2;
@@ -821,15 +820,7 @@ mod tests {
                 "sotalign(alpha=0.1, eps_s=0.1)"
             ]
         );
-        let p = Platonic::new(PlatonicSpec {
-            latent: 6,
-            hidden: 32,
-            dx: 24,
-            dy: 20,
-            noise: 0.1,
-            seed: 2,
-        })
-        .unwrap();
+        let p = crate::align::testing::small_platonic(2);
         let (d, _, _) = p.split(30, 40, 10, 3);
         let m = fit_auto(&d, &cfg, &mut |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(m.scores.len(), labels.len());
@@ -912,16 +903,7 @@ mod tests {
 
     #[test]
     fn auto_fits_a_fusion_that_scores_like_its_parts_and_restores() {
-        use crate::align::synthetic::{Platonic, PlatonicSpec};
-        let p = Platonic::new(PlatonicSpec {
-            latent: 6,
-            hidden: 32,
-            dx: 24,
-            dy: 20,
-            noise: 0.1,
-            seed: 9,
-        })
-        .unwrap();
+        let p = crate::align::testing::small_platonic(9);
         let (d, xt, yt) = p.split(40, 60, 30, 4);
         let cfg = AlignConfig::default();
         let mut seen = Vec::new();

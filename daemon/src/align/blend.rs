@@ -255,19 +255,10 @@ mod tests {
     use crate::align::asif::Asif;
     use crate::align::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
     use crate::align::procrustes::Procrustes;
-    use crate::align::synthetic::{Platonic, PlatonicSpec};
     use crate::align::teacher::CcaTeacher;
 
     fn data() -> (AlignData, Matrix, Matrix) {
-        let p = Platonic::new(PlatonicSpec {
-            latent: 6,
-            hidden: 32,
-            dx: 24,
-            dy: 20,
-            noise: 0.1,
-            seed: 5,
-        })
-        .unwrap();
+        let p = crate::align::testing::small_platonic(5);
         p.split(60, 50, 40, 2)
     }
 

@@ -106,7 +106,22 @@ pub trait Aligned: Send + Sync {
 /// Helpers for the crate's unit tests.
 #[cfg(test)]
 pub(crate) mod testing {
+    use super::synthetic::{Platonic, PlatonicSpec};
     use super::{AlignError, Aligned, Matrix, MethodState};
+
+    /// The small synthetic "platonic" problem the unit tests share (latent 6, 32 hidden units,
+    /// 24-d images, 20-d texts, noise 0.1): big enough for every method to fit, fast in debug.
+    pub fn small_platonic(seed: u64) -> Platonic {
+        Platonic::new(PlatonicSpec {
+            latent: 6,
+            hidden: 32,
+            dx: 24,
+            dy: 20,
+            noise: 0.1,
+            seed,
+        })
+        .expect("a valid fixed spec")
+    }
 
     /// The identity "alignment": both modalities are taken to live in one space already, each
     /// row is L2-normalised, so the score is the cosine of the raw features. For tests that

@@ -624,15 +624,7 @@ mod tests {
     }
 
     fn data() -> (AlignData, Matrix, Matrix) {
-        let spec = PlatonicSpec {
-            latent: 6,
-            hidden: 32,
-            dx: 24,
-            dy: 20,
-            noise: 0.1,
-            seed: 3,
-        };
-        Platonic::new(spec).unwrap().split(60, 100, 80, 1)
+        crate::align::testing::small_platonic(3).split(60, 100, 80, 1)
     }
 
     fn teacher(d: &AlignData) -> LinearTeacher {

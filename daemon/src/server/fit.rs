@@ -145,21 +145,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::align::synthetic::{Platonic, PlatonicSpec};
 
     /// `auto` through the daemon's path: fit, checkpoint, reload after a restart. The served
     /// model says what `auto` chose, and the reloaded one scores like the fitted one.
     #[test]
     fn auto_fits_saves_and_restores_through_the_daemon_path() {
-        let p = Platonic::new(PlatonicSpec {
-            latent: 6,
-            hidden: 32,
-            dx: 24,
-            dy: 20,
-            noise: 0.1,
-            seed: 3,
-        })
-        .unwrap();
+        let p = crate::align::testing::small_platonic(3);
         let (data, xt, yt) = p.split(40, 60, 30, 1);
         let mut stages = Vec::new();
         let f = fit(
