@@ -16,12 +16,12 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sotalign::align::config::TeacherConfig;
-use sotalign::align::klot::Klot;
-use sotalign::align::klot_device;
-use sotalign::align::sinkhorn::Sinkhorn;
-use sotalign::align::teacher::CcaTeacher;
-use sotalign::align::{AlignData, Matrix};
+use sotalign_engine::config::TeacherConfig;
+use sotalign_engine::klot::Klot;
+use sotalign_engine::klot_device;
+use sotalign_engine::sinkhorn::Sinkhorn;
+use sotalign_engine::teacher::CcaTeacher;
+use sotalign_engine::{AlignData, Matrix};
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -3,11 +3,10 @@
 //! loss on unpaired batches), and serve the result to curation clients.
 //!
 //! Code map (see ARCHITECTURE.md at the repository root):
-//! - [`align`]: the alignment engine. Pure computation on in-memory matrices: no IO, no tokio,
-//!   no global state. Everything else calls into it.
+//! - the alignment engine is its own crate, `sotalign_engine` (daemon/engine): pure computation on
+//!   in-memory matrices, no IO, no tokio, no global state. Everything else calls into it.
 //! - [`io`]: reading and writing embeddings (`.npy`, safetensors), manifests, checkpoints.
 
-pub mod align;
 pub mod assets;
 pub mod cli;
 pub mod encoders;

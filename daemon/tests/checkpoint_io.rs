@@ -4,9 +4,9 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use sotalign::align::eval::evaluate;
-use sotalign::align::methods::{self, Method};
-use sotalign::align::{AlignConfig, AlignError};
+use sotalign_engine::eval::evaluate;
+use sotalign_engine::methods::{self, Method};
+use sotalign_engine::{AlignConfig, AlignError};
 use sotalign::cli::data_args::DataArgs;
 use sotalign::io::reference::Reference;
 use sotalign::io::{read_checkpoint, write_checkpoint, write_npy, write_safetensors};

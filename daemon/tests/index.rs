@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 
-use sotalign::align::Matrix;
+use sotalign_engine::Matrix;
 use sotalign::index::synth::{Clustered, gaussian};
 use sotalign::index::{
     BackendKind, BuildPhase, Filter, Hit, HnswParams, IndexConfig, IndexError, IndexSet, Modality,

@@ -17,7 +17,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sotalign::align::klot::Klot;
+use sotalign_engine::klot::Klot;
 
 struct Counting;
 

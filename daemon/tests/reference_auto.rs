@@ -8,9 +8,9 @@
 //! parallel; docs/RESULTS.md has the full table from `sotalign experiment`.
 use std::path::PathBuf;
 
-use sotalign::align::AlignConfig;
-use sotalign::align::eval::evaluate;
-use sotalign::align::methods::{Method, fit_quiet};
+use sotalign_engine::AlignConfig;
+use sotalign_engine::eval::evaluate;
+use sotalign_engine::methods::{Method, fit_quiet};
 use sotalign::io::reference::{Reference, ReferenceResults};
 
 fn mean_r1(m: &std::collections::BTreeMap<String, f64>) -> f64 {

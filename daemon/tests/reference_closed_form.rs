@@ -4,14 +4,14 @@
 //! the same validation scores for the CSA s tuning.
 use std::path::PathBuf;
 
-use sotalign::align::Aligned;
-use sotalign::align::asif::Asif;
-use sotalign::align::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
-use sotalign::align::csa::Csa;
-use sotalign::align::eval::evaluate;
-use sotalign::align::procrustes::Procrustes;
-use sotalign::align::teacher::CcaTeacher;
-use sotalign::align::validation::Holdout;
+use sotalign_engine::Aligned;
+use sotalign_engine::asif::Asif;
+use sotalign_engine::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
+use sotalign_engine::csa::Csa;
+use sotalign_engine::eval::evaluate;
+use sotalign_engine::procrustes::Procrustes;
+use sotalign_engine::teacher::CcaTeacher;
+use sotalign_engine::validation::Holdout;
 use sotalign::io::reference::{Reference, ReferenceResults, load_tuning};
 
 fn fixtures() -> PathBuf {

@@ -3,11 +3,11 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use crate::align::config::HeadInit;
-use crate::align::synthetic::{Platonic, PlatonicSpec, mean_r1};
-use crate::align::teacher::CcaTeacher;
-use crate::align::train::fit_student;
-use crate::align::{AlignConfig, AlignData, Aligned, Matrix};
+use sotalign_engine::config::HeadInit;
+use sotalign_engine::synthetic::{Platonic, PlatonicSpec, mean_r1};
+use sotalign_engine::teacher::CcaTeacher;
+use sotalign_engine::train::fit_student;
+use sotalign_engine::{AlignConfig, AlignData, Aligned, Matrix};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};

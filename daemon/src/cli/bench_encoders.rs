@@ -198,7 +198,7 @@ fn run_reference(
     // The reference verifies itself on our preprocessed cat (it has no image decoder of its own).
     let tmp = std::env::temp_dir().join(format!("sotalign-bench-{}.npy", std::process::id()));
     let x = ienc.load_input(&golden.join("chelsea.png"))?;
-    let m = crate::align::Matrix::from_vec(1, x.len(), x)
+    let m = sotalign_engine::Matrix::from_vec(1, x.len(), x)
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     crate::io::npy::write_npy(&tmp, &m)?;
     let out = std::process::Command::new(&py)

@@ -26,10 +26,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::plot::{PlotSpec, Scale, Series, line_plot};
-use crate::align::synthetic::{Platonic, PlatonicSpec};
-use crate::align::teacher::CcaTeacher;
-use crate::align::train::fit_student;
-use crate::align::{AlignConfig, AlignData, Aligned, Matrix};
+use sotalign_engine::synthetic::{Platonic, PlatonicSpec};
+use sotalign_engine::teacher::CcaTeacher;
+use sotalign_engine::train::fit_student;
+use sotalign_engine::{AlignConfig, AlignData, Aligned, Matrix};
 use crate::index::{BackendKind, Filter, IndexConfig, VectorIndex};
 
 #[derive(Debug, Args)]

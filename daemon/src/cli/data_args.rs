@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::align::{AlignConfig, AlignData};
+use sotalign_engine::{AlignConfig, AlignData};
 use crate::io::manifest::{EvalSet, Manifest};
 use crate::io::read_embeddings;
 use crate::io::reference::Reference;

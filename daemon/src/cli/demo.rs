@@ -34,9 +34,9 @@ use sotalign_protocol::types::{
 };
 
 use super::encoders::{ModelArgs, encode_with_bars};
-use crate::align::eval::{RetrievalReport, evaluate};
-use crate::align::methods::{Method, fit};
-use crate::align::{AlignConfig, AlignData, Matrix};
+use sotalign_engine::eval::{RetrievalReport, evaluate};
+use sotalign_engine::methods::{Method, fit};
+use sotalign_engine::{AlignConfig, AlignData, Matrix};
 use crate::assets;
 use crate::ingest::{self, EncodeOptions, sources};
 
@@ -326,7 +326,7 @@ fn fit_with_bar(
     method: Method,
     data: &AlignData,
     cfg: &AlignConfig,
-) -> Result<Box<dyn crate::align::Aligned>> {
+) -> Result<Box<dyn sotalign_engine::Aligned>> {
     let bar = ProgressBar::new(1).with_style(
         ProgressStyle::with_template("{prefix:>12} {msg:<16} [{bar:30}] {pos}/{len} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -5,8 +5,8 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::data_args::DataArgs;
-use crate::align::eval::{RetrievalReport, evaluate};
-use crate::align::methods;
+use sotalign_engine::eval::{RetrievalReport, evaluate};
+use sotalign_engine::methods;
 use crate::io::read_checkpoint;
 
 #[derive(Debug, Args)]

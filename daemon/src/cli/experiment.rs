@@ -17,12 +17,12 @@ use clap::Args;
 use serde::Serialize;
 
 use super::data_args::ConfigArgs;
-use crate::align::csa::Csa;
-use crate::align::eval::evaluate;
-use crate::align::methods::{self, Method, Progress};
-use crate::align::teacher::CcaTeacher;
-use crate::align::validation::Holdout;
-use crate::align::{AlignConfig, Aligned};
+use sotalign_engine::csa::Csa;
+use sotalign_engine::eval::evaluate;
+use sotalign_engine::methods::{self, Method, Progress};
+use sotalign_engine::teacher::CcaTeacher;
+use sotalign_engine::validation::Holdout;
+use sotalign_engine::{AlignConfig, Aligned};
 use crate::io::reference::{Reference, ReferenceResults, load_tuning};
 
 #[derive(Debug, Args)]

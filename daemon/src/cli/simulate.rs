@@ -28,12 +28,12 @@ use serde::Serialize;
 
 use super::data_args::ConfigArgs;
 use super::plot::{PlotSpec, Scale, Series, line_plot};
-use crate::align::AlignData;
-use crate::align::acquire::{AcquireConfig, Decisions, Strategy, propose};
-use crate::align::eval::evaluate;
-use crate::align::methods::{Method, fit_quiet};
-use crate::align::select::{Hybrid, HybridConfig, Mode, TypiclustConfig, typiclust};
-use crate::align::{Aligned, Matrix};
+use sotalign_engine::AlignData;
+use sotalign_engine::acquire::{AcquireConfig, Decisions, Strategy, propose};
+use sotalign_engine::eval::evaluate;
+use sotalign_engine::methods::{Method, fit_quiet};
+use sotalign_engine::select::{Hybrid, HybridConfig, Mode, TypiclustConfig, typiclust};
+use sotalign_engine::{Aligned, Matrix};
 use crate::io::reference::Reference;
 
 #[derive(Debug, Args)]

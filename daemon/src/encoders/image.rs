@@ -13,7 +13,7 @@ use super::efficientnet::EfficientNetLite;
 use super::hf_vision::{self, HfVisionModel};
 use super::preprocess::{self, Normalize, Rgb8};
 use super::{EncoderError, Report, Skipped};
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 /// Which backbone an [`ImageEncoder`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

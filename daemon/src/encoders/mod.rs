@@ -11,7 +11,6 @@
 //! Invariants: encoders never mutate their weights; every public entry point returns a typed
 //! [`EncoderError`] for bad files instead of panicking; rows of every returned [`Matrix`] are in
 //! input order, and a skipped item is always named in a [`Report`].
-pub mod device;
 pub mod efficientnet;
 pub mod hf_vision;
 pub mod image;
@@ -21,11 +20,14 @@ pub mod text;
 
 use std::path::{Path, PathBuf};
 
-pub use device::parse_device;
+/// Parse `--device` (the engine owns the one parser), as an encoder error.
+pub fn parse_device(spec: &str) -> Result<candle_core::Device, EncoderError> {
+    sotalign_engine::device::parse_device(spec).map_err(|e| EncoderError::Device(e.to_string()))
+}
 pub use image::{ImageEncoder, ImageModelKind};
 pub use text::TextEncoder;
 
-pub use crate::align::Matrix;
+pub use sotalign_engine::Matrix;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {

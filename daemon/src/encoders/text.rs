@@ -13,7 +13,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::EncoderError;
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 /// Default truncation when the directory has no `sentence_bert_config.json`.
 const DEFAULT_MAX_SEQ: usize = 256;

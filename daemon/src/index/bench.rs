@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::synth::{Clustered, gaussian};
 use super::{BackendKind, Filter, HnswParams, IndexConfig, IndexError, VectorIndex};
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 /// Which synthetic data to index (see [`super::synth`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::filter::Filter;
 use super::store::VectorStore;
 use super::topk::TopK;
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 /// Rows per parallel work item in a single-query scan (1 MiB of f32 at 256-d).
 const SCAN_BLOCK: usize = 1024;

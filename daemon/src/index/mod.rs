@@ -32,7 +32,7 @@ pub use hnsw::HnswParams;
 pub use set::{BuildPhase, IndexSet, Modality, RebuildHandle, RebuildOutcome, Served};
 pub use store::VectorStore;
 
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 use hnsw::HnswGraph;
 
 /// Collections with fewer items than this are served by exact search.

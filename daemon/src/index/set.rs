@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{BackendKind, Filter, Hit, IndexConfig, IndexError, VectorIndex};
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 /// The two sides of the shared space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::IndexError;
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 #[derive(Debug)]
 pub struct VectorStore {

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 /// A mixture of anisotropic Gaussian clusters around a shared mean direction.
 #[derive(Debug, Clone)]

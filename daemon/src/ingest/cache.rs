@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::IngestError;
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 use crate::io::npy::{NpyF32, write_npy};
 
 /// Environment variable overriding the embedding cache root.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 use crate::encoders::{EncoderError, ImageEncoder, Report, Skipped, TextEncoder};
 pub use cache::{ModelCache, content_hash};
 

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::tensors::{read_safetensors, write_safetensors};
 use super::{IoError, write_atomic};
-use crate::align::{AlignConfig, MethodState};
+use sotalign_engine::{AlignConfig, MethodState};
 
 /// Key of the JSON description in the safetensors metadata.
 const META_KEY: &str = "sotalign";

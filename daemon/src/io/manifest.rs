@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{IoError, read_bytes};
-use crate::align::{AlignData, Matrix};
+use sotalign_engine::{AlignData, Matrix};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

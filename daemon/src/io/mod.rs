@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::align::AlignError;
+use sotalign_engine::AlignError;
 
 pub mod checkpoint;
 pub mod manifest;

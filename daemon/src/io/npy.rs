@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{IoError, read_bytes, write_atomic};
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 

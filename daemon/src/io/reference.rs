@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{IoError, read_bytes, read_npy};
-use crate::align::{AlignData, Matrix};
+use sotalign_engine::{AlignData, Matrix};
 
 /// Row indices of one (seed, n) cell.
 #[derive(Debug, Clone, Deserialize)]

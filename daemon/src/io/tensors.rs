@@ -7,7 +7,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use super::npy::{f16_to_f32, read_npy};
 use super::{IoError, read_bytes, write_atomic};
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 /// The tensors of a safetensors file, in file order, plus its string metadata.
 pub struct SafetensorsFile {

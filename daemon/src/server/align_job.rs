@@ -21,7 +21,7 @@ use super::fit::{self, Fitted};
 use super::jobs::{JobHandle, Outcome, Report};
 use super::model::Served;
 use super::state::Shared;
-use crate::align::{AlignConfig, AlignData, AlignError, Matrix};
+use sotalign_engine::{AlignConfig, AlignData, AlignError, Matrix};
 use crate::store::{TrainingSnapshot, now_ms};
 
 /// Percent of the whole job at which each stage starts (teacher, refine, evaluate, index).
@@ -252,7 +252,7 @@ fn run_job(
 
     // Fit, forwarding engine progress (throttled) and the cancel flag.
     let mut last = Instant::now() - REPORT_EVERY;
-    let mut progress = |stage: fit::Stage, p: &crate::align::progress::Progress| {
+    let mut progress = |stage: fit::Stage, p: &sotalign_engine::progress::Progress| {
         if h.is_cancelled() {
             return ControlFlow::Break(());
         }

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use sotalign_protocol::types::AlignMethod;
 
-use crate::align::methods::{self, Method};
-use crate::align::progress::Progress;
-use crate::align::{AlignConfig, AlignData, AlignError, Aligned};
+use sotalign_engine::methods::{self, Method};
+use sotalign_engine::progress::Progress;
+use sotalign_engine::{AlignConfig, AlignData, AlignError, Aligned};
 
 /// Which part of an alignment a progress report belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +150,7 @@ mod tests {
     /// model says what `auto` chose, and the reloaded one scores like the fitted one.
     #[test]
     fn auto_fits_saves_and_restores_through_the_daemon_path() {
-        let p = crate::align::testing::small_platonic(3);
+        let p = sotalign_engine::testing::small_platonic(3);
         let (data, xt, yt) = p.split(40, 60, 30, 1);
         let mut stages = Vec::new();
         let f = fit(

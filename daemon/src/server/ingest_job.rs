@@ -42,7 +42,7 @@ use super::encode;
 use super::errors::{HResult, internal, invalid_input};
 use super::jobs::{Outcome, Report};
 use super::state::Shared;
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 use crate::store::{NewPair, NewSample};
 
 /// A validated batch, ready to insert.

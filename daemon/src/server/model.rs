@@ -11,7 +11,7 @@
 //!
 //! Exact search serves collections below [`IndexConfig::exact_below`] items (measured
 //! threshold, docs/BENCHMARKS.md "Index"), hnsw_rs above. Global suggestions run the engine's
-//! acquisition strategies ([`crate::align::acquire`]) on the indexed embeddings.
+//! acquisition strategies ([`sotalign_engine::acquire`]) on the indexed embeddings.
 use std::collections::{HashMap, HashSet};
 
 use rand::SeedableRng;
@@ -21,8 +21,8 @@ use sotalign_protocol::types::{
     AlignMethod, IndexKind, Modality, Recall, RetrievalMetrics, RunId, SampleId, Strategy,
 };
 
-use crate::align::acquire::{self, AcquireConfig, Decisions};
-use crate::align::{AlignError, Aligned, Matrix};
+use sotalign_engine::acquire::{self, AcquireConfig, Decisions};
+use sotalign_engine::{AlignError, Aligned, Matrix};
 use crate::index::{self, BackendKind, BuildPhase, Filter, IndexConfig, IndexError, IndexSet};
 use crate::store::Embeddings;
 
@@ -439,7 +439,7 @@ pub struct PairPick {
 mod tests {
     use super::*;
 
-    use crate::align::testing::Identity;
+    use sotalign_engine::testing::Identity;
 
     fn emb(ids: &[u64], rows: &[[f32; 2]]) -> Embeddings {
         Embeddings {

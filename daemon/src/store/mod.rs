@@ -21,7 +21,7 @@ use sotalign_protocol::types::{
     Pair, PairState, RetrievalMetrics, RunId, RunInfo, Sample, SampleId, SampleState, UndoResult,
 };
 
-use crate::align::Matrix;
+use sotalign_engine::Matrix;
 
 pub mod schema;
 

@@ -12,13 +12,13 @@
 //!
 //! The teacher affinity is `K*(x, y) = cosine((x - mx) Wx, (y - my) Wy)`: [`Aligned::embed_x`]
 //! returns the L2-normalised canonical coordinates so that the dot product is that cosine.
-//! All linear algebra is f64 (see [`super::linalg`]).
+//! All linear algebra is f64 (see [`crate::linalg`]).
 use faer::Mat;
 use serde_json::json;
 
-use super::config::TeacherConfig;
-use super::linalg::{self, to_faer_normalized};
-use super::{AlignData, AlignError, Aligned, Matrix, MethodState};
+use crate::config::TeacherConfig;
+use crate::linalg::{self, to_faer_normalized};
+use crate::{AlignData, AlignError, Aligned, Matrix, MethodState};
 
 /// A fitted ridge-CCA teacher.
 #[derive(Debug, Clone)]
@@ -243,7 +243,7 @@ impl Aligned for CcaTeacher {
 
 /// The student training loop reads the teacher through this trait (canonical coordinates for
 /// the head init, normalised embeddings for K*).
-impl super::train::StudentTeacher for CcaTeacher {
+impl crate::train::StudentTeacher for CcaTeacher {
     fn components(&self) -> usize {
         self.k()
     }

@@ -12,9 +12,9 @@
 use faer::Mat;
 use serde_json::json;
 
-use super::config::AsifConfig;
-use super::linalg::{self, to_faer_normalized};
-use super::{AlignData, AlignError, Aligned, Matrix, MethodState};
+use crate::config::AsifConfig;
+use crate::linalg::{self, to_faer_normalized};
+use crate::{AlignData, AlignError, Aligned, Matrix, MethodState};
 
 #[derive(Debug, Clone)]
 pub struct Asif {

@@ -4,7 +4,7 @@
 //! fresh unpaired batch of `B` images and `B` texts drawn independently:
 //! `KLOT = KL(P* || P)`, `P = Sinkhorn(Ks / eps_s)` from the student's cosine matrix,
 //! `P* = Sinkhorn(K* / eps_t)` from the teacher's (cosine in CCA space). The KLOT gradient enters
-//! the candle graph as `alpha * sum(stopgrad((P - P*) / eps_s) * Ks)` (see [`super::klot`] for
+//! the candle graph as `alpha * sum(stopgrad((P - P*) / eps_s) * Ks)` (see [`crate::klot`] for
 //! why that is the exact gradient); the loss we report uses the true KL value.
 //!
 //! `alpha = 0` with random init is the pairs-only SigLIP baseline; the teacher is needed when
@@ -18,14 +18,14 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::config::{HeadInit, KlotEngine};
-use super::heads::{self, Head, HeadInitValues, l2_normalize, standardize, to_matrix, to_tensor};
-use super::klot::Klot;
-use super::klot_device;
-use super::optim::Optimizer;
-use super::progress::Progress;
-use super::siglip::{label_matrix, siglip_loss};
-use super::{AlignConfig, AlignData, AlignError, Aligned, Matrix, MethodState};
+use crate::config::{HeadInit, KlotEngine};
+use crate::heads::{self, Head, HeadInitValues, l2_normalize, standardize, to_matrix, to_tensor};
+use crate::klot::Klot;
+use crate::klot_device;
+use crate::optim::Optimizer;
+use crate::progress::Progress;
+use crate::siglip::{label_matrix, siglip_loss};
+use crate::{AlignConfig, AlignData, AlignError, Aligned, Matrix, MethodState};
 
 /// What the student needs from its teacher: canonical coordinates (for the head init) and the
 /// normalised embeddings whose dot products are the teacher affinity K* ([`Aligned`]).
@@ -547,7 +547,7 @@ fn train_device(spec: &str) -> Result<Device, AlignError> {
     if spec.is_empty() {
         return Ok(Device::Cpu);
     }
-    crate::encoders::parse_device(spec)
+    crate::device::parse_device(spec)
         .map_err(|e| AlignError::InvalidConfig(format!("training device: {e}")))
 }
 
@@ -562,10 +562,10 @@ fn sample_rows(rng: &mut ChaCha8Rng, n: usize, k: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::align::config::{HeadInit, OptimKind};
-    use crate::align::progress;
-    use crate::align::synthetic::{Platonic, PlatonicSpec, mean_r1};
-    use crate::align::teacher::CcaTeacher;
+    use crate::config::{HeadInit, OptimKind};
+    use crate::progress;
+    use crate::synthetic::{Platonic, PlatonicSpec, mean_r1};
+    use crate::teacher::CcaTeacher;
 
     /// A fixed linear teacher for exercising the loop's mechanics (the real one is the CCA
     /// teacher): coordinates are the inputs times a fixed matrix.
@@ -624,7 +624,7 @@ mod tests {
     }
 
     fn data() -> (AlignData, Matrix, Matrix) {
-        crate::align::testing::small_platonic(3).split(60, 100, 80, 1)
+        crate::testing::small_platonic(3).split(60, 100, 80, 1)
     }
 
     fn teacher(d: &AlignData) -> LinearTeacher {

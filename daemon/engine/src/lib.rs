@@ -1,4 +1,5 @@
-//! The alignment engine.
+//! The alignment engine (crate `sotalign-engine`): pure computation, no tokio, no SQLite, no
+//! encoders; the daemon crate (`sotalign`) builds on it.
 //!
 //! Invariants:
 //! - never does IO, never spawns threads of its own except through rayon / candle kernels;
@@ -7,31 +8,51 @@
 //!   evaluation, the daemon's index and suggestions all rely on this;
 //! - inputs are validated at the boundary and bad input is a typed [`AlignError`], never a panic.
 
-pub mod acquire;
-pub mod asif;
-pub mod auto;
-pub mod blend;
+// Shared by every family: data, configuration, errors, linear algebra, evaluation.
 pub mod config;
-pub mod csa;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
-pub mod heads;
-pub mod klot;
-pub mod klot_device;
 pub mod linalg;
 pub mod matrix;
 pub mod methods;
-pub mod optim;
-pub mod procrustes;
 pub mod progress;
-pub mod select;
-pub mod siglip;
-pub mod sinkhorn;
 pub mod synthetic;
-pub mod teacher;
-pub mod train;
 pub mod validation;
+
+/// The closed-form methods: the ridge-CCA teacher and the baselines fitted in one solve, plus
+/// the score fusions and the validation-chosen `auto`.
+pub mod closed_form {
+    pub mod asif;
+    pub mod auto;
+    pub mod blend;
+    pub mod csa;
+    pub mod procrustes;
+    pub mod teacher;
+}
+
+/// The trained half: Sinkhorn, KLOT, the student heads and their SigLIP + KLOT training.
+pub mod trained {
+    pub mod heads;
+    pub mod klot;
+    pub mod klot_device;
+    pub mod optim;
+    pub mod siglip;
+    pub mod sinkhorn;
+    pub mod train;
+}
+
+/// Curation: which pairs to propose, which images to caption next.
+pub mod curation {
+    pub mod acquire;
+    pub mod select;
+}
+
+// Short paths (`sotalign_engine::teacher`, ...) for the modules callers use most.
+pub use closed_form::{asif, auto, blend, csa, procrustes, teacher};
+pub use curation::{acquire, select};
+pub use trained::{heads, klot, klot_device, optim, siglip, sinkhorn, train};
 
 pub use config::AlignConfig;
 pub use data::AlignData;
@@ -99,13 +120,13 @@ pub trait Aligned: Send + Sync {
         let ey = self.embed_y_f64(y)?;
         Ok(&ex * ey.transpose())
     }
-    /// Export the fitted state (checkpointing); `crate::align::methods::restore` rebuilds it.
+    /// Export the fitted state (checkpointing); `crate::methods::restore` rebuilds it.
     fn export_state(&self) -> Result<MethodState, AlignError>;
 }
 
-/// Helpers for the crate's unit tests.
-#[cfg(test)]
-pub(crate) mod testing {
+/// Helpers for unit tests (this crate's, and the daemon's through the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use super::synthetic::{Platonic, PlatonicSpec};
     use super::{AlignError, Aligned, Matrix, MethodState};
 

@@ -6,7 +6,7 @@
 //! [`Matrix`] (f32) stays the interchange type; conversion happens here, at the edge.
 use faer::{Mat, MatRef, Side};
 
-use super::{AlignError, Matrix};
+use crate::{AlignError, Matrix};
 
 /// Copy a [`Matrix`] into an f64 faer matrix.
 pub fn to_faer(m: &Matrix) -> Mat<f64> {

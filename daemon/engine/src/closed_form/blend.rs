@@ -13,11 +13,11 @@
 //! A fusion is still an [`Aligned`] dot-product model: the image embedding is the
 //! concatenation `[w_1 / sd_1 * ex_1, ..., w_k / sd_k * ex_k]` and the text embedding
 //! `[ey_1, ..., ey_k]`, so the daemon's index and every evaluation path work unchanged.
-//! `auto` offers fusions as candidates ([`super::auto`]).
+//! `auto` offers fusions as candidates ([`crate::auto`]).
 use faer::Mat;
 use serde_json::json;
 
-use super::{AlignData, AlignError, Aligned, Matrix, MethodState, linalg};
+use crate::{AlignData, AlignError, Aligned, Matrix, MethodState, linalg};
 
 /// Fitted methods and their fusion weights.
 pub struct Blend {
@@ -252,13 +252,13 @@ impl Aligned for Blend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::align::asif::Asif;
-    use crate::align::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
-    use crate::align::procrustes::Procrustes;
-    use crate::align::teacher::CcaTeacher;
+    use crate::asif::Asif;
+    use crate::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
+    use crate::procrustes::Procrustes;
+    use crate::teacher::CcaTeacher;
 
     fn data() -> (AlignData, Matrix, Matrix) {
-        let p = crate::align::testing::small_platonic(5);
+        let p = crate::testing::small_platonic(5);
         p.split(60, 50, 40, 2)
     }
 
@@ -281,7 +281,7 @@ mod tests {
             }
         }
         let st = blend.export_state().unwrap();
-        let back = Blend::from_state(&st, &crate::align::methods::restore).unwrap();
+        let back = Blend::from_state(&st, &crate::methods::restore).unwrap();
         assert_eq!(back.parts(), vec!["cca", "asif"]);
         let s2 = back.score(&xt, &yt).unwrap();
         let s1 = blend.score(&xt, &yt).unwrap();
@@ -333,7 +333,7 @@ mod tests {
             }
         }
         let back =
-            Blend::from_state(&f.export_state().unwrap(), &crate::align::methods::restore).unwrap();
+            Blend::from_state(&f.export_state().unwrap(), &crate::methods::restore).unwrap();
         assert_eq!(back.parts(), vec!["procrustes", "cca", "asif_c"]);
         let (s1, s2) = (f.score(&xt, &yt).unwrap(), back.score(&xt, &yt).unwrap());
         for (u, v) in s1.data.iter().zip(&s2.data) {
@@ -385,7 +385,7 @@ mod tests {
                 "b": st.meta["parts"][1],
             }),
         };
-        let back = Blend::from_state(&old, &crate::align::methods::restore).unwrap();
+        let back = Blend::from_state(&old, &crate::methods::restore).unwrap();
         assert_eq!(back.weights, vec![0.75, 0.25]);
         // Restored parts carry f32 tensors: equal to f32 rounding, not bit for bit.
         let (s1, s2) = (b.score(&xt, &yt).unwrap(), back.score(&xt, &yt).unwrap());

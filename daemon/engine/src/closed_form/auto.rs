@@ -1,8 +1,8 @@
 //! `auto`: choose the method and its hyper-parameters by validation on the paired data only.
 //!
-//! Candidates ([`super::config::AutoGrid`]):
+//! Candidates ([`crate::config::AutoGrid`]):
 //! - `fusions` (default): three equal-weight score fusions of the method families
-//!   ([`FUSIONS`], [`super::blend`]): CCA teacher + centred ASIF, then with Procrustes, then
+//!   ([`FUSIONS`], [`crate::blend`]): CCA teacher + centred ASIF, then with Procrustes, then
 //!   with plain ASIF as well. Why fusions and not single methods: with 25-100 pairs (so
 //!   25-100 validation queries in all), validation cannot rank ~45 single-method candidates
 //!   whose true differences are a fraction of a point, and the pick pays a winner's-curse
@@ -11,10 +11,10 @@
 //!   (docs/RESULTS.md, both measured).
 //! - `full`: Procrustes, the ridge-CCA teacher with the protocol's ridge, ASIF and centred ASIF
 //!   at p = 8; whitened Procrustes, teachers with ridges scaled to the feature covariance
-//!   (`lambda * tr(C)/d`, [`super::config::AutoConfig::ridge_grid`]), the other ASIF powers,
+//!   (`lambda * tr(C)/d`, [`crate::config::AutoConfig::ridge_grid`]), the other ASIF powers,
 //!   CSA at every s of the grid, CCA + ASIF blends, then the fusions. Listed simplest first.
 //!
-//! Scoring: the protocol's validation ([`super::validation`]: held-out pairs retrieved among
+//! Scoring: the protocol's validation ([`crate::validation`]: held-out pairs retrieved among
 //! the unpaired pool as distractors, mean MRR of both directions), on `splits` folds of the
 //! pairs (k-fold by default: every pair is validated exactly once, the most validation queries
 //! a small n has). Optional learning-curve correction (`curve_fraction`, off by default): each
@@ -30,15 +30,15 @@ use faer::Mat;
 use serde::Serialize;
 use serde_json::json;
 
-use super::asif::Asif;
-use super::blend::Blend;
-use super::config::{AsifConfig, AutoGrid, ProcrustesConfig, TeacherConfig, ValidationScheme};
-use super::csa::Csa;
-use super::methods::{Method, Progress, report};
-use super::procrustes::Procrustes;
-use super::teacher::CcaTeacher;
-use super::validation::{self, Holdout};
-use super::{AlignConfig, AlignData, AlignError, Aligned, Matrix, MethodState};
+use crate::asif::Asif;
+use crate::blend::Blend;
+use crate::config::{AsifConfig, AutoGrid, ProcrustesConfig, TeacherConfig, ValidationScheme};
+use crate::csa::Csa;
+use crate::methods::{Method, Progress, report};
+use crate::procrustes::Procrustes;
+use crate::teacher::CcaTeacher;
+use crate::validation::{self, Holdout};
+use crate::{AlignConfig, AlignData, AlignError, Aligned, Matrix, MethodState};
 
 /// One candidate configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -273,7 +273,7 @@ fn trained_cands(cfg: &AlignConfig) -> Vec<Candidate> {
             let mut c = cfg.clone();
             c.klot.alpha = alpha;
             c.klot.eps_s = e;
-            c.heads.init = super::config::HeadInit::Teacher;
+            c.heads.init = crate::config::HeadInit::Teacher;
             out.push(Candidate {
                 label: format!("sotalign(alpha={alpha}, eps_s={e})"),
                 method: "sotalign",
@@ -344,14 +344,14 @@ fn fit_candidate_with(
     progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<Box<dyn Aligned>, AlignError> {
     match c.kind {
-        Kind::Trained { method } => super::methods::fit(method, data, &c.cfg, progress),
+        Kind::Trained { method } => crate::methods::fit(method, data, &c.cfg, progress),
         _ => fit_candidate(c, data),
     }
 }
 
 fn fit_candidate(c: &Candidate, data: &AlignData) -> Result<Box<dyn Aligned>, AlignError> {
     Ok(match c.kind {
-        Kind::Trained { method } => super::methods::fit_quiet(method, data, &c.cfg)?,
+        Kind::Trained { method } => crate::methods::fit_quiet(method, data, &c.cfg)?,
         Kind::Procrustes { .. } => Box::new(Procrustes::fit(data, &c.cfg.procrustes)?),
         Kind::Teacher { csa_s: None, .. } => Box::new(CcaTeacher::fit(data, &c.cfg.teacher)?),
         Kind::Teacher { csa_s, .. } => Box::new(Csa::from_teacher(
@@ -820,7 +820,7 @@ mod tests {
                 "sotalign(alpha=0.1, eps_s=0.1)"
             ]
         );
-        let p = crate::align::testing::small_platonic(2);
+        let p = crate::testing::small_platonic(2);
         let (d, _, _) = p.split(30, 40, 10, 3);
         let m = fit_auto(&d, &cfg, &mut |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(m.scores.len(), labels.len());
@@ -903,7 +903,7 @@ mod tests {
 
     #[test]
     fn auto_fits_a_fusion_that_scores_like_its_parts_and_restores() {
-        let p = crate::align::testing::small_platonic(9);
+        let p = crate::testing::small_platonic(9);
         let (d, xt, yt) = p.split(40, 60, 30, 4);
         let cfg = AlignConfig::default();
         let mut seen = Vec::new();
@@ -928,7 +928,7 @@ mod tests {
         let st = m.export_state().unwrap();
         assert_eq!(st.method, "blend");
         assert_eq!(st.meta["auto"]["choice"], m.choice.label.as_str());
-        let back = crate::align::methods::restore(&st).unwrap();
+        let back = crate::methods::restore(&st).unwrap();
         let c = back.score(&xt, &yt).unwrap();
         for (u, v) in a.data.iter().zip(&c.data) {
             assert!((u - v).abs() < 1e-3 * u.abs().max(1.0), "{u} vs {v}");

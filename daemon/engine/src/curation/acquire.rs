@@ -26,8 +26,8 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::sinkhorn::Sinkhorn;
-use super::{AlignError, Aligned, Matrix};
+use crate::sinkhorn::Sinkhorn;
+use crate::{AlignError, Aligned, Matrix};
 
 /// How proposals are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -534,7 +534,7 @@ mod tests {
     use rand::SeedableRng;
     use rand_distr::{Distribution, StandardNormal};
 
-    use crate::align::testing::Identity;
+    use crate::testing::Identity;
 
     fn gauss(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Matrix {
         let data = (0..rows * cols)

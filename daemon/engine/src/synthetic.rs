@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, StandardNormal};
 
-use super::{AlignData, AlignError, Matrix};
+use crate::{AlignData, AlignError, Matrix};
 
 /// Shape of a platonic data set.
 #[derive(Debug, Clone, PartialEq)]

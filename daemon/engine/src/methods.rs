@@ -4,13 +4,13 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::str::FromStr;
 
-use super::asif::Asif;
-use super::config::HeadInit;
-use super::csa::Csa;
-use super::procrustes::Procrustes;
-use super::teacher::CcaTeacher;
-use super::train::{StudentHeads, fit_student};
-use super::{AlignConfig, AlignData, AlignError, Aligned, MethodState, auto};
+use crate::asif::Asif;
+use crate::config::HeadInit;
+use crate::csa::Csa;
+use crate::procrustes::Procrustes;
+use crate::teacher::CcaTeacher;
+use crate::train::{StudentHeads, fit_student};
+use crate::{AlignConfig, AlignData, AlignError, Aligned, MethodState, auto};
 
 /// Every method the engine can fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,7 +33,7 @@ pub enum Method {
     SiglipTinit,
     /// SOTAlign: teacher-initialised heads, SigLIP + alpha * KLOT on unpaired batches.
     Sotalign,
-    /// Validation-chosen method and hyper-parameters (see [`super::auto`]).
+    /// Validation-chosen method and hyper-parameters (see [`crate::auto`]).
     Auto,
 }
 
@@ -107,7 +107,7 @@ impl FromStr for Method {
     }
 }
 
-pub use super::progress::Progress;
+pub use crate::progress::Progress;
 
 /// Report progress; `Break` from the callback cancels the fit.
 pub(crate) fn report(
@@ -237,7 +237,7 @@ pub fn restore(state: &MethodState) -> Result<Box<dyn Aligned>, AlignError> {
         "csa" => Box::new(Csa::from_state(state)?),
         "asif" | "asif_c" => Box::new(Asif::from_state(state)?),
         "siglip" | "siglip_tinit" | "sotalign" => Box::new(StudentHeads::from_state(state)?),
-        "blend" => Box::new(super::blend::Blend::from_state(state, &restore)?),
+        "blend" => Box::new(crate::blend::Blend::from_state(state, &restore)?),
         other => {
             return Err(AlignError::UnknownMethod(
                 other.to_string(),
@@ -250,7 +250,7 @@ pub fn restore(state: &MethodState) -> Result<Box<dyn Aligned>, AlignError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::align::Matrix;
+    use crate::Matrix;
 
     fn toy() -> AlignData {
         // 12 pairs in 4-d / 3-d with a noisy linear relation.

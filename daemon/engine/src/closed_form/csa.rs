@@ -8,10 +8,10 @@
 use faer::Mat;
 use serde_json::json;
 
-use super::config::AlignConfig;
-use super::linalg;
-use super::teacher::CcaTeacher;
-use super::{AlignData, AlignError, Aligned, Matrix, MethodState};
+use crate::config::AlignConfig;
+use crate::linalg;
+use crate::teacher::CcaTeacher;
+use crate::{AlignData, AlignError, Aligned, Matrix, MethodState};
 
 #[derive(Debug, Clone)]
 pub struct Csa {

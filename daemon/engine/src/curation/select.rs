@@ -1,7 +1,7 @@
 //! Selection strategies: which unpaired *images* a person should caption next, and the hybrid
 //! policy that decides between captioning and judging model proposals.
 //!
-//! Why this exists beside [`super::acquire`]: judging proposals (yes/no on a suggested pair)
+//! Why this exists beside [`crate::acquire`]: judging proposals (yes/no on a suggested pair)
 //! only pays when the model's suggestions are often right, and a model fitted on a few dozen
 //! pairs is right a few percent of the time (`docs/CURATION.md`). Captioning a chosen image
 //! always yields one true pair; the question is then *which* images teach the model most. With
@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{AlignError, Matrix};
+use crate::{AlignError, Matrix};
 
 /// Knobs of [`typiclust`].
 #[derive(Debug, Clone, PartialEq)]

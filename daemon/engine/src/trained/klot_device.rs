@@ -1,7 +1,7 @@
 //! KLOT in candle tensor ops, so the step runs where the student's affinities already are
 //! (a CUDA device when built with `--features cuda`).
 //!
-//! Same computation, same update order and same meaning as [`super::klot::Klot`]: two
+//! Same computation, same update order and same meaning as [`crate::klot::Klot`]: two
 //! entropic plans with uniform marginals, `P = Sinkhorn(Ks / eps_s)` and
 //! `P* = Sinkhorn(K* / eps_t)`, `iters` iterations of (row then column) potential updates from a
 //! zero column potential, a symmetric finish of the row potential, then `KL(P* || P)` and the
@@ -22,7 +22,7 @@
 //! allocations of the same size every iteration.
 use candle_core::{D, DType, Tensor};
 
-use super::AlignError;
+use crate::AlignError;
 
 /// The result of one device KLOT step.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub struct DeviceKlotValue {
 /// Log of the entropic plan of `k` (rows x cols, f32) at temperature `eps`, uniform marginals.
 pub fn log_plan(k: &Tensor, eps: f64, iters: usize) -> Result<Tensor, AlignError> {
     let (rows, cols) = k.dims2()?;
-    super::sinkhorn::check_problem(rows, cols, eps, iters)?;
+    crate::sinkhorn::check_problem(rows, cols, eps, iters)?;
     let k = k.to_dtype(DType::F32)?;
     // Row sums tell whether any entry is NaN/Inf (NaN and Inf propagate through a sum of
     // cosines, which are bounded), and which row: B floats cross to the host, not B^2.
@@ -109,7 +109,7 @@ pub fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::align::klot::Klot;
+    use crate::klot::Klot;
     use candle_core::Device;
 
     fn cosine(rows: usize, cols: usize, dim: usize, seed: u64) -> Vec<f32> {

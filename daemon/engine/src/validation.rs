@@ -9,8 +9,8 @@
 //! tuning scores (`tuxpaint_tuning.json`) exactly.
 use std::collections::HashMap;
 
-use super::eval::{RetrievalReport, retrieval_with_distractors};
-use super::{AlignData, AlignError, Aligned, Matrix};
+use crate::eval::{RetrievalReport, retrieval_with_distractors};
+use crate::{AlignData, AlignError, Aligned, Matrix};
 
 /// Number of held-out pairs for n pairs.
 pub fn val_size(n: usize) -> usize {

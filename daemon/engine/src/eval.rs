@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
 
-use super::{AlignError, Aligned, Matrix};
+use crate::{AlignError, Aligned, Matrix};
 
 /// Metrics of one retrieval direction.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! The inputs of a fit: a few pairs plus unpaired pools, validated once at the boundary.
-use super::{AlignError, Matrix};
+use crate::{AlignError, Matrix};
 
 /// Training data for any method.
 ///
@@ -105,8 +105,8 @@ impl AlignData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::align::methods::{Method, fit_quiet};
-    use crate::align::{AlignConfig, Matrix};
+    use crate::methods::{Method, fit_quiet};
+    use crate::{AlignConfig, Matrix};
 
     fn pairs(n: usize, dx: usize, dy: usize) -> AlignData {
         let x = Matrix::from_vec(

@@ -3,7 +3,7 @@
 //! Why not a candle Tensor or a faer Mat everywhere: the closed-form methods want f64 faer
 //! matrices, the heads want candle tensors and the Sinkhorn kernel wants a raw slice. This type
 //! is the neutral, validated currency; each stage converts at its edge.
-use super::AlignError;
+use crate::AlignError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {

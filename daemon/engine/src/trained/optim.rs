@@ -7,8 +7,8 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use super::AlignError;
-use super::config::{OptimConfig, OptimKind};
+use crate::AlignError;
+use crate::config::{OptimConfig, OptimKind};
 
 /// Learning rate at each step: linear warm-up over `warmup_frac * steps` steps, then cosine
 /// decay to 0 (or constant when `cosine` is false).

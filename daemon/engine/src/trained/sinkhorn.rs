@@ -35,7 +35,7 @@
 //! log-domain iteration, and a failure there is reported as [`AlignError::Numerical`].
 use rayon::prelude::*;
 
-use super::AlignError;
+use crate::AlignError;
 
 /// Scalings outside this range are absorbed into the log-potentials. With kernel entries at most
 /// ~1 and `u_i v_j <= 1e20`, every entry that carries mass is a normal f32.
@@ -451,7 +451,7 @@ impl Sinkhorn {
 }
 
 /// The checks every Sinkhorn solver makes before iterating (this engine and
-/// [`super::klot_device`]): a positive finite `eps`, at least one iteration, a non-empty matrix.
+/// [`crate::klot_device`]): a positive finite `eps`, at least one iteration, a non-empty matrix.
 pub(crate) fn check_problem(
     rows: usize,
     cols: usize,

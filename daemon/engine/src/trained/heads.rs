@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::{AlignError, Matrix};
+use crate::{AlignError, Matrix};
 
 /// One modality's head.
 #[derive(Debug, Clone)]

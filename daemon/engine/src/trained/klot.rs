@@ -18,8 +18,8 @@
 //! gradient is exactly that; the reported loss value is the true KL from [`Klot::step`].
 use rayon::prelude::*;
 
-use super::AlignError;
-use super::sinkhorn::{Sinkhorn, SinkhornStats};
+use crate::AlignError;
+use crate::sinkhorn::{Sinkhorn, SinkhornStats};
 
 /// What one KLOT evaluation produced (the gradient stays in the workspace).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,7 +73,7 @@ impl Klot {
         eps_t: f64,
         iters: usize,
     ) -> Result<KlotValue, AlignError> {
-        super::sinkhorn::on_pool(|| self.step_here(ks, kt, eps_s, eps_t, iters))
+        crate::sinkhorn::on_pool(|| self.step_here(ks, kt, eps_s, eps_t, iters))
     }
 
     fn step_here(
@@ -218,7 +218,7 @@ pub fn kl_log_domain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::align::sinkhorn::log_domain;
+    use crate::sinkhorn::log_domain;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 

@@ -8,9 +8,9 @@
 use faer::Mat;
 use serde_json::json;
 
-use super::config::ProcrustesConfig;
-use super::linalg::{self, to_faer_normalized};
-use super::{AlignData, AlignError, Aligned, Matrix, MethodState};
+use crate::config::ProcrustesConfig;
+use crate::linalg::{self, to_faer_normalized};
+use crate::{AlignData, AlignError, Aligned, Matrix, MethodState};
 
 /// Relative singular-value threshold for the rank of `Xp^T Yp`.
 const RANK_TOL: f64 = 1e-6;

@@ -2,7 +2,7 @@
 //!
 //! Engine code calls a `&mut dyn FnMut(&Progress) -> ControlFlow<()>` callback; returning
 //! `ControlFlow::Break(())` asks the fit to stop, which it does at the next step boundary with
-//! [`crate::align::AlignError::Cancelled`]. The daemon forwards these as JSON-RPC progress
+//! [`crate::AlignError::Cancelled`]. The daemon forwards these as JSON-RPC progress
 //! notifications; the CLI draws them as progress bars. No IO happens here.
 
 /// One progress report.

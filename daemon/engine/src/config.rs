@@ -51,7 +51,7 @@ pub struct AutoConfig {
     pub ridge_grid: Vec<f64>,
     /// ASIF powers tried (plain and centred).
     pub asif_p_grid: Vec<f64>,
-    /// Weights of the CCA teacher in CCA + ASIF score blends ([`super::blend`]); empty = none.
+    /// Weights of the CCA teacher in CCA + ASIF score blends ([`crate::blend`]); empty = none.
     pub blend_weights: Vec<f64>,
     /// How the validation sets are drawn: `kfold` (`splits` disjoint folds, every pair
     /// validated exactly once: the most validation queries a small n can give) or `random`
@@ -68,7 +68,7 @@ pub struct AutoConfig {
     /// cost.
     pub curve_fraction: f64,
     /// Which candidates are validated: `fusions` (default: three equal-weight score fusions
-    /// of the method families, [`super::blend`]) or `full` (every single method with its
+    /// of the method families, [`crate::blend`]) or `full` (every single method with its
     /// hyper-parameter grid, CCA + ASIF blends and the fusions: about 45 candidates).
     pub grid: AutoGrid,
     /// Also validate the trained methods (off by default: each is a training run per fold):
