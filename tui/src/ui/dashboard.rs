@@ -53,6 +53,7 @@ fn stage_name(s: JobStage) -> &'static str {
         JobStage::Refine => "refine",
         JobStage::Evaluate => "evaluate",
         JobStage::Index => "index",
+        JobStage::Validate => "validate",
     }
 }
 

@@ -49,6 +49,7 @@ pub fn cand(s: Sample, score: f64, rank: u32) -> Candidate {
         score,
         rank,
         mutual_nn: rank == 1,
+        duplicates: 0,
     }
 }
 
@@ -136,6 +137,7 @@ pub fn job_progress(job: u64, seq: u64, step: u64, total: u64) -> JobProgress {
         job: JobId(job),
         seq,
         stage: JobStage::Refine,
+        model_stage: None,
         step,
         total,
         loss: None,
@@ -189,6 +191,7 @@ pub fn status_of(model: Option<RunId>, pairs: u64, c: Counts) -> StatusResult {
             trained_at_ms: 0,
             metrics: Some(retrieval(0.25, 0.25, c.held_out_pairs)),
             fitted: None,
+            stage: None,
         }),
         index: IndexInfo {
             state: if model.is_some() {
