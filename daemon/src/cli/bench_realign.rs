@@ -29,6 +29,11 @@ pub struct RealignArgs {
     /// A `sotalign demo --dir` directory: its daemon manifest (Tux Paint) is one data set.
     #[arg(long, value_name = "DIR")]
     pub demo: Option<PathBuf>,
+    /// The reference Tux Paint rows (`tests/fixtures/reference`: the demo's stamps and
+    /// encoders, 785 captioned rows): `--pairs` seed pairs from its non-test rows, its test
+    /// split held out, the other non-test rows unpaired.
+    #[arg(long, value_name = "DIR")]
+    pub reference: Option<PathBuf>,
     /// Synthetic data sets: unpaired items per side, comma-separated (e.g. 10000,100000).
     #[arg(long, value_delimiter = ',')]
     pub unpaired: Vec<usize>,
@@ -92,6 +97,15 @@ fn measure_all(a: &RealignArgs, work: &Path, method: AlignMethod) -> Result<Vec<
         }
         rows.push(measure("Tux Paint (demo)", &manifest, &work.join("demo-store"), method)?);
     }
+    if let Some(dir) = &a.reference {
+        let manifest = reference_manifest(dir, a.pairs, &work.join("reference"))?;
+        rows.push(measure(
+            &format!("Tux Paint reference rows, {} pairs", a.pairs),
+            &manifest,
+            &work.join("reference").join("store"),
+            method,
+        )?);
+    }
     for &n in &a.unpaired {
         let dir = work.join(format!("synthetic-{n}"));
         eprintln!("generating synthetic data: {n} unpaired per side");
@@ -104,7 +118,7 @@ fn measure_all(a: &RealignArgs, work: &Path, method: AlignMethod) -> Result<Vec<
         )?);
     }
     if rows.is_empty() {
-        bail!("nothing to measure: give --demo DIR and/or --unpaired N,...");
+        bail!("nothing to measure: give --demo DIR, --reference DIR and/or --unpaired N,...");
     }
     Ok(rows)
 }
@@ -133,6 +147,38 @@ fn print_rows(rows: &[Row]) {
             }
         );
     }
+}
+
+/// A daemon manifest over the reference fixtures (their `.npy` files in place).
+fn reference_manifest(dir: &Path, pairs: usize, out: &Path) -> Result<PathBuf> {
+    let r = crate::io::reference::Reference::load(dir)?;
+    if pairs >= r.nontest.len() {
+        bail!("--pairs {pairs}: the reference has {} non-test rows", r.nontest.len());
+    }
+    std::fs::create_dir_all(out)?;
+    let abs = std::fs::canonicalize(dir)?;
+    let mut text = serde_json::json!({"embeddings": {
+        "image": abs.join("tuxpaint_img.npy").display().to_string(),
+        "text": abs.join("tuxpaint_txt.npy").display().to_string()}})
+    .to_string();
+    text.push('\n');
+    let lines = r
+        .nontest
+        .iter()
+        .enumerate()
+        .map(|(k, &row)| (row, if k < pairs { "train" } else { "unpaired" }))
+        .chain(r.test.iter().map(|&row| (row, "test")));
+    for (row, split) in lines {
+        text.push_str(
+            &serde_json::json!({"key": format!("row-{row}"), "imageRow": row,
+                "text": r.captions[row], "textRow": row, "split": split})
+            .to_string(),
+        );
+        text.push('\n');
+    }
+    let m = out.join("manifest.jsonl");
+    std::fs::write(&m, text)?;
+    Ok(m)
 }
 
 /// Synthetic platonic data written as `.npy` + a daemon manifest: `pairs` seed pairs, `test`

@@ -19,6 +19,8 @@ use super::view::{CurationView, words};
 /// Page sizes are capped so one answer stays well under the body cap.
 pub const MAX_PAGE: u32 = 1000;
 pub const MAX_K: u32 = 100;
+/// Words of a free-text query used for word matching (the rest still count for meaning).
+pub const MAX_QUERY_WORDS: usize = 16;
 
 pub fn require_model(shared: &Shared) -> HResult<Arc<Served>> {
     shared
@@ -247,7 +249,9 @@ async fn search_text(
     k: usize,
 ) -> HResult<SearchResult> {
     let target = target.unwrap_or(Modality::Image);
-    let query_words = words(&text);
+    // A client controls the query's length: match on its first words only.
+    let mut query_words = words(&text);
+    query_words.truncate(MAX_QUERY_WORDS);
     let embedded = match super::encode::encode_text(shared, text).await {
         Ok(raw) => Some(
             model
