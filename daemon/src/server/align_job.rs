@@ -218,7 +218,8 @@ impl Plan {
             (true, Part::Fit) => (0.0, 20.0),
             (true, Part::Index) => (20.0, 27.0),
             (true, Part::Evaluate) => (27.0, 30.0),
-            (true, Part::Validate) => (30.0, 60.0),
+            (true, Part::Validate) => (30.0, 35.0),
+            (true, Part::ValidateHeads) => (35.0, 60.0),
             (true, Part::Train) => (60.0, 92.0),
             (true, Part::Index2) => (92.0, 98.0),
             (true, Part::Evaluate2) => (98.0, 99.0),
@@ -233,6 +234,7 @@ enum Part {
     Index,
     Evaluate,
     Validate,
+    ValidateHeads,
     Train,
     Index2,
     Evaluate2,
@@ -337,10 +339,10 @@ fn run_job(
                 if h.is_cancelled() { ControlFlow::Break(()) } else { let _ = p; ControlFlow::Continue(()) }
             })?;
             let cf_score = hold.evaluate(cf.model.as_ref())?.mean_mrr();
-            report(Part::Validate, ms, JobStage::Validate, 1, 2, Some(cf_score), format!("closed-form validation MRR {cf_score:.4}; training heads without the validation pairs"));
-            let heads = fit::fit(method, &hold.train, cfg, &mut forward(Part::Validate, ms))?;
+            report(Part::ValidateHeads, ms, JobStage::Validate, 0, 1, Some(cf_score), format!("closed-form validation MRR {cf_score:.4}; training heads without the validation pairs"));
+            let heads = fit::fit(method, &hold.train, cfg, &mut forward(Part::ValidateHeads, ms))?;
             let heads_score = hold.evaluate(heads.model.as_ref())?.mean_mrr();
-            report(Part::Validate, ms, JobStage::Validate, 2, 2, None, format!("validation MRR: heads {heads_score:.4}, closed-form {cf_score:.4}"));
+            report(Part::ValidateHeads, ms, JobStage::Validate, 1, 1, None, format!("validation MRR: heads {heads_score:.4}, closed-form {cf_score:.4}"));
             if heads_score > cf_score {
                 Ok((heads_score, cf_score))
             } else {
