@@ -281,6 +281,7 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
     if s.run != job.run {
         bail!("{name}: suggestions came from run {}, not the new run {}", s.run, job.run);
     }
+    eprintln!("{name}: new suggestions after {first_s:.1} s; waiting for the trained stage");
     let status = c.call::<methods::Status>(Empty {})?;
     let first_fitted = status
         .model
