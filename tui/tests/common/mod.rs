@@ -49,6 +49,7 @@ pub fn cand(s: Sample, score: f64, rank: u32) -> Candidate {
         score,
         rank,
         mutual_nn: rank == 1,
+        duplicates: 0,
     }
 }
 
