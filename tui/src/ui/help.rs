@@ -32,14 +32,10 @@ fn reading_the_list() -> Vec<Line<'static>> {
     };
     vec![
         Line::from("Reading the suggestions".bold()),
-        row("1 2 3", "rank, best first"),
-        row("0.625", "score: cosine similarity in the aligned"),
-        row("", "space (higher = closer; 1 is the most)"),
-        row("⇄", "mutual best match: each is the other's"),
-        row("", "top suggestion (usually right)"),
-        row("×3", "this caption is stored 3 times; a"),
-        row("", "decision applies to the caption"),
-        row("#3", "re-align #3: the model that scored it"),
+        row("0.625", "similarity (higher = closer)"),
+        row("⇄", "each other's best match"),
+        row("×3", "caption stored 3 times"),
+        row("#3", "the re-align that scored it"),
     ]
 }
 

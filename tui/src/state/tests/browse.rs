@@ -1,12 +1,10 @@
 //! Browse: listing, free-text search and its fallback, opening a hit for review.
 use crossterm::event::KeyCode;
-use sotalign_protocol::ServerNotification;
 use sotalign_protocol::codes;
 use sotalign_protocol::types::*;
 
 use super::*;
-use crate::rpc::{Call, NetEvent, Reply};
-use crate::state::*;
+use crate::rpc::{Call, Reply};
 
 #[test]
 fn search_then_open_puts_the_image_first_in_the_review_queue() {

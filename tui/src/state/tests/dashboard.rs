@@ -1,12 +1,9 @@
 //! Dashboard: jobs, progress order, stages and the measured ETA.
-use crossterm::event::KeyCode;
 use sotalign_protocol::ServerNotification;
-use sotalign_protocol::codes;
 use sotalign_protocol::types::*;
 
 use super::*;
 use crate::rpc::{Call, NetEvent, Reply};
-use crate::state::*;
 
 #[test]
 fn progress_is_ordered_by_seq_and_nothing_applies_after_job_finished() {

@@ -2,8 +2,6 @@
 //! the data builders (`tui/tests/common`, also used by the snapshot tests), a connected app with
 //! a queue, and the connection and help tests.
 use crossterm::event::KeyCode;
-use sotalign_protocol::ServerNotification;
-use sotalign_protocol::codes;
 use sotalign_protocol::types::*;
 
 use super::*;

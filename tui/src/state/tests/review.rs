@@ -6,7 +6,6 @@ use sotalign_protocol::types::*;
 
 use super::*;
 use crate::rpc::{Call, NetEvent, Reply};
-use crate::state::*;
 
 #[test]
 fn confirm_sends_the_selected_pair_and_advances_only_when_acknowledged() {
