@@ -49,9 +49,14 @@ pub struct Backend {
     conn: Arc<ConnState>,
 }
 
-/// Page sizes are capped so one answer stays well under the body cap.
-const MAX_PAGE: u32 = 1000;
-const MAX_K: u32 = 100;
+/// Page sizes are capped so one answer stays well under the body cap (`--max-page`, `--max-k`).
+fn max_page() -> u32 {
+    crate::limits::current().max_page.max(1)
+}
+
+fn max_k() -> u32 {
+    crate::limits::current().max_k.max(1)
+}
 
 pub fn build_service(
     shared: Arc<Shared>,
@@ -214,15 +219,24 @@ impl Backend {
             .shared
             .store(|s| Ok((s.meta("encoder.image")?, s.meta("encoder.text")?)))
             .await?;
-        let index = match &model {
-            None => IndexInfo {
+        let index = match (&model, self.shared.restoring()) {
+            (None, Some((run, fraction))) => IndexInfo {
+                state: IndexState::Rebuilding,
+                kind: None,
+                images: 0,
+                texts: 0,
+                run: Some(run),
+                progress: Some(fraction),
+            },
+            (None, None) => IndexInfo {
                 state: IndexState::Empty,
                 kind: None,
                 images: 0,
                 texts: 0,
                 run: None,
+                progress: None,
             },
-            Some(m) => IndexInfo {
+            (Some(m), _) => IndexInfo {
                 state: if self.shared.is_rebuilding() {
                     IndexState::Rebuilding
                 } else {
@@ -232,6 +246,7 @@ impl Backend {
                 images: m.len(Modality::Image) as u64,
                 texts: m.len(Modality::Text) as u64,
                 run: Some(m.run),
+                progress: None,
             },
         };
         Ok(StatusResult {
@@ -257,7 +272,7 @@ impl Backend {
     }
 
     async fn do_list_samples(&self, p: ListSamplesParams) -> HResult<ListSamplesResult> {
-        let limit = p.limit.min(MAX_PAGE);
+        let limit = p.limit.min(max_page());
         let (items, total) = self
             .shared
             .store(move |s| {
@@ -276,9 +291,19 @@ impl Backend {
     }
 
     fn require_model(&self) -> HResult<Arc<super::model::Served>> {
-        self.shared
-            .model()
-            .ok_or_else(|| not_ready("no_model", "no aligned model yet: run sotalign/align first"))
+        if let Some(m) = self.shared.model() {
+            return Ok(m);
+        }
+        Err(match self.shared.restoring() {
+            Some((run, f)) => not_ready(
+                "restoring",
+                format!(
+                    "the model of run {run} is being restored from its checkpoint ({:.0}% done); retry shortly",
+                    f * 100.0
+                ),
+            ),
+            None => not_ready("no_model", "no aligned model yet: run sotalign/align first"),
+        })
     }
 
     /// Samples no suggestion or search may return: every sample of a confirmed pair (it has
@@ -332,7 +357,7 @@ impl Backend {
         let rejected = Self::rejected_partners(&sample, &pairs);
         let hidden = Arc::new(self.hidden().await?);
         let target = sample.modality.other();
-        let k = p.k.clamp(1, MAX_K) as usize;
+        let k = p.k.clamp(1, max_k()) as usize;
         let include_rejected = p.include_rejected;
         let (m2, h2) = (model.clone(), hidden.clone());
         let hits = blocking(move || {
@@ -405,7 +430,7 @@ impl Backend {
             })
             .await?;
         let hidden = self.hidden().await?;
-        let limit = p.limit.clamp(1, MAX_PAGE) as usize;
+        let limit = p.limit.clamp(1, max_page()) as usize;
         let seed = p.seed.unwrap_or(0);
         let strategy = p.strategy;
         let m2 = model.clone();
@@ -471,7 +496,7 @@ impl Backend {
     }
 
     async fn do_list_pairs(&self, p: ListPairsParams) -> HResult<ListPairsResult> {
-        let limit = p.limit.min(MAX_PAGE);
+        let limit = p.limit.min(max_page());
         let (items, total) = self
             .shared
             .store(move |s| s.list_pairs(p.state, p.offset, limit))
@@ -481,7 +506,7 @@ impl Backend {
 
     async fn do_search(&self, p: SearchParams) -> HResult<SearchResult> {
         let model = self.require_model()?;
-        let k = p.k.clamp(1, MAX_K) as usize;
+        let k = p.k.clamp(1, max_k()) as usize;
         let query_id = match &p.query {
             SearchQuery::Sample(id) => Some(*id),
             _ => None,
@@ -564,7 +589,7 @@ impl Backend {
             jobs: self
                 .shared
                 .jobs
-                .list(p.include_finished, p.limit.min(MAX_PAGE) as usize),
+                .list(p.include_finished, p.limit.min(max_page()) as usize),
         })
     }
 
@@ -605,7 +630,7 @@ impl Backend {
     }
 
     async fn do_runs(&self, p: RunsParams) -> HResult<RunsResult> {
-        let limit = p.limit.min(MAX_PAGE);
+        let limit = p.limit.min(max_page());
         let runs = self.shared.store(move |s| s.runs(limit)).await?;
         Ok(RunsResult {
             runs: runs.into_iter().map(|r| r.info).collect(),
