@@ -319,6 +319,20 @@ pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<Rgb8, ImageError> {
 mod tests {
     use super::*;
 
+    /// Issue 14: a 78-byte SVG whose aspect ratio makes a 256 x 102 M pixel canvas is refused
+    /// before any pixel is allocated (it used to abort the process).
+    #[test]
+    fn svg_with_a_huge_canvas_is_refused_before_rendering() {
+        let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" width="1" height="400000"/>"#;
+        let e = render_svg(svg, RESIZE).unwrap_err();
+        assert!(matches!(e, ImageError::TooManyPixels { .. }), "{e}");
+        assert!(e.to_string().contains("--max-image-pixels"), "{e}");
+        // A normal one still renders.
+        let ok = br#"<svg xmlns="http://www.w3.org/2000/svg" width="20" height="10"/>"#;
+        let img = render_svg(ok, RESIZE).unwrap();
+        assert_eq!((img.width, img.height), (512, 256));
+    }
+
     #[test]
     fn composite_extremes() {
         let px = [10, 20, 30, 255, 10, 20, 30, 0, 0, 0, 0, 128];
