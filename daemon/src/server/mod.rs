@@ -1,8 +1,10 @@
 //! The resident daemon: `sotalign serve --stdio | --listen ADDR`.
 //!
 //! Code map:
-//! - [`transport`]: one connection; the protocol crate's framing in front of tower-lsp-server.
-//! - [`backend`]: the tower-lsp `LanguageServer` (lifecycle) and every `sotalign/*` handler.
+//! - [`transport`]: one connection's bytes: frames decoded once, one writer.
+//! - [`dispatch`]: the one request path: typed method table ([`dispatch::Router`]) and the LSP
+//!   lifecycle, written once ([`dispatch::Connection`], a tower `Service`).
+//! - [`backend`]: every `sotalign/*` handler and the table registering them.
 //! - [`state`]: what connections and jobs share (store, served model, jobs, notifications).
 //! - [`jobs`]: job registry, cancellation, ordered progress and job-finished notifications.
 //! - [`align_job`], [`ingest_job`]: the two background jobs; [`fit`]: the engine entry point
@@ -24,6 +26,7 @@ use sotalign_protocol::framing::DEFAULT_MAX_BODY;
 pub mod align_job;
 pub mod backend;
 pub mod caps;
+pub mod dispatch;
 pub mod encode;
 pub mod errors;
 pub mod fit;
@@ -188,12 +191,14 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
         });
     }
     spawn_signal_handler(shared.clone());
+    let router = Arc::new(backend::Backend::router());
     if args.stdio {
         let conn = Arc::new(ConnState::new(shared.next_connection_id(), false));
         transport::serve_connection(
             tokio::io::stdin(),
             tokio::io::stdout(),
             shared.clone(),
+            router,
             conn,
         )
         .await;
@@ -204,7 +209,7 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
         let local = listener.local_addr()?;
         // Tests and scripts read this line to learn the port (with --listen 127.0.0.1:0).
         eprintln!("sotalign: listening on {local}");
-        accept_loop(listener, shared.clone()).await;
+        accept_loop(listener, shared.clone(), router.clone()).await;
     }
     finish(&shared).await;
     Ok(())
@@ -215,7 +220,11 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
 /// served, accepting resumes once descriptors free up), caps simultaneous connections
 /// (`--max-connections`: later ones are closed at once) and closes a connection that has not
 /// initialized within `--init-timeout-secs`.
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    router: Arc<dispatch::Router>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let limits = crate::limits::current().clone();
     let open = Arc::new(AtomicUsize::new(0));
@@ -275,9 +284,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             std::time::Duration::from_secs(limits.init_timeout_secs),
         );
         open.fetch_add(1, Ordering::SeqCst);
-        let (sh, open2) = (shared.clone(), open.clone());
+        let (sh, open2, router) = (shared.clone(), open.clone(), router.clone());
         tokio::spawn(async move {
-            transport::serve_connection(r, w, sh, conn).await;
+            transport::serve_connection(r, w, sh, router, conn).await;
             open2.fetch_sub(1, Ordering::SeqCst);
         });
     }
