@@ -646,6 +646,10 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
             format!("job {:?}, image left unencoded", f.state)
         });
     }
+    s.case("2000 random requests to every method (seeded)", &mut d, || {
+        let n = random_requests(&addr, 2000, 14);
+        format!("{n} answered, each with its own id")
+    });
     let name = "every case: daemon still serves".to_string();
     s.still_serves(&name, &addr);
     drop(c);
@@ -693,6 +697,78 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
         std::fs::write(path, &report).unwrap();
     }
     assert!(s.failures.is_empty(), "failures:\n{}", s.failures.join("\n"));
+}
+
+/// Random requests: every `sotalign/*` method with params built from the real field names and
+/// hostile values (huge and negative numbers, wrong types, paths out of scope, deep nesting).
+/// Each must be answered, with its id, before the read timeout; jobs it starts are cancelled.
+fn random_requests(addr: &str, n: usize, seed: u64) -> usize {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let methods = [
+        "sotalign/status", "sotalign/listSamples", "sotalign/getSample",
+        "sotalign/suggestForSample", "sotalign/suggestPairs", "sotalign/confirm",
+        "sotalign/reject", "sotalign/undo", "sotalign/listPairs", "sotalign/search",
+        "sotalign/align", "sotalign/cancel", "sotalign/jobs", "sotalign/evaluate",
+        "sotalign/runs", "sotalign/ingest", "sotalign/nope",
+    ];
+    let keys = [
+        "id", "image", "text", "limit", "offset", "k", "modality", "query", "source", "config",
+        "method", "job", "run", "decision", "filter", "state", "strategy", "seed", "sample",
+        "preset", "includeFinished", "target", "includeRejected", "manifest", "folders",
+        "embedded", "images", "texts", "vector", "values", "optim", "steps", "heads", "dim",
+        "klot", "iters", "batch",
+    ];
+    fn value(rng: &mut rand_chacha::ChaCha8Rng, keys: &[&str], depth: u32) -> Value {
+        match rng.random_range(0..14) {
+            0 => Value::Null,
+            1 => json!(rng.random::<bool>()),
+            2 => json!(1u64 << 63),
+            3 => json!(u64::MAX),
+            4 => json!(-1),
+            5 => json!(rng.random_range(0..5)),
+            6 => json!(1e308),
+            7 => json!(-0.5),
+            8 => json!(["image", "text", "", "../../../../etc/passwd", "/dev/zero", "sotalign", "siglip", "mnn", "confirmed"][rng.random_range(0..9)]),
+            9 => json!("x".repeat(rng.random_range(0..3000))),
+            10 if depth < 4 => Value::Array((0..rng.random_range(0..5)).map(|_| value(rng, keys, depth + 1)).collect()),
+            _ if depth < 4 => {
+                let mut m = serde_json::Map::new();
+                for _ in 0..rng.random_range(0..5) {
+                    m.insert(keys[rng.random_range(0..keys.len())].into(), value(rng, keys, depth + 1));
+                }
+                Value::Object(m)
+            }
+            _ => json!(0),
+        }
+    }
+    let mut c = Raw::initialized(addr);
+    let mut answered = 0;
+    for _ in 0..n {
+        let method = methods[rng.random_range(0..methods.len())];
+        let params = value(&mut rng, &keys, 0);
+        let id = c.call(method, params.clone());
+        loop {
+            let (rid, out) = c.response();
+            if rid == Some(id) {
+                answered += 1;
+                if let Ok(v) = out
+                    && method == "sotalign/align"
+                    && let Some(job) = v["job"].as_u64()
+                {
+                    let _ = c.ask("sotalign/cancel", json!({"job": job}));
+                }
+                break;
+            }
+        }
+    }
+    // Whatever was started is stopped; the daemon still answers.
+    let jobs = c.ask("sotalign/jobs", json!({})).unwrap();
+    for j in jobs["jobs"].as_array().into_iter().flatten() {
+        let _ = c.ask("sotalign/cancel", json!({"job": j["id"]}));
+    }
+    c.status();
+    answered
 }
 
 /// `serve --listen` under `ulimit -n 128`, with its stderr going to a file (to measure logging).

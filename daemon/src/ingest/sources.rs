@@ -100,7 +100,7 @@ fn at(
             continue;
         }
         match std::fs::canonicalize(&p) {
-            Ok(c) if !self.seen.insert(c) => skipped.push(skip(
+            Ok(c) if !self.seen.insert(c.clone()) => skipped.push(skip(
                 skipped.len(),
                 p.display().to_string(),
                 "directory already walked (a symbolic link loop or a second link to it)",
