@@ -5,6 +5,7 @@
 //! Code map (see ARCHITECTURE.md at the repository root):
 //! - the alignment engine is its own crate, `sotalign_engine` (daemon/engine): pure computation on
 //!   in-memory matrices, no IO, no tokio, no global state. Everything else calls into it.
+//! - [`limits`]: every cap on a size a client controls, and the daemon's read scope.
 //! - [`io`]: reading and writing embeddings (`.npy`, safetensors), manifests, checkpoints.
 
 pub mod assets;
@@ -13,5 +14,6 @@ pub mod encoders;
 pub mod index;
 pub mod ingest;
 pub mod io;
+pub mod limits;
 pub mod server;
 pub mod store;

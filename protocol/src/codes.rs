@@ -58,6 +58,12 @@ pub const INVALID_INPUT: i64 = 1030;
 /// A frame's `Content-Length` exceeded the daemon's body cap; its body was skipped unread.
 /// `data: {"length": n, "max": cap}`.
 pub const BODY_TOO_LARGE: i64 = 1031;
+/// A request asked for more than one of the daemon's caps allows (training steps, dimensions,
+/// file sizes, JSON values in one frame, ...). `data.cap` names the cap (its `sotalign serve`
+/// flag without the dashes), `data.limit` its value, `data.got` what was asked for.
+pub const LIMIT_EXCEEDED: i64 = 1032;
+/// A path a request named lies outside the directories the daemon may read (`--allow-dir`).
+pub const PATH_NOT_ALLOWED: i64 = 1041;
 /// `initialize` carried a missing or wrong auth token; the server closes the connection
 /// after sending this error.
 pub const UNAUTHORIZED: i64 = 1040;
@@ -86,6 +92,8 @@ pub const ALL: &[(i64, &str)] = &[
     (DECISION_CONFLICT, "DECISION_CONFLICT"),
     (INVALID_INPUT, "INVALID_INPUT"),
     (BODY_TOO_LARGE, "BODY_TOO_LARGE"),
+    (LIMIT_EXCEEDED, "LIMIT_EXCEEDED"),
+    (PATH_NOT_ALLOWED, "PATH_NOT_ALLOWED"),
     (UNAUTHORIZED, "UNAUTHORIZED"),
     (STORAGE_ERROR, "STORAGE_ERROR"),
 ];

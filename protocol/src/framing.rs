@@ -29,6 +29,13 @@ use crate::jsonrpc::{ErrorObject, Id, InvalidMessage, Message, Response};
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 /// Default cap on one header block: real headers are well under 100 bytes.
 pub const DEFAULT_MAX_HEADER: usize = 8 * 1024;
+/// The body-to-memory cap: a frame may hold at most one JSON value per this many body bytes
+/// (plus [`MIN_MAX_VALUES`]). A decoded value costs 32-100 bytes, so a body of short values
+/// (`[0,0,0,...]`) would otherwise take ~50x its size; real messages (floats written with
+/// their digits, captions, paths) stay far below it.
+pub const BODY_BYTES_PER_VALUE: usize = 8;
+/// Values always allowed, whatever the body size.
+pub const MIN_MAX_VALUES: usize = 65_536;
 
 const CONTENT_LENGTH: &[u8] = b"content-length";
 
@@ -49,6 +56,17 @@ pub enum FrameError {
     InvalidMessage(InvalidMessage),
     #[error("stream ended inside a frame ({0})")]
     Truncated(String),
+    /// More JSON values than the frame's bytes allow (see [`FrameCodec::max_values`]): the
+    /// body was not decoded (decoding would take ~50x its size in memory).
+    #[error(
+        "frame body holds up to {count} JSON values, over the cap of {max} (one per {ratio} body bytes); split the request"
+    )]
+    TooManyValues {
+        count: usize,
+        max: usize,
+        ratio: usize,
+        id: Option<Id>,
+    },
 }
 
 impl FrameError {
@@ -61,6 +79,11 @@ impl FrameError {
                     .with_data(serde_json::json!({ "length": length, "max": max }))
             }
             FrameError::InvalidMessage(_) => ErrorObject::new(codes::INVALID_REQUEST, msg),
+            FrameError::TooManyValues { count, max, .. } => {
+                ErrorObject::new(codes::LIMIT_EXCEEDED, msg).with_data(
+                    serde_json::json!({ "cap": "json-values", "limit": max, "got": count }),
+                )
+            }
             _ => ErrorObject::new(codes::PARSE_ERROR, msg),
         }
     }
@@ -69,6 +92,7 @@ impl FrameError {
     pub fn id(&self) -> Option<Id> {
         match self {
             FrameError::InvalidMessage(e) => e.id.clone(),
+            FrameError::TooManyValues { id, .. } => id.clone(),
             _ => None,
         }
     }
@@ -109,6 +133,7 @@ enum State {
 pub struct FrameCodec {
     max_body: usize,
     max_header: usize,
+    max_values: usize,
     state: State,
 }
 
@@ -128,37 +153,46 @@ fn find_ignore_case(haystack: &[u8], needle_lower: &[u8]) -> Option<usize> {
         .position(|w| w.eq_ignore_ascii_case(needle_lower))
 }
 
+/// A header block that cannot be accepted, and the body length when it is nevertheless known.
+struct HeaderRefused {
+    error: FrameError,
+    /// Set when every line parsed and `Content-Length` is valid but the frame is refused (an
+    /// unsupported charset): its body is skipped exactly, never decoded or executed.
+    known_length: Option<usize>,
+}
+
 /// Parse a header block (without its terminating blank line) into the body length.
-fn parse_header_block(block: &[u8]) -> Result<usize, FrameError> {
+fn parse_header_block(block: &[u8]) -> Result<usize, HeaderRefused> {
+    let malformed = |m: String| HeaderRefused {
+        error: FrameError::MalformedHeader(m),
+        known_length: None,
+    };
     let text = std::str::from_utf8(block)
         .ok()
         .filter(|t| t.is_ascii())
-        .ok_or_else(|| FrameError::MalformedHeader("header block is not ASCII".into()))?;
+        .ok_or_else(|| malformed("header block is not ASCII".into()))?;
     let mut length: Option<usize> = None;
+    let mut refused_charset: Option<String> = None;
     for line in text.split("\r\n") {
-        let (name, value) = line.split_once(':').ok_or_else(|| {
-            FrameError::MalformedHeader(format!("header line without ':': {line:?}"))
-        })?;
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| malformed(format!("header line without ':': {line:?}")))?;
         let name = name.trim();
         let value = value.trim();
         if name.is_empty() || name.contains(char::is_whitespace) {
-            return Err(FrameError::MalformedHeader(format!(
-                "bad header name in {line:?}"
-            )));
+            return Err(malformed(format!("bad header name in {line:?}")));
         }
         if name.eq_ignore_ascii_case("content-length") {
             if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(FrameError::MalformedHeader(format!(
+                return Err(malformed(format!(
                     "Content-Length is not a number: {value:?}"
                 )));
             }
-            let n: usize = value.parse().map_err(|_| {
-                FrameError::MalformedHeader(format!("Content-Length out of range: {value}"))
-            })?;
+            let n: usize = value
+                .parse()
+                .map_err(|_| malformed(format!("Content-Length out of range: {value}")))?;
             if length.is_some_and(|old| old != n) {
-                return Err(FrameError::MalformedHeader(
-                    "conflicting Content-Length headers".into(),
-                ));
+                return Err(malformed("conflicting Content-Length headers".into()));
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case("content-type") {
@@ -172,14 +206,77 @@ fn parse_header_block(block: &[u8]) -> Result<usize, FrameError> {
                 && cs != "utf-8"
                 && cs != "utf8"
             {
-                return Err(FrameError::MalformedHeader(format!(
-                    "unsupported charset {cs:?} (only utf-8)"
-                )));
+                refused_charset = Some(cs);
             }
         }
         // Other headers are ignored, as LSP asks.
     }
-    length.ok_or(FrameError::MissingContentLength)
+    let length = length.ok_or(HeaderRefused {
+        error: FrameError::MissingContentLength,
+        known_length: None,
+    })?;
+    match refused_charset {
+        Some(cs) => Err(HeaderRefused {
+            error: FrameError::MalformedHeader(format!(
+                "unsupported charset {cs:?} (only utf-8); the body was skipped unread"
+            )),
+            known_length: Some(length),
+        }),
+        None => Ok(length),
+    }
+}
+
+/// Whether a header block's first line is a well-formed `Content-Length: <digits>` (then a
+/// later error in the block belongs to this frame, and no later `Content-Length` in it starts
+/// another one).
+fn starts_with_valid_length(block: &[u8]) -> bool {
+    let first = block.split(|&b| b == b'\n').next().unwrap_or(block);
+    let Ok(line) = std::str::from_utf8(first) else {
+        return false;
+    };
+    let Some((name, value)) = line.split_once(':') else {
+        return false;
+    };
+    let value = value.trim();
+    name.trim().eq_ignore_ascii_case("content-length")
+        && !value.is_empty()
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && value.parse::<usize>().is_ok()
+}
+
+/// An upper bound on the JSON values in `body` (every value but the first follows a `,`, `:`,
+/// `[` or `{` outside a string), counted in one pass without parsing, so a body whose values
+/// would take far more memory than its bytes is refused before any is built.
+pub fn json_value_bound(body: &[u8]) -> usize {
+    let (mut n, mut in_str, mut esc) = (1usize, false, false);
+    for &b in body {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+        } else {
+            match b {
+                b'"' => in_str = true,
+                b',' | b':' | b'[' | b'{' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
+/// The `id` of a request body that will not be decoded (too many values), read without
+/// building any value, so the client's call is answered instead of timing out.
+fn peek_id(body: &[u8]) -> Option<Id> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Id>,
+    }
+    serde_json::from_slice::<IdOnly>(body).ok()?.id
 }
 
 impl FrameCodec {
@@ -188,12 +285,25 @@ impl FrameCodec {
         Self {
             max_body,
             max_header: DEFAULT_MAX_HEADER,
+            max_values: (max_body / BODY_BYTES_PER_VALUE).max(MIN_MAX_VALUES),
             state: State::Header,
         }
     }
 
     pub fn max_body(&self) -> usize {
         self.max_body
+    }
+
+    /// Cap on the JSON values of one body (default: one per [`BODY_BYTES_PER_VALUE`] bytes of
+    /// `max_body`, at least [`MIN_MAX_VALUES`]).
+    pub fn max_values(&self) -> usize {
+        self.max_values
+    }
+
+    /// Change the JSON-value cap of incoming bodies.
+    pub fn with_max_values(mut self, max_values: usize) -> Self {
+        self.max_values = max_values;
+        self
     }
 
     /// Write one message as a frame. Refuses bodies over the cap (see
@@ -224,7 +334,20 @@ impl FrameCodec {
                         .take_while(|b| **b == b'\r' || **b == b'\n')
                         .count();
                     src.advance(skip);
-                    let Some(end) = find(src, b"\r\n\r\n") else {
+                    let crlf = find(src, b"\r\n\r\n");
+                    // A header ended by a bare LF LF: refuse it at once (instead of waiting
+                    // for a CRLF blank line that never comes) and resync at the next header.
+                    if let Some(lf) = find(src, b"\n\n")
+                        && crlf.is_none_or(|c| lf < c)
+                        && lf <= self.max_header
+                    {
+                        src.advance(lf + 2);
+                        self.state = State::Resync;
+                        return Some(Err(FrameError::MalformedHeader(
+                            "header lines must end with CRLF (\\r\\n), not a bare LF".into(),
+                        )));
+                    }
+                    let Some(end) = crlf else {
                         if src.len() > self.max_header {
                             // Step past this position so resync cannot find the same header.
                             src.advance(1);
@@ -243,15 +366,20 @@ impl FrameCodec {
                         }));
                     }
                     let parsed = parse_header_block(&src[..end]);
-                    if parsed.is_err()
-                        && let Some(p) = find_ignore_case(&src[..end], CONTENT_LENGTH)
-                        && p > 0
+                    if let Err(HeaderRefused {
+                        error,
+                        known_length: None,
+                    }) = &parsed
+                        && !starts_with_valid_length(&src[..end])
+                        && let Some(p) = find_ignore_case(&src[1..end], CONTENT_LENGTH)
                     {
-                        // Garbage in front of the block's first `Content-Length`: restart at
-                        // that header so the frame behind the garbage is not lost. (When the
-                        // block starts with it, the header itself is bad: fall through.)
-                        src.advance(p);
-                        return parsed.err().map(Err);
+                        // A bad block with another `Content-Length` in it, not headed by a valid
+                        // one: junk in front of a header, or a bad header line followed by a
+                        // real header. Restart at that `Content-Length` so the frame it heads
+                        // is not lost.
+                        let error = error.clone();
+                        src.advance(p + 1);
+                        return Some(Err(error));
                     }
                     src.advance(end + 4);
                     match parsed {
@@ -263,9 +391,17 @@ impl FrameCodec {
                             }));
                         }
                         Ok(len) => self.state = State::Body { len },
-                        Err(e) => {
+                        Err(HeaderRefused {
+                            error,
+                            known_length: Some(len),
+                        }) => {
+                            // Refused but well-formed: skip its body exactly, never run it.
+                            self.state = State::Skip { remaining: len };
+                            return Some(Err(error));
+                        }
+                        Err(HeaderRefused { error, .. }) => {
                             self.state = State::Resync;
-                            return Some(Err(e));
+                            return Some(Err(error));
                         }
                     }
                 }
@@ -276,6 +412,15 @@ impl FrameCodec {
                     }
                     let body = src.split_to(len);
                     self.state = State::Header;
+                    let count = json_value_bound(&body);
+                    if count > self.max_values {
+                        return Some(Err(FrameError::TooManyValues {
+                            count,
+                            max: self.max_values,
+                            ratio: BODY_BYTES_PER_VALUE,
+                            id: peek_id(&body),
+                        }));
+                    }
                     return Some(Message::from_slice(&body));
                 }
                 State::Skip { remaining } => {

@@ -331,6 +331,10 @@ pub struct IndexInfo {
     /// The run whose embeddings are indexed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunId>,
+    /// While `rebuilding` a model restored at start (no model served yet): the fraction done,
+    /// 0..1 (checkpoint read, then samples embedded and indexed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -193,7 +193,6 @@ fn malformed_headers_are_rejected_and_the_stream_recovers() {
         "Content-Length: 99999999999999999999999999\r\n\r\n",
         "Content-Length 12\r\n\r\n",
         "Content-Length: 3\r\nContent-Length: 4\r\n\r\n",
-        "Content-Length: 2\r\nContent-Type: application/json; charset=latin1\r\n\r\n",
         "Content-Length: 2\r\nX-Caf\u{e9}: 1\r\n\r\n",
     ];
     for bad in cases {
@@ -210,6 +209,90 @@ fn malformed_headers_are_rejected_and_the_stream_recovers() {
             "{bad:?}: {items:?}"
         );
     }
+}
+
+/// Issue 14: a frame with a refused charset is answered with an error and its body skipped
+/// exactly: it is never decoded (so never executed), and the next frame is read normally.
+#[test]
+fn refused_charset_skips_its_body_exactly_and_never_decodes_it() {
+    for ct_first in [true, false] {
+        let body = req(70);
+        let ct = "Content-Type: application/vscode-jsonrpc; charset=latin1";
+        let cl = format!("Content-Length: {}", body.len());
+        let header = if ct_first {
+            format!("{ct}\r\n{cl}")
+        } else {
+            format!("{cl}\r\n{ct}")
+        };
+        let input = format!("{header}\r\n\r\n{body}{}", frame(&req(71)));
+        for chunk in [1, 7, 4096] {
+            let items = decode_all(&mut FrameCodec::default(), input.as_bytes(), chunk);
+            assert_eq!(items.len(), 2, "{items:?}");
+            assert!(matches!(items[0], Err(FrameError::MalformedHeader(_))), "{items:?}");
+            assert_eq!(request_id(&items[1]), 71, "{items:?}");
+        }
+    }
+}
+
+/// Issue 14: a bad `Content-Length` line followed by a good one in the same block costs one
+/// error, not the frame the good one heads.
+#[test]
+fn bad_length_line_then_a_good_header_keeps_the_frame() {
+    let body = req(72);
+    let input = format!(
+        "Content-Length: abc\r\nContent-Length: {}\r\n\r\n{body}{}",
+        body.len(),
+        frame(&req(73))
+    );
+    for chunk in [1, 5, 4096] {
+        let items = decode_all(&mut FrameCodec::default(), input.as_bytes(), chunk);
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert!(items[0].is_err());
+        assert_eq!(request_id(&items[1]), 72);
+        assert_eq!(request_id(&items[2]), 73);
+    }
+}
+
+/// Issue 14: an LF-only header is refused at once, not after 8 KiB of silence.
+#[test]
+fn lf_only_header_is_refused_at_once() {
+    let body = req(74);
+    let input = format!("Content-Length: {}\n\n{body}", body.len());
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::from(input.as_bytes());
+    let item = codec.decode(&mut buf).unwrap();
+    assert!(matches!(item, Some(Err(FrameError::MalformedHeader(_)))), "{item:?}");
+    let mut buf2 = BytesMut::from(format!("{input}{}", frame(&req(75))).as_bytes());
+    let mut codec = FrameCodec::default();
+    let mut ids = Vec::new();
+    while let Some(item) = codec.decode(&mut buf2).unwrap() {
+        if let Ok(m) = &item {
+            ids.push(request_id(&Ok(m.clone())));
+        }
+    }
+    assert_eq!(ids, vec![75]);
+}
+
+/// Issue 14: a body whose values would take far more memory than its bytes is refused
+/// unparsed, keeping the request id so the call is answered.
+#[test]
+fn too_many_json_values_are_refused_with_the_request_id() {
+    let zeros = vec!["0"; 200_000].join(",");
+    let body = format!(r#"{{"jsonrpc":"2.0","id":76,"method":"sotalign/status","params":{{"pad":[{zeros}]}}}}"#);
+    let mut codec = FrameCodec::new(1 << 20);
+    assert_eq!(codec.max_values(), 131_072);
+    let items = decode_all(&mut codec, format!("{}{}", frame(&body), frame(&req(77))).as_bytes(), 4096);
+    assert_eq!(items.len(), 2, "{:?}", items.iter().map(|i| i.is_ok()).collect::<Vec<_>>());
+    let e = items[0].as_ref().unwrap_err();
+    assert!(matches!(e, FrameError::TooManyValues { .. }), "{e:?}");
+    assert_eq!(e.to_error().code, codes::LIMIT_EXCEEDED);
+    assert_eq!(e.id(), Some(sotalign_protocol::Id::Number(76)));
+    assert_eq!(request_id(&items[1]), 77);
+    // Real numbers (floats with their digits) stay well under the cap.
+    let floats = vec!["-0.0123456"; 50_000].join(",");
+    let ok = format!(r#"{{"jsonrpc":"2.0","id":78,"method":"x","params":{{"v":[{floats}]}}}}"#);
+    let items = decode_all(&mut FrameCodec::new(1 << 20), frame(&ok).as_bytes(), 4096);
+    assert_eq!(request_id(&items[0]), 78);
 }
 
 #[test]

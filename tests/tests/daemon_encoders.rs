@@ -74,6 +74,7 @@ fn raw_stamps_are_encoded_in_the_background_and_text_search_uses_minilm() {
     let mut child = std::process::Command::new(bin())
         .args(["serve", "--stdio", "--data-dir"])
         .arg(dir.path().join("data"))
+        .args(scope_args(&dir.path().join("data")))
         .env("SOTALIGN_CACHE", &cache)
         .env("SOTALIGN_ASSETS", &assets.root)
         .stdin(Stdio::piped())

@@ -363,7 +363,7 @@ fn cancellation_stops_the_job_and_keeps_the_previous_model() {
     let (_d, mut c, _) = spawn_stdio(&dir.path().join("data"), &[]);
     c.initialize("cancel-test", None).unwrap();
     ingest(&mut c, &fx.manifest);
-    let a = c.call::<methods::Align>(align_params(1_000_000)).unwrap();
+    let a = c.call::<methods::Align>(align_params(100_000)).unwrap();
     // A second alignment while one runs is refused with the running job's id.
     let e = c.call::<methods::Align>(align_params(10)).unwrap_err();
     assert_eq!(e.code(), Some(codes::JOB_CONFLICT));

@@ -25,6 +25,10 @@ pub struct AlignConfig {
     /// of the method, so it is neither serialised nor read from config overrides. Empty = cpu.
     #[serde(skip, default = "cpu_device")]
     pub device: String,
+    /// Set by the caller to stop a fit from outside, checked between training steps and
+    /// between Sinkhorn iterations. Never serialised.
+    #[serde(skip)]
+    pub cancel: crate::progress::Cancel,
 }
 
 fn cpu_device() -> String {
@@ -262,6 +266,7 @@ impl Default for AlignConfig {
             optim: OptimConfig::default(),
             auto: AutoConfig::default(),
             device: cpu_device(),
+            cancel: Default::default(),
         }
     }
 }

@@ -30,6 +30,47 @@ pub struct Progress {
     pub loss: Option<f64>,
 }
 
+/// A cancel flag shared with whoever may stop a fit (the daemon's job registry). The progress
+/// callback is only called between steps; this flag is also checked *inside* a step, between
+/// Sinkhorn iterations, so one long step (a large batch, many iterations) stops promptly too.
+/// Not part of a configuration's identity: two `Cancel`s always compare equal.
+#[derive(Clone, Default)]
+pub struct Cancel(Option<std::sync::Arc<std::sync::atomic::AtomicBool>>);
+
+impl Cancel {
+    /// A handle on `flag`: the fit stops once it is set.
+    pub fn new(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self(Some(flag))
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// `Err(Cancelled)` once the flag is set.
+    pub fn check(&self) -> Result<(), crate::AlignError> {
+        if self.is_set() {
+            Err(crate::AlignError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cancel({})", if self.is_set() { "set" } else { "clear" })
+    }
+}
+
+impl PartialEq for Cancel {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// A callback that never cancels and ignores reports.
 pub fn ignore(_: &Progress) -> std::ops::ControlFlow<()> {
     std::ops::ControlFlow::Continue(())

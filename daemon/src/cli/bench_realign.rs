@@ -228,7 +228,8 @@ fn synthetic_manifest(a: &RealignArgs, n: usize, dir: &Path) -> Result<PathBuf> 
 
 fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Result<Row> {
     let _ = std::fs::remove_dir_all(store);
-    let mut daemon = super::demo::Daemon::spawn("127.0.0.1:0", store, "cpu")?;
+    let allow = manifest.parent().unwrap_or(manifest);
+    let mut daemon = super::demo::Daemon::spawn("127.0.0.1:0", store, allow, "cpu")?;
     let stream = TcpStream::connect(&daemon.addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(3600)))?;
     let mut c = Client::new(stream.try_clone()?, stream);

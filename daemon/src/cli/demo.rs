@@ -225,7 +225,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     eprintln!("[4/4] starting the daemon on {}", args.listen);
     let manifest = write_daemon_manifest(&args.dir, &enc, &rows, &sp)?;
     let data_dir = args.dir.join("daemon");
-    let mut daemon = Daemon::spawn(&args.listen, &data_dir, &args.models.device)?;
+    let mut daemon = Daemon::spawn(&args.listen, &data_dir, &args.dir, &args.models.device)?;
     let addr = daemon.addr.clone();
     let stream = TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(1800)))?;
@@ -489,7 +489,8 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    pub(crate) fn spawn(listen: &str, data_dir: &Path, device: &str) -> Result<Daemon> {
+    /// `allow`: the folder whose manifest and embeddings the daemon ingests.
+    pub(crate) fn spawn(listen: &str, data_dir: &Path, allow: &Path, device: &str) -> Result<Daemon> {
         let exe = std::env::current_exe().context("locating the sotalign binary")?;
         let mut child = Command::new(exe)
             .args([
@@ -501,6 +502,8 @@ impl Daemon {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .arg("--allow-dir")
+            .arg(allow)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -27,6 +27,21 @@ pub enum ImageError {
     Svg(String),
     #[error("degenerate image size {0}x{1}")]
     Size(u32, u32),
+    /// Over the pixel cap (`--max-image-pixels`), checked before any pixel is allocated.
+    #[error("image of {width}x{height} pixels exceeds the cap of {max} pixels (sotalign serve --max-image-pixels)")]
+    TooManyPixels { width: u64, height: u64, max: u64 },
+    /// The file itself could not be read under the daemon's rules (size cap, scope, not a file).
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
+}
+
+/// `Ok` when a `width x height` image fits the pixel cap.
+fn check_pixels(width: u64, height: u64) -> Result<(), ImageError> {
+    let max = crate::limits::current().max_image_pixels;
+    match width.checked_mul(height) {
+        Some(n) if n <= max => Ok(()),
+        _ => Err(ImageError::TooManyPixels { width, height, max }),
+    }
 }
 
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
@@ -233,10 +248,17 @@ pub fn render_svg(bytes: &[u8], short: usize) -> Result<Rgb8, ImageError> {
         return Err(ImageError::Size(sw as u32, sh as u32));
     }
     let scale = short as f64 / sw.min(sh);
-    let (w, h) = (
-        ((sw * scale).round() as u32).max(1),
-        ((sh * scale).round() as u32).max(1),
-    );
+    // The rendered size follows the aspect ratio: a 1 x 400000 SVG would be 256 x 102 M pixels.
+    let (fw, fh) = ((sw * scale).round().max(1.0), (sh * scale).round().max(1.0));
+    if !(fw.is_finite() && fh.is_finite() && fw <= u32::MAX as f64 && fh <= u32::MAX as f64) {
+        return Err(ImageError::TooManyPixels {
+            width: fw.min(u64::MAX as f64) as u64,
+            height: fh.min(u64::MAX as f64) as u64,
+            max: crate::limits::current().max_image_pixels,
+        });
+    }
+    let (w, h) = (fw as u32, fh as u32);
+    check_pixels(w as u64, h as u64)?;
     let mut pixmap = tiny_skia::Pixmap::new(w, h).ok_or(ImageError::Size(w, h))?;
     resvg::render(
         &tree,
@@ -260,7 +282,8 @@ pub fn render_svg(bytes: &[u8], short: usize) -> Result<Rgb8, ImageError> {
 
 /// Decode an image file (PNG, JPEG, WebP, GIF first frame, SVG) to RGB on white.
 pub fn load_rgb(path: &Path) -> Result<Rgb8, ImageError> {
-    let bytes = std::fs::read(path)?;
+    let l = crate::limits::current();
+    let bytes = crate::limits::read_file(path, l.max_image_file_bytes, "max-image-file-bytes")?;
     decode_rgb(path, &bytes)
 }
 
@@ -270,8 +293,18 @@ pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<Rgb8, ImageError> {
     if looks_like_svg(path, bytes) {
         return render_svg(bytes, RESIZE);
     }
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+    // Size from the header first: a small file can declare a huge canvas.
+    let (dw, dh) = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()?
+        .into_dimensions()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    check_pixels(dw as u64, dh as u64)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
+    let mut lim = image::Limits::default();
+    // 16 bytes per pixel covers every decoder's native buffer (up to RGBA f32).
+    lim.max_alloc = Some(crate::limits::current().max_image_pixels.saturating_mul(16));
+    reader.limits(lim);
+    let img = reader
         .decode()
         .map_err(|e| ImageError::Decode(e.to_string()))?;
     let rgba = img.to_rgba8();
@@ -285,6 +318,20 @@ pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<Rgb8, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14: a 78-byte SVG whose aspect ratio makes a 256 x 102 M pixel canvas is refused
+    /// before any pixel is allocated (it used to abort the process).
+    #[test]
+    fn svg_with_a_huge_canvas_is_refused_before_rendering() {
+        let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" width="1" height="400000"/>"#;
+        let e = render_svg(svg, RESIZE).unwrap_err();
+        assert!(matches!(e, ImageError::TooManyPixels { .. }), "{e}");
+        assert!(e.to_string().contains("--max-image-pixels"), "{e}");
+        // A normal one still renders.
+        let ok = br#"<svg xmlns="http://www.w3.org/2000/svg" width="20" height="10"/>"#;
+        let img = render_svg(ok, RESIZE).unwrap();
+        assert_eq!((img.width, img.height), (512, 256));
+    }
 
     #[test]
     fn composite_extremes() {

@@ -32,6 +32,9 @@ pub enum IngestError {
     /// Reading or writing a cache shard or an output matrix.
     #[error(transparent)]
     File(#[from] crate::io::IoError),
+    /// A cap of [`crate::limits`] (file size, walk depth/entries) or the read scope.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
 }
 
 impl IngestError {

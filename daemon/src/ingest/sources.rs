@@ -24,7 +24,47 @@ fn skip(index: usize, item: impl Into<String>, reason: impl Into<String>) -> Ski
 }
 
 /// Recursively list files under `dir`, sorted; unreadable sub-directories are reported.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<Skipped>) {
+///
+/// Bounded whatever the tree holds: a directory (resolved through symbolic links) is entered
+/// at most once, so a link to `.` or to a parent is reported as a loop instead of walked
+/// forever; depth is capped at `--max-walk-depth` and the entries visited at
+/// `--max-walk-entries` (both typed errors naming the cap). Linked files are listed; reading
+/// them later checks the read scope.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<Skipped>) -> Result<(), IngestError> {
+    let l = crate::limits::current();
+    let mut w = Walk {
+        visited: 0,
+        seen: std::collections::HashSet::new(),
+        l,
+    };
+    if let Ok(c) = std::fs::canonicalize(dir) {
+        w.seen.insert(c);
+    }
+    w.at(dir, 0, out, skipped)
+}
+
+struct Walk<'l> {
+    visited: usize,
+    /// Canonical directories entered so far.
+    seen: std::collections::HashSet<PathBuf>,
+    l: &'l crate::limits::Limits,
+}
+
+impl Walk<'_> {
+fn at(
+    &mut self,
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut Vec<Skipped>,
+) -> Result<(), IngestError> {
+    let l = self.l;
+    crate::limits::check(
+        &format!("folder depth at {}", dir.display()),
+        depth as u64,
+        l.max_walk_depth as u64,
+        "max-walk-depth",
+    )?;
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) => {
@@ -33,25 +73,61 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<Skipped>) {
                 dir.display().to_string(),
                 format!("cannot list directory: {e}"),
             ));
-            return;
+            return Ok(());
         }
     };
-    let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    let mut entries = Vec::new();
+    for e in rd.flatten() {
+        self.visited += 1;
+        crate::limits::check(
+            "entries visited in one folder walk",
+            self.visited as u64,
+            l.max_walk_entries as u64,
+            "max-walk-entries",
+        )?;
+        let p = e.path();
+        let is_dir = match e.file_type() {
+            Ok(t) if t.is_dir() => true,
+            Ok(t) if t.is_symlink() => p.is_dir(),
+            _ => false,
+        };
+        entries.push((p, is_dir));
+    }
     entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out, skipped);
-        } else {
+    for (p, is_dir) in entries {
+        if !is_dir {
             out.push(p);
+            continue;
+        }
+        match std::fs::canonicalize(&p) {
+            Ok(c) if !self.seen.insert(c.clone()) => skipped.push(skip(
+                skipped.len(),
+                p.display().to_string(),
+                "directory already walked (a symbolic link loop or a second link to it)",
+            )),
+            _ => self.at(&p, depth + 1, out, skipped)?,
         }
     }
+    Ok(())
+}
+}
+
+/// A client-named text file (manifest, captions): in scope, regular, at most
+/// `--max-text-file-bytes`.
+fn read_text_file(path: &Path) -> Result<Vec<u8>, IngestError> {
+    let l = crate::limits::current();
+    Ok(crate::limits::read_file(
+        path,
+        l.max_text_file_bytes,
+        "max-text-file-bytes",
+    )?)
 }
 
 /// A JSONL manifest: one `{"image": path, "text": caption, "label"?: str, "split"?: str}` per
 /// line; either of image/text may be absent (unpaired), not both. Relative image paths are
 /// resolved against the manifest's folder.
 pub fn manifest(path: &Path) -> Result<Dataset, IngestError> {
-    let bytes = std::fs::read(path).map_err(|e| IngestError::io(path, e))?;
+    let bytes = read_text_file(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut ds = Dataset::new(format!("manifest:{}", path.display()));
     for (n, raw) in split_lines(&bytes).into_iter().enumerate() {
@@ -130,7 +206,7 @@ pub fn image_dir(dir: &Path) -> Result<Dataset, IngestError> {
     }
     let mut ds = Dataset::new(format!("images:{}", dir.display()));
     let mut files = Vec::new();
-    walk(dir, &mut files, &mut ds.skipped);
+    walk(dir, &mut files, &mut ds.skipped)?;
     for f in files.into_iter().filter(|f| is_image(f)) {
         let label = f
             .parent()
@@ -150,7 +226,7 @@ pub fn image_dir(dir: &Path) -> Result<Dataset, IngestError> {
 
 /// One caption per line, unpaired. Empty and non-UTF-8 lines are skipped and reported.
 pub fn text_file(path: &Path) -> Result<Dataset, IngestError> {
-    let bytes = std::fs::read(path).map_err(|e| IngestError::io(path, e))?;
+    let bytes = read_text_file(path)?;
     let mut ds = Dataset::new(format!("texts:{}", path.display()));
     for (n, raw) in split_lines(&bytes).into_iter().enumerate() {
         let where_ = format!("{}:{}", path.display(), n + 1);
@@ -179,7 +255,7 @@ pub fn tuxpaint(stamps: &Path) -> Result<Dataset, IngestError> {
     }
     let mut ds = Dataset::new("tuxpaint".to_string());
     let mut files = Vec::new();
-    walk(stamps, &mut files, &mut ds.skipped);
+    walk(stamps, &mut files, &mut ds.skipped)?;
     let mut n = 0;
     for f in files {
         let ext = f

@@ -57,6 +57,8 @@ pub fn config_for(p: &AlignParams) -> HResult<AlignConfig> {
             return Err(ErrorObject::invalid_params("`config` must be an object"));
         }
         let mut v = serde_json::to_value(&cfg).map_err(internal)?;
+        // A mistyped key would otherwise be ignored silently.
+        super::caps::unknown_keys(&v, over)?;
         merge(&mut v, over.clone());
         cfg = serde_json::from_value(v)
             .map_err(|e| ErrorObject::invalid_params(format!("invalid `config` override: {e}")))?;
@@ -69,6 +71,7 @@ pub fn config_for(p: &AlignParams) -> HResult<AlignConfig> {
 
 pub async fn start(shared: Arc<Shared>, p: AlignParams) -> HResult<AlignResult> {
     let mut cfg = config_for(&p)?;
+    super::caps::check_align_config(&cfg, crate::limits::current())?;
     // The heads train on the daemon's device (`serve --device`).
     cfg.device = shared.opts.device.clone();
     let title = format!(
@@ -92,6 +95,8 @@ pub async fn start(shared: Arc<Shared>, p: AlignParams) -> HResult<AlignResult> 
         .await?;
     shared.jobs.set_run(handle.id, run);
     let job = handle.id;
+    // Checked inside training steps too (between Sinkhorn iterations), not only between them.
+    cfg.cancel = sotalign_engine::progress::Cancel::new(handle.cancel_flag());
     let sh = shared.clone();
     tokio::task::spawn_blocking(move || {
         let outcome = run_job(&sh, &handle, run, method, &cfg);

@@ -68,7 +68,7 @@ pub struct Backend {
     pub conn: Arc<ConnState>,
 }
 
-use super::query::MAX_PAGE;
+use super::query::max_page;
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn token_matches(given: &str, expected: &str) -> bool {
@@ -180,15 +180,24 @@ impl Backend {
             .shared
             .store(|s| Ok((s.meta("encoder.image")?, s.meta("encoder.text")?)))
             .await?;
-        let index = match &model {
-            None => IndexInfo {
+        let index = match (&model, self.shared.restoring()) {
+            (None, Some((run, fraction))) => IndexInfo {
+                state: IndexState::Rebuilding,
+                kind: None,
+                images: 0,
+                texts: 0,
+                run: Some(run),
+                progress: Some(fraction),
+            },
+            (None, None) => IndexInfo {
                 state: IndexState::Empty,
                 kind: None,
                 images: 0,
                 texts: 0,
                 run: None,
+                progress: None,
             },
-            Some(m) => IndexInfo {
+            (Some(m), _) => IndexInfo {
                 state: if self.shared.is_rebuilding() {
                     IndexState::Rebuilding
                 } else {
@@ -198,6 +207,7 @@ impl Backend {
                 images: m.len(Modality::Image) as u64,
                 texts: m.len(Modality::Text) as u64,
                 run: Some(m.run),
+                progress: None,
             },
         };
         Ok(StatusResult {
@@ -224,7 +234,7 @@ impl Backend {
     }
 
     async fn do_list_samples(&self, p: ListSamplesParams) -> HResult<ListSamplesResult> {
-        let limit = p.limit.min(MAX_PAGE);
+        let limit = p.limit.min(max_page());
         let (items, total) = self
             .shared
             .store(move |s| {
@@ -293,7 +303,7 @@ impl Backend {
     }
 
     async fn do_list_pairs(&self, p: ListPairsParams) -> HResult<ListPairsResult> {
-        let limit = p.limit.min(MAX_PAGE);
+        let limit = p.limit.min(max_page());
         let (items, total) = self
             .shared
             .store(move |s| s.list_pairs(p.state, p.offset, limit))
@@ -325,7 +335,7 @@ impl Backend {
             jobs: self
                 .shared
                 .jobs
-                .list(p.include_finished, p.limit.min(MAX_PAGE) as usize),
+                .list(p.include_finished, p.limit.min(max_page()) as usize),
         })
     }
 
@@ -366,7 +376,7 @@ impl Backend {
     }
 
     async fn do_runs(&self, p: RunsParams) -> HResult<RunsResult> {
-        let limit = p.limit.min(MAX_PAGE);
+        let limit = p.limit.min(max_page());
         let runs = self.shared.store(move |s| s.runs(limit)).await?;
         Ok(RunsResult {
             runs: runs.into_iter().map(|r| r.info).collect(),

@@ -23,6 +23,25 @@ pub fn invalid_input(msg: impl Into<String>, path: Option<&str>) -> ErrorObject 
     }
 }
 
+impl From<crate::limits::LimitError> for ErrorObject {
+    fn from(e: crate::limits::LimitError) -> Self {
+        use crate::limits::LimitError as L;
+        let msg = e.to_string();
+        match e {
+            L::Exceeded {
+                what, got, limit, flag,
+            } => ErrorObject::new(codes::LIMIT_EXCEEDED, msg)
+                .with_data(json!({ "cap": flag, "limit": limit, "got": got, "what": what })),
+            L::OutsideScope { path, .. } => {
+                ErrorObject::new(codes::PATH_NOT_ALLOWED, msg).with_data(json!({ "path": path }))
+            }
+            L::NotRegular { path, .. } | L::Io { path, .. } => {
+                ErrorObject::new(codes::INVALID_INPUT, msg).with_data(json!({ "path": path }))
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ErrorObject {
     fn from(e: StoreError) -> Self {
         let msg = e.to_string();

@@ -75,6 +75,7 @@ fn embedded_batch(items: Vec<EmbeddedSample>, mut dims: [Option<usize>; 2]) -> H
     if items.is_empty() {
         return Err(ErrorObject::invalid_params("`embedded` holds no samples"));
     }
+    check_items(items.len())?;
     let mut samples = Vec::with_capacity(items.len());
     for (n, it) in items.into_iter().enumerate() {
         check_vector(
@@ -129,63 +130,41 @@ struct Line {
     split: Option<String>,
 }
 
-/// A 2-D little-endian f32 `.npy` (C order), as numpy writes `np.save(f, a.astype('<f4'))`.
-pub fn read_npy_f32(path: &Path) -> Result<Matrix, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bad = |m: &str| format!("{}: not a supported .npy file: {m}", path.display());
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("missing magic"));
-    }
-    let (hlen, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(bad(&format!("version {v}"))),
-    };
-    let header = bytes
-        .get(start..start + hlen)
-        .ok_or_else(|| bad("truncated header"))?;
-    let header = String::from_utf8_lossy(header);
-    let compact: String = header.chars().filter(|c| !c.is_whitespace()).collect();
-    if !compact.contains("'descr':'<f4'") {
-        return Err(bad("dtype must be little-endian float32 ('<f4')"));
-    }
-    if compact.contains("'fortran_order':True") {
-        return Err(bad("Fortran order is not supported"));
-    }
-    let shape = compact
-        .split("'shape':(")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| bad("no shape"))?;
-    let dims: Vec<usize> = shape
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| bad("bad shape")))
-        .collect::<Result<_, _>>()?;
-    let [rows, cols] = dims[..] else {
-        return Err(bad(&format!("expected a 2-D array, got shape ({shape})")));
-    };
-    let data = &bytes[start + hlen..];
-    if data.len() != rows * cols * 4 {
-        return Err(bad(&format!(
-            "{} data bytes for shape ({rows}, {cols})",
-            data.len()
-        )));
-    }
-    let v = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Matrix::from_vec(rows, cols, v).map_err(|e| bad(&e.to_string()))
+/// A 2-D little-endian float `.npy` named by a manifest: in scope, a regular file, at most
+/// `--max-array-file-bytes`, header validated against the data (`io::npy`, overflow-checked).
+fn read_embeddings_npy(path: &Path) -> HResult<Matrix> {
+    let l = crate::limits::current();
+    let bytes = crate::limits::read_file(path, l.max_array_file_bytes, "max-array-file-bytes")?;
+    crate::io::npy::parse_npy(&bytes).map_err(|e| {
+        invalid_input(
+            format!("{}: not a supported .npy file: {e}", path.display()),
+            Some(&path.display().to_string()),
+        )
+    })
+}
+
+/// The number of items of one ingest against `--max-ingest-items`.
+fn check_items(n: usize) -> HResult<()> {
+    let l = crate::limits::current();
+    crate::limits::check(
+        "items in one ingest",
+        n as u64,
+        l.max_ingest_items as u64,
+        "max-ingest-items",
+    )?;
+    Ok(())
 }
 
 fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
     let where_ = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| invalid_input(format!("cannot read manifest: {e}"), Some(&where_)))?;
+    let l = crate::limits::current();
+    let bytes = crate::limits::read_file(path, l.max_text_file_bytes, "max-text-file-bytes")?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        invalid_input(
+            format!("cannot read manifest: not UTF-8 ({e})"),
+            Some(&where_),
+        )
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let line_err = |n: usize, msg: String| {
         ErrorObject::new(codes::INVALID_INPUT, format!("{where_}:{n}: {msg}"))
@@ -209,10 +188,7 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
             for (slot, file) in [(0, f.image), (1, f.text)] {
                 if let Some(file) = file {
                     let p: PathBuf = base.join(&file);
-                    mats[slot] = Some(
-                        read_npy_f32(&p)
-                            .map_err(|e| invalid_input(e, Some(&p.display().to_string())))?,
-                    );
+                    mats[slot] = Some(read_embeddings_npy(&p)?);
                 }
             }
         }
@@ -251,6 +227,7 @@ fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
                 })?;
                 Ok(Some(v.0))
             };
+        check_items(samples.len() + 2)?;
         let ivec = side(0, Modality::Image, l.image_row)?;
         let tvec = side(1, Modality::Text, l.text_row)?;
         let has_image = l.image.is_some() || ivec.is_some();
@@ -343,7 +320,12 @@ fn folders_batch(images: Option<&str>, texts: Option<&str>) -> HResult<Batch> {
     let mut samples = Vec::new();
     if let Some(dir) = images {
         let root = Path::new(dir);
-        let ds = sources::image_dir(root).map_err(|e| bad(dir, e))?;
+        // In scope (links resolved) before anything under it is listed.
+        crate::limits::scope().resolve(root)?;
+        let ds = sources::image_dir(root).map_err(|e| match e {
+            crate::ingest::IngestError::Limit(l) => ErrorObject::from(l),
+            e => bad(dir, e),
+        })?;
         for it in ds.items {
             let Some(path) = it.image else { continue };
             // Key: the path under the folder, so equal stems in sub-folders stay distinct.
@@ -372,7 +354,10 @@ fn folders_batch(images: Option<&str>, texts: Option<&str>) -> HResult<Batch> {
                 Some(file),
             ));
         }
-        let ds = sources::text_file(p).map_err(|e| bad(file, e))?;
+        let ds = sources::text_file(p).map_err(|e| match e {
+            crate::ingest::IngestError::Limit(l) => ErrorObject::from(l),
+            e => bad(file, e),
+        })?;
         for it in ds.items {
             let Some(text) = it.text else { continue };
             // Key: the caption's content hash, so re-ingesting the file adds nothing twice.
@@ -395,6 +380,7 @@ fn folders_batch(images: Option<&str>, texts: Option<&str>) -> HResult<Batch> {
             images.or(texts),
         ));
     }
+    check_items(samples.len())?;
     let pending = (0..samples.len()).collect();
     Ok(Batch {
         samples,

@@ -22,11 +22,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::future::Future;
+
 use anyhow::{Context, bail};
 use sotalign_protocol::framing::DEFAULT_MAX_BODY;
 
 pub mod align_job;
 pub mod backend;
+pub mod caps;
 pub mod dispatch;
 pub mod encode;
 pub mod errors;
@@ -74,6 +77,16 @@ pub struct ServeArgs {
     /// this size on (measured crossover: docs/BENCHMARKS.md, "Index").
     #[arg(long, value_name = "N", default_value_t = crate::index::DEFAULT_EXACT_BELOW)]
     pub exact_below: usize,
+    /// A directory whose files clients may ingest (repeatable). The data and assets
+    /// directories are always allowed; any other path is refused (docs/PROTOCOL.md, Security).
+    #[arg(long = "allow-dir", value_name = "DIR")]
+    pub allow_dir: Vec<PathBuf>,
+    /// Let clients ingest any file this process can read (no directory scope).
+    #[arg(long, conflicts_with = "allow_dir")]
+    pub allow_any_dir: bool,
+    /// Caps on every size a client controls (docs/PROTOCOL.md, Limits).
+    #[command(flatten)]
+    pub limits: crate::limits::Limits,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -147,16 +160,25 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
         tracing::warn!("{interrupted} run(s) were interrupted by an earlier stop; marked failed");
     }
     let last = store.latest_servable_run()?;
+    let assets_dir = args
+        .assets_dir
+        .clone()
+        .unwrap_or_else(crate::assets::default_root);
+    let scope = if args.allow_any_dir {
+        crate::limits::Scope::unrestricted()
+    } else {
+        let mut dirs = vec![data_dir.clone(), assets_dir.clone()];
+        dirs.extend(args.allow_dir.iter().cloned());
+        crate::limits::Scope::only(&dirs)
+    };
+    crate::limits::install(args.limits.clone(), scope);
     let shared = Shared::new(
         Options {
             data_dir: data_dir.clone(),
             device,
             token: args.token.clone(),
             max_body: args.max_body,
-            assets_dir: args
-                .assets_dir
-                .clone()
-                .unwrap_or_else(crate::assets::default_root),
+            assets_dir,
             index: crate::index::IndexConfig {
                 exact_below: args.exact_below,
                 ..Default::default()
@@ -168,12 +190,15 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
         anyhow::bail!("reading the store into memory: {}", e.message);
     }
     if let Some(run) = last {
-        // Serve the last good model from its checkpoint, in the background.
+        // Serve the last good model from its checkpoint, in the background. Marked before the
+        // first connection is accepted, so no client ever sees "no model" meanwhile.
+        shared.begin_restore(run.info.id);
         let sh = shared.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = load_run(&sh, run) {
                 tracing::warn!("could not restore the last model: {}", e);
             }
+            sh.end_restore();
         });
     }
     spawn_signal_handler(shared.clone());
@@ -195,26 +220,133 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
         let local = listener.local_addr()?;
         // Tests and scripts read this line to learn the port (with --listen 127.0.0.1:0).
         eprintln!("sotalign: listening on {local}");
-        let mut shutdown = shared.shutdown_signal();
-        loop {
-            tokio::select! {
-                acc = listener.accept() => {
-                    let (sock, peer) = match acc {
-                        Ok(x) => x,
-                        Err(e) => { tracing::warn!("accept failed: {e}"); continue; }
-                    };
-                    let _ = sock.set_nodelay(true);
-                    let conn = Arc::new(ConnState::new(shared.next_connection_id(), shared.opts.token.is_some()));
-                    tracing::info!("connection {} from {peer}", conn.id);
-                    let (r, w) = sock.into_split();
-                    tokio::spawn(transport::serve_connection(r, w, shared.clone(), router.clone(), conn));
-                }
-                _ = shutdown.changed() => break,
-            }
-        }
+        accept_loop(listener, shared.clone(), router.clone()).await;
     }
     finish(&shared).await;
     Ok(())
+}
+
+/// Accept TCP clients until shutdown. Survives running out of file descriptors (EMFILE/ENFILE:
+/// back off, 5 ms doubling to 1 s, one log line per episode, existing connections keep being
+/// served, accepting resumes once descriptors free up), caps simultaneous connections
+/// (`--max-connections`: later ones are closed at once) and closes a connection that has not
+/// initialized within `--init-timeout-secs`.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    router: Arc<dispatch::Router>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let limits = crate::limits::current().clone();
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut shutdown = shared.shutdown_signal();
+    let mut backoff = std::time::Duration::ZERO;
+    let mut refused: u64 = 0;
+    loop {
+        let acc = tokio::select! {
+            acc = listener.accept() => acc,
+            _ = shutdown.changed() => break,
+        };
+        let (sock, peer) = match acc {
+            Ok(x) => {
+                if !backoff.is_zero() {
+                    tracing::warn!("accepting connections again");
+                    backoff = std::time::Duration::ZERO;
+                }
+                x
+            }
+            Err(e) => {
+                // Out of descriptors (or another transient error): the pending connection stays
+                // in the kernel's queue, so retrying at once would spin. Wait, then retry.
+                if backoff.is_zero() {
+                    tracing::warn!("accept failed: {e}; backing off until it succeeds");
+                    backoff = std::time::Duration::from_millis(5);
+                } else {
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => break,
+                }
+                continue;
+            }
+        };
+        if open.load(Ordering::SeqCst) >= limits.max_connections {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    "{refused} connection(s) refused: {} open (--max-connections)",
+                    limits.max_connections
+                );
+            }
+            drop(sock);
+            continue;
+        }
+        let _ = sock.set_nodelay(true);
+        let conn = Arc::new(ConnState::new(
+            shared.next_connection_id(),
+            shared.opts.token.is_some(),
+        ));
+        tracing::info!("connection {} from {peer}", conn.id);
+        let (r, w) = sock.into_split();
+        let r = InitGate::new(
+            r,
+            conn.clone(),
+            std::time::Duration::from_secs(limits.init_timeout_secs),
+        );
+        open.fetch_add(1, Ordering::SeqCst);
+        let (sh, open2, router) = (shared.clone(), open.clone(), router.clone());
+        tokio::spawn(async move {
+            transport::serve_connection(r, w, sh, router, conn).await;
+            open2.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// A connection's read side that ends (EOF) when `initialize` has not succeeded in time, so an
+/// idle or silent client cannot hold a connection slot and a descriptor forever.
+struct InitGate<R> {
+    inner: R,
+    conn: Arc<ConnState>,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<R> InitGate<R> {
+    fn new(inner: R, conn: Arc<ConnState>, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            conn,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for InitGate<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.deadline.is_some()
+            && this
+                .conn
+                .initialized
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            this.deadline = None;
+        }
+        if let Some(d) = this.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            tracing::info!(
+                "connection {}: no initialize in time (--init-timeout-secs); closing",
+                this.conn.id
+            );
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
 }
 
 /// Graceful stop: cancel jobs, give them a moment to record their end, fold the WAL back.
@@ -262,9 +394,11 @@ fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), St
         return Err("the run has no checkpoint".into());
     };
     let (model, fitted, stage) = fit::restore(std::path::Path::new(path))?;
+    shared.restore_progress(0.05);
     let snap = shared
         .store_blocking(|s| s.training_snapshot())
         .map_err(|e| e.message)?;
+    shared.restore_progress(0.2);
     let mut served = model::Served::new(
         run.info.id,
         run.info.method,
@@ -276,7 +410,12 @@ fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), St
         shared.opts.index,
     );
     served.stage = stage;
-    publish::publish(shared, served, &snap, publish::When::IfNoneServing, &mut |_, _, _| {})
-        .map_err(|e| e.to_string())?;
+    publish::publish(shared, served, &snap, publish::When::IfNoneServing, &mut |m, done, total| {
+        // Images then texts, each half of the remaining 0.2..1.
+        let f = if total > 0 { done as f64 / total as f64 } else { 1.0 };
+        let base = if m == sotalign_protocol::types::Modality::Image { 0.2 } else { 0.6 };
+        shared.restore_progress(base + 0.4 * f);
+    })
+    .map_err(|e| e.to_string())?;
     Ok(())
 }

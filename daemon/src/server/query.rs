@@ -17,15 +17,34 @@ use super::state::Shared;
 use super::view::{CurationView, words};
 
 /// Page sizes are capped so one answer stays well under the body cap.
-pub const MAX_PAGE: u32 = 1000;
-pub const MAX_K: u32 = 100;
+/// Page size cap (`--max-page`): one answer stays well under the body cap.
+pub fn max_page() -> u32 {
+    crate::limits::current().max_page.max(1)
+}
+
+/// Candidates per query cap (`--max-k`).
+pub fn max_k() -> u32 {
+    crate::limits::current().max_k.max(1)
+}
 /// Words of a free-text query used for word matching (the rest still count for meaning).
 pub const MAX_QUERY_WORDS: usize = 16;
 
+/// The served model, or why there is none: still being restored after a start (`restoring`,
+/// with progress), or never aligned (`no_model`).
 pub fn require_model(shared: &Shared) -> HResult<Arc<Served>> {
-    shared
-        .model()
-        .ok_or_else(|| not_ready("no_model", "no aligned model yet: run sotalign/align first"))
+    if let Some(m) = shared.model() {
+        return Ok(m);
+    }
+    Err(match shared.restoring() {
+        Some((run, f)) => not_ready(
+            "restoring",
+            format!(
+                "the model of run {run} is being restored from its checkpoint ({:.0}% done); retry shortly",
+                f * 100.0
+            ),
+        ),
+        None => not_ready("no_model", "no aligned model yet: run sotalign/align first"),
+    })
 }
 
 /// Run blocking query work off the async workers.
@@ -169,7 +188,7 @@ pub async fn suggest_for_sample(
         let id = p.sample;
         let qm = modality_of(&sh, id)?;
         let q = model.vector(qm, id).ok_or_else(|| not_embedded(id))?;
-        let k = p.k.clamp(1, MAX_K) as usize;
+        let k = p.k.clamp(1, max_k()) as usize;
         let hits = {
             let v = sh.view();
             let keep = |c: u64| v.is_open(c) && (p.include_rejected || !rejected_with(&v, qm, id, c));
@@ -187,7 +206,7 @@ pub async fn suggest_for_sample(
 
 pub async fn search(shared: &Arc<Shared>, p: SearchParams) -> HResult<SearchResult> {
     let model = require_model(shared)?;
-    let k = p.k.clamp(1, MAX_K) as usize;
+    let k = p.k.clamp(1, max_k()) as usize;
     match p.query {
         SearchQuery::Text(text) => search_text(shared, model, text, p.target, k).await,
         SearchQuery::Sample(id) => {
@@ -349,7 +368,7 @@ pub async fn suggest_pairs(
             let v = sh.view();
             (v.hidden().clone(), v.confirmed().to_vec(), v.rejected_pairs())
         };
-        let limit = p.limit.clamp(1, MAX_PAGE) as usize;
+        let limit = p.limit.clamp(1, max_page()) as usize;
         let picks = model
             .suggest_pairs(
                 &hidden,

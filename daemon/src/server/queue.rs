@@ -17,7 +17,7 @@ use sotalign_protocol::types::*;
 
 use super::errors::{HResult, internal};
 use super::model::Served;
-use super::query::MAX_PAGE;
+use super::query::max_page;
 use super::state::Shared;
 
 /// Largest pool of open images clustered per request.
@@ -68,7 +68,7 @@ pub async fn next_to_label(shared: &Arc<Shared>, p: NextToLabelParams) -> HResul
 }
 
 fn build(shared: &Arc<Shared>, p: NextToLabelParams) -> HResult<NextToLabelResult> {
-    let limit = p.limit.clamp(1, MAX_QUEUE.min(MAX_PAGE)) as usize;
+    let limit = p.limit.clamp(1, MAX_QUEUE.min(max_page())) as usize;
     let threshold = HybridConfig::default().threshold;
     let model = shared.model();
     let (mode, precision, observations, mut open, covered) = {

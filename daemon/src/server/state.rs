@@ -50,6 +50,8 @@ pub struct Shared {
     pub samples_version: AtomicU64,
     shutdown: watch::Sender<bool>,
     next_conn: AtomicU64,
+    /// The run being restored from its checkpoint at start, and how far (0..1).
+    restoring: Mutex<Option<(sotalign_protocol::types::RunId, f64)>>,
 }
 
 impl Shared {
@@ -68,6 +70,7 @@ impl Shared {
             samples_version: AtomicU64::new(0),
             shutdown,
             next_conn: AtomicU64::new(1),
+            restoring: Mutex::new(None),
         })
     }
 
@@ -144,6 +147,32 @@ impl Shared {
     pub fn begin_rebuild(&self) -> RebuildGuard<'_> {
         self.rebuilds.fetch_add(1, Ordering::SeqCst);
         RebuildGuard(self)
+    }
+
+    /// Mark the restore of `run` at start (status: `rebuilding` with progress; queries that
+    /// need a model are answered "restoring", not "run align first").
+    pub fn begin_restore(&self, run: sotalign_protocol::types::RunId) {
+        *self.restoring.lock().unwrap_or_else(|p| p.into_inner()) = Some((run, 0.0));
+    }
+
+    pub fn restore_progress(&self, fraction: f64) {
+        if let Some(r) = self
+            .restoring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            r.1 = fraction.clamp(0.0, 1.0);
+        }
+    }
+
+    pub fn end_restore(&self) {
+        *self.restoring.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The run being restored and the fraction done, while a restore runs.
+    pub fn restoring(&self) -> Option<(sotalign_protocol::types::RunId, f64)> {
+        *self.restoring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn is_rebuilding(&self) -> bool {

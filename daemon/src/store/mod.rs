@@ -603,6 +603,9 @@ impl Store {
     }
 
     pub fn sample(&self, id: SampleId) -> Result<Sample, StoreError> {
+        if !storable(id.0) {
+            return Err(StoreError::UnknownSample(id));
+        }
         let raw = self
             .conn
             .query_row(
@@ -621,7 +624,7 @@ impl Store {
             .conn
             .prepare_cached(&format!("SELECT {SAMPLE_COLS} FROM samples WHERE id = ?1"))?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        for id in ids.iter().filter(|id| storable(id.0)) {
             if let Some(raw) = stmt.query_row([id.0], row_to_sample).optional()? {
                 out.push(to_sample(raw)?);
             }
@@ -631,6 +634,9 @@ impl Store {
 
     /// The encoder-space embedding of one sample (`None`: not encoded yet).
     pub fn vector(&self, id: SampleId) -> Result<(Modality, Option<Vec<f32>>), StoreError> {
+        if !storable(id.0) {
+            return Err(StoreError::UnknownSample(id));
+        }
         let (m, dim, blob): (String, Option<i64>, Option<Vec<u8>>) = self
             .conn
             .query_row(
@@ -677,7 +683,7 @@ impl Store {
             "SELECT {SAMPLE_COLS} FROM samples WHERE {cond} ORDER BY id LIMIT ?4 OFFSET ?5"
         ))?;
         let rows = stmt.query_map(
-            params![modality_str(m), state, pattern, limit as i64, offset as i64],
+            params![modality_str(m), state, pattern, limit as i64, sql_offset(offset)],
             row_to_sample,
         )?;
         let mut items = Vec::new();
@@ -689,6 +695,9 @@ impl Store {
 
     /// Every pair a sample takes part in, newest first.
     pub fn pairs_of(&self, id: SampleId) -> Result<Vec<Pair>, StoreError> {
+        if !storable(id.0) {
+            return Ok(Vec::new());
+        }
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {PAIR_COLS} FROM pairs WHERE image = ?1 OR text = ?1 ORDER BY at_ms DESC, rowid DESC"
         ))?;
@@ -712,7 +721,7 @@ impl Store {
             "SELECT {PAIR_COLS} FROM pairs WHERE ?1 IS NULL OR state = ?1
              ORDER BY at_ms DESC, rowid DESC LIMIT ?2 OFFSET ?3"
         ))?;
-        let rows = stmt.query_map(params![st, limit as i64, offset as i64], row_to_pair)?;
+        let rows = stmt.query_map(params![st, limit as i64, sql_offset(offset)], row_to_pair)?;
         let items = rows.map(|r| to_pair(r?)).collect::<Result<Vec<_>, _>>()?;
         Ok((items, total))
     }
@@ -729,6 +738,9 @@ impl Store {
     }
 
     fn modality_of(tx: &Transaction<'_>, id: SampleId) -> Result<Modality, StoreError> {
+        if !storable(id.0) {
+            return Err(StoreError::UnknownSample(id));
+        }
         let m: String = tx
             .query_row("SELECT modality FROM samples WHERE id = ?1", [id.0], |r| {
                 r.get(0)
@@ -840,6 +852,9 @@ impl Store {
                 .map(DecisionId)
                 .ok_or(StoreError::NothingToUndo)?,
         };
+        if !storable(id.0) {
+            return Err(StoreError::UnknownDecision(id));
+        }
         type Row = (
             RawDecision,
             Option<String>,
@@ -1022,6 +1037,9 @@ impl Store {
     }
 
     pub fn run(&self, id: RunId) -> Result<StoredRun, StoreError> {
+        if !storable(id.0) {
+            return Err(StoreError::UnknownRun(id));
+        }
         self.conn
             .query_row(
                 &format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"),
@@ -1188,3 +1206,15 @@ impl StoreView<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether an id from a client can name a row: SQLite integers are signed 64-bit, so an id
+/// above `i64::MAX` names nothing (an unknown id, not a database error).
+fn storable(id: u64) -> bool {
+    id <= i64::MAX as u64
+}
+
+/// A client's page offset as SQLite's signed OFFSET: anything past `i64::MAX` is past every
+/// row (an empty page), never wrapped to a negative offset (which SQLite reads as 0).
+fn sql_offset(offset: u64) -> i64 {
+    offset.min(i64::MAX as u64) as i64
+}

@@ -131,6 +131,19 @@ impl<W: Write> Write for SharedWriter<W> {
     }
 }
 
+/// The directories a test daemon may ingest from: the folder around its data dir (where tests
+/// write manifests) and the repository's fixtures (their embeddings).
+pub fn scope_args(data: &Path) -> Vec<std::ffi::OsString> {
+    let mut a = Vec::new();
+    if let Some(parent) = data.parent() {
+        a.push("--allow-dir".into());
+        a.push(parent.as_os_str().to_owned());
+    }
+    a.push("--allow-dir".into());
+    a.push(fixtures().into_os_string());
+    a
+}
+
 /// A daemon child process; killed on drop.
 pub struct Daemon {
     pub child: Child,
@@ -161,6 +174,7 @@ pub fn spawn_stdio_raw(
     let mut child = Command::new(bin())
         .args(["serve", "--stdio", "--data-dir"])
         .arg(data)
+        .args(scope_args(data))
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -183,6 +197,7 @@ pub fn spawn_tcp_capturing(data: &Path, extra: &[&str]) -> (Daemon, std::thread:
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
+        .args(scope_args(data))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -208,6 +208,7 @@ pub fn status_of(model: Option<RunId>, pairs: u64, c: Counts) -> StatusResult {
             images: c.images,
             texts: c.texts,
             run: model,
+            progress: None,
         },
         jobs: vec![],
     }

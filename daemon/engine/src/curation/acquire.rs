@@ -298,7 +298,7 @@ pub fn propose_embedded(
     // Fallback when the ranking runs out before `b` (several images share one best text): each
     // still-unused image (pool order) with its best still-unused text, after the ranked ones.
     let fallback = (0..ni).map(|a| (a, usize::MAX, f64::NEG_INFINITY));
-    let mut out = Vec::with_capacity(b);
+    let mut out = Vec::with_capacity(b.min(ni.min(nt)));
     let mut ai_used = vec![false; ni];
     let mut at_used = vec![false; nt];
     let mut chosen: Vec<(usize, usize)> = Vec::new();

@@ -59,6 +59,12 @@ impl Klot {
         self.student.rows()
     }
 
+    /// Stop later steps between Sinkhorn iterations once `cancel` is set.
+    pub fn set_cancel(&mut self, cancel: crate::progress::Cancel) {
+        self.student.set_cancel(cancel.clone());
+        self.teacher.set_cancel(cancel);
+    }
+
     pub fn cols(&self) -> usize {
         self.student.cols()
     }
@@ -294,5 +300,63 @@ mod tests {
         let out = k.step(&ks, &ks, 0.05, 0.05, 100).unwrap();
         assert!(out.kl.abs() < 1e-5, "{}", out.kl);
         assert!(k.grad().iter().all(|g| g.abs() < 1e-3));
+    }
+
+    /// A set cancel flag stops a step between Sinkhorn iterations, whatever `iters` says.
+    #[test]
+    fn cancel_stops_a_step_between_iterations() {
+        let (n, m) = (64, 64);
+        let ks = random_affinity(n, m, 5);
+        let kt = random_affinity(n, m, 6);
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut k = Klot::new(n, m);
+        k.set_cancel(crate::progress::Cancel::new(flag.clone()));
+        let f2 = flag.clone();
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            f2.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        // usize::MAX iterations: only the flag can end this step.
+        let r = k.step(&ks, &kt, 0.05, 0.01, usize::MAX);
+        setter.join().unwrap();
+        assert!(matches!(r, Err(crate::AlignError::Cancelled)), "{r:?}");
+        // Cleared again, the same workspace solves normally.
+        flag.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(k.step(&ks, &kt, 0.05, 0.01, 10).is_ok());
+    }
+
+    /// Cancel latency of one KLOT step at B = 4096 (docs/FUZZING.md, "Cancel latency"): the
+    /// time from setting the flag to the step returning. A measurement, not a timed test:
+    /// `cargo test --release -p sotalign-engine cancel_latency -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn cancel_latency_at_b4096() {
+        let b: usize = std::env::var("SOTALIGN_CANCEL_B")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096);
+        let ks = random_affinity(b, b, 7);
+        let kt = random_affinity(b, b, 8);
+        let mut k = Klot::new(b, b);
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        k.set_cancel(crate::progress::Cancel::new(flag.clone()));
+        let mut worst = 0f64;
+        for trial in 0..5 {
+            flag.store(false, std::sync::atomic::Ordering::SeqCst);
+            let f2 = flag.clone();
+            let setter = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300 + 100 * trial));
+                f2.store(true, std::sync::atomic::Ordering::SeqCst);
+                std::time::Instant::now()
+            });
+            let r = k.step(&ks, &kt, 0.05, 0.01, usize::MAX);
+            let done = std::time::Instant::now();
+            let set_at = setter.join().unwrap();
+            assert!(matches!(r, Err(crate::AlignError::Cancelled)));
+            let ms = done.duration_since(set_at).as_secs_f64() * 1e3;
+            worst = worst.max(ms);
+            println!("B = {b}: trial {trial}: cancelled {ms:.1} ms after the flag was set");
+        }
+        println!("B = {b}: worst cancel latency {worst:.1} ms over 5 trials");
     }
 }

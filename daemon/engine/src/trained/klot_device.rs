@@ -35,6 +35,16 @@ pub struct DeviceKlotValue {
 
 /// Log of the entropic plan of `k` (rows x cols, f32) at temperature `eps`, uniform marginals.
 pub fn log_plan(k: &Tensor, eps: f64, iters: usize) -> Result<Tensor, AlignError> {
+    log_plan_cancellable(k, eps, iters, &Default::default())
+}
+
+/// [`log_plan`], stopping with `Cancelled` between iterations once `cancel` is set.
+pub fn log_plan_cancellable(
+    k: &Tensor,
+    eps: f64,
+    iters: usize,
+    cancel: &crate::progress::Cancel,
+) -> Result<Tensor, AlignError> {
     let (rows, cols) = k.dims2()?;
     crate::sinkhorn::check_problem(rows, cols, eps, iters)?;
     let k = k.to_dtype(DType::F32)?;
@@ -61,6 +71,7 @@ pub fn log_plan(k: &Tensor, eps: f64, iters: usize) -> Result<Tensor, AlignError
     let mut psi = Tensor::zeros(cols, DType::F32, k.device())?;
     let mut phi = Tensor::zeros(rows, DType::F32, k.device())?;
     for _ in 0..iters {
+        cancel.check()?;
         phi = row_pot(&psi)?;
         // psi_j = log b - LSE_i(ka_ij + phi_i)
         psi = (ka
@@ -84,6 +95,18 @@ pub fn step(
     eps_t: f64,
     iters: usize,
 ) -> Result<DeviceKlotValue, AlignError> {
+    step_cancellable(ks, kt, eps_s, eps_t, iters, &Default::default())
+}
+
+/// [`step`], stopping with `Cancelled` between Sinkhorn iterations once `cancel` is set.
+pub fn step_cancellable(
+    ks: &Tensor,
+    kt: &Tensor,
+    eps_s: f64,
+    eps_t: f64,
+    iters: usize,
+    cancel: &crate::progress::Cancel,
+) -> Result<DeviceKlotValue, AlignError> {
     if ks.dims() != kt.dims() {
         return Err(AlignError::DimensionMismatch {
             what: "KLOT student vs teacher affinity".into(),
@@ -93,8 +116,8 @@ pub fn step(
     }
     let ks = ks.detach();
     let kt = kt.detach();
-    let lp = log_plan(&ks, eps_s, iters)?;
-    let lq = log_plan(&kt, eps_t, iters)?;
+    let lp = log_plan_cancellable(&ks, eps_s, iters, cancel)?;
+    let lq = log_plan_cancellable(&kt, eps_t, iters, cancel)?;
     let q = lq.exp()?;
     let kl = (&q * (&lq - &lp)?)?.sum_all()?.to_scalar::<f32>()? as f64;
     if !kl.is_finite() {

@@ -90,6 +90,8 @@ pub struct Sinkhorn {
     pot_g: Vec<f64>,
     rows_per_chunk: usize,
     stats: SinkhornStats,
+    /// Checked before every iteration: a set flag ends the solve with `Cancelled`.
+    cancel: crate::progress::Cancel,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -130,7 +132,13 @@ impl Sinkhorn {
             pot_g: vec![0.0; cols],
             rows_per_chunk,
             stats: SinkhornStats::default(),
+            cancel: Default::default(),
         }
+    }
+
+    /// Stop later solves with [`AlignError::Cancelled`] between iterations once `cancel` is set.
+    pub fn set_cancel(&mut self, cancel: crate::progress::Cancel) {
+        self.cancel = cancel;
     }
 
     pub fn rows(&self) -> usize {
@@ -189,6 +197,7 @@ impl Sinkhorn {
         self.stats.iters = 1;
 
         for _ in 1..iters {
+            self.cancel.check()?;
             if !self.pass(Pass::Update) || !self.update_v() {
                 // A row or column of the kernel underflowed: redo this iteration exactly.
                 self.absorb_v();

@@ -228,6 +228,7 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
     let alpha = cfg.klot.alpha;
     let name = if alpha > 0.0 { "sotalign" } else { "siglip" };
     check_config(cfg)?;
+    check_sizes(cfg, data.dx().max(data.dy()))?;
     let needs_teacher = alpha > 0.0 || cfg.heads.init == HeadInit::Teacher;
     let teacher = match (teacher, needs_teacher) {
         (Some(t), _) => Some(t),
@@ -321,7 +322,11 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
         };
         Some(UnpairedPool {
             teacher: t,
-            klot: cpu_engine.then(|| Klot::new(batch, batch)),
+            klot: cpu_engine.then(|| {
+                let mut k = Klot::new(batch, batch);
+                k.set_cancel(cfg.cancel.clone());
+                k
+            }),
         })
     } else {
         None
@@ -329,9 +334,11 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
     let mut pool = unpaired;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_0F_50_7A11);
     let steps = cfg.optim.steps;
-    let mut log = Vec::with_capacity(steps);
+    // Grows with the steps actually run (never reserved from a configured count).
+    let mut log = Vec::new();
 
     for step in 0..steps {
+        cfg.cancel.check()?;
         let ex = l2_normalize(&head_x.forward_normalized(&xp)?)?;
         let ey = l2_normalize(&head_y.forward_normalized(&yp)?)?;
         let sig = siglip_loss(&ex, &ey, &z, log_scale.as_tensor(), logit_bias.as_tensor())?;
@@ -349,8 +356,10 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
                 let ks = sx.matmul(&sy.t()?)?;
                 let kt = to_tensor(&p.teacher.embed_x(&bx)?, &dev)?
                     .matmul(&to_tensor(&p.teacher.embed_y(&by)?, &dev)?.t()?)?;
-                let at_step =
-                    |e: AlignError| AlignError::Numerical(format!("KLOT at step {step}: {e}"));
+                let at_step = |e: AlignError| match e {
+                    AlignError::Cancelled => AlignError::Cancelled,
+                    e => AlignError::Numerical(format!("KLOT at step {step}: {e}")),
+                };
                 let (kl, g) = match p.klot.as_mut() {
                     Some(klot) => {
                         let ks_v = ks.flatten_all()?.to_vec1::<f32>()?;
@@ -364,12 +373,13 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
                         )
                     }
                     None => {
-                        let out = klot_device::step(
+                        let out = klot_device::step_cancellable(
                             &ks,
                             &kt,
                             cfg.klot.eps_s,
                             cfg.klot.eps_t,
                             cfg.klot.iters,
+                            &cfg.cancel,
                         )
                         .map_err(at_step)?;
                         (out.kl, out.grad)
@@ -469,6 +479,33 @@ pub fn effective_batch(
              images and {texts} texts)"
         )],
     ))
+}
+
+/// The most f32 elements one tensor of a fit may hold (2^31, 8 GiB): a sanity bound the engine
+/// checks itself so a huge `heads.dim` or `klot.batch` is an error before anything is
+/// allocated, never an abort. Callers (the daemon) enforce their own, smaller caps first.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 31;
+
+/// Refuse configurations whose tensors would not fit: `d_in x heads.dim` weights and, with a
+/// KLOT term, `klot.batch^2` plans.
+fn check_sizes(cfg: &AlignConfig, d_in: usize) -> Result<(), AlignError> {
+    let too_big = |what: &str, n: Option<usize>| match n {
+        Some(n) if n <= MAX_TENSOR_ELEMENTS => Ok(()),
+        _ => Err(AlignError::InvalidConfig(format!(
+            "{what} would need more than {MAX_TENSOR_ELEMENTS} elements in one tensor"
+        ))),
+    };
+    too_big(
+        &format!("heads.dim = {} (x {d_in} input features)", cfg.heads.dim),
+        cfg.heads.dim.checked_mul(d_in.max(1)),
+    )?;
+    if cfg.klot.alpha > 0.0 {
+        too_big(
+            &format!("klot.batch = {} (a batch x batch plan)", cfg.klot.batch),
+            cfg.klot.batch.checked_mul(cfg.klot.batch),
+        )?;
+    }
+    Ok(())
 }
 
 fn check_config(cfg: &AlignConfig) -> Result<(), AlignError> {

@@ -113,6 +113,7 @@ fn jobs_that_ended_while_disconnected_are_not_shown_as_running_forever() {
                 images: 0,
                 texts: 0,
                 run: None,
+                progress: None,
             },
             jobs: vec![],
         }),
