@@ -24,7 +24,7 @@ use crate::klot::Klot;
 use crate::klot_device;
 use crate::optim::Optimizer;
 use crate::progress::Progress;
-use crate::siglip::{label_matrix, siglip_loss};
+use crate::siglip::{label_matrix, siglip_loss, siglip_negatives_loss};
 use crate::{AlignConfig, AlignData, AlignError, Aligned, Matrix, MethodState};
 
 /// What the student needs from its teacher: canonical coordinates (for the head init) and the
@@ -43,6 +43,7 @@ pub trait StudentTeacher: Aligned {
 /// One training step's numbers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepRecord {
+    /// The SigLIP loss: the pair matrix plus the rejected pairs' `z = -1` cells, if any.
     pub siglip: f64,
     /// KL(P* || P) on the step's unpaired batch (None when alpha = 0).
     pub klot: Option<f64>,
@@ -308,6 +309,14 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
     let xp = standardize(&to_tensor(&data.xp.l2_normalized(), &dev)?, eps)?;
     let yp = standardize(&to_tensor(&data.yp.l2_normalized(), &dev)?, eps)?;
     let z = label_matrix(&data.pair_groups, &dev)?;
+    // Rejected pairs (label -1 cells), standardised like the pairs.
+    let negatives = match &data.negatives {
+        Some(n) if n.x.rows > 0 => Some((
+            standardize(&to_tensor(&n.x.l2_normalized(), &dev)?, eps)?,
+            standardize(&to_tensor(&n.y.l2_normalized(), &dev)?, eps)?,
+        )),
+        _ => None,
+    };
     // The unpaired pools are read in place: each step gathers its B rows, normalises and
     // standardises them (row-wise, so identical to doing it once for all rows) and asks the
     // teacher for their embeddings. Nothing of size N is copied, so memory stays at the
@@ -334,7 +343,19 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
     for step in 0..steps {
         let ex = l2_normalize(&head_x.forward_normalized(&xp)?)?;
         let ey = l2_normalize(&head_y.forward_normalized(&yp)?)?;
-        let sig = siglip_loss(&ex, &ey, &z, log_scale.as_tensor(), logit_bias.as_tensor())?;
+        let mut sig = siglip_loss(&ex, &ey, &z, log_scale.as_tensor(), logit_bias.as_tensor())?;
+        if let Some((xn, yn)) = &negatives {
+            let exn = l2_normalize(&head_x.forward_normalized(xn)?)?;
+            let eyn = l2_normalize(&head_y.forward_normalized(yn)?)?;
+            let neg = siglip_negatives_loss(
+                &exn,
+                &eyn,
+                log_scale.as_tensor(),
+                logit_bias.as_tensor(),
+                data.xp.rows,
+            )?;
+            sig = (sig + neg)?;
+        }
         let sig_value = sig.to_scalar::<f32>()? as f64;
         let (loss, kl) = match pool.as_mut() {
             Some(p) => {
@@ -659,6 +680,51 @@ mod tests {
         cfg.device = "cpu".into();
         let h = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap();
         assert!(h.x.weight.device().is_cpu());
+    }
+
+    /// Rejected pairs enter the loss: trained with some held-out mismatches as negatives, the
+    /// student scores those pairs lower (relative to the true pairs) than without them, and the
+    /// loss it logs includes their term.
+    #[test]
+    fn rejected_pairs_are_pushed_apart() {
+        let (d, xt, yt) = data();
+        let cfg = small_cfg(0.0, HeadInit::Random);
+        // Each held-out image i with text i + 1: 40 wrong pairs.
+        let rows: Vec<usize> = (0..40).collect();
+        let shifted: Vec<usize> = rows.iter().map(|&i| (i + 1) % xt.rows).collect();
+        let mut with = d.clone();
+        with.negatives = Some(crate::data::Negatives {
+            x: xt.select_rows(&rows),
+            y: yt.select_rows(&shifted),
+        });
+        let gap = |h: &StudentHeads| -> f64 {
+            let s = h.score(&xt, &yt).unwrap();
+            let wrong: f64 = rows
+                .iter()
+                .map(|&i| s.data[i * s.cols + shifted[i]] as f64)
+                .sum::<f64>()
+                / rows.len() as f64;
+            let right: f64 =
+                rows.iter().map(|&i| s.data[i * s.cols + i] as f64).sum::<f64>() / rows.len() as f64;
+            right - wrong
+        };
+        let plain = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap();
+        let neg = fit_student::<LinearTeacher>(&with, None, &cfg, &mut progress::ignore).unwrap();
+        assert!(
+            gap(&neg) > gap(&plain) + 0.05,
+            "right - wrong score gap: with negatives {}, without {}",
+            gap(&neg),
+            gap(&plain)
+        );
+        // Same initial weights, extra cells: the first logged loss is larger.
+        assert!(neg.log[0].siglip > plain.log[0].siglip);
+        // Mismatched negative shapes are a typed error, not a panic.
+        let mut bad = with.clone();
+        if let Some(n) = bad.negatives.as_mut() {
+            n.y = yt.select_rows(&rows[..10]);
+        }
+        let e = fit_student::<LinearTeacher>(&bad, None, &cfg, &mut progress::ignore).unwrap_err();
+        assert!(matches!(e, AlignError::DimensionMismatch { .. }), "{e}");
     }
 
     #[test]
