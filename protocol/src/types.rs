@@ -395,6 +395,15 @@ pub struct Candidate {
     pub rank: u32,
     /// True when the query sample is also this candidate's nearest neighbour.
     pub mutual_nn: bool,
+    /// How many OTHER samples carry exactly this caption (text candidates only): the daemon
+    /// lists each distinct caption once, and a decision on it applies to the whole group.
+    /// 0, the default, is left off the wire, so older peers read and write it unchanged.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub duplicates: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! connection never panic the daemon (a stdio client that stops reading, 100 refused tokens).
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,31 +75,8 @@ fn stdio_client_that_stops_reading_ends_the_daemon_cleanly() {
 #[test]
 fn refused_tokens_close_the_connection_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stderr.log");
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--token", "s3cret", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sotalign");
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "daemon exited before listening");
-        if let Some(a) = line.trim().strip_prefix("sotalign: listening on ") {
-            break a.to_string();
-        }
-    };
-    let log2 = log.clone();
-    let drain = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = err.read_to_string(&mut rest);
-        std::fs::write(log2, &rest).unwrap();
-    });
-    let _guard = Daemon { child, addr: Some(addr.clone()) };
+    let (daemon, log) = spawn_tcp_capturing(&dir.path().join("data"), &["--token", "s3cret"]);
+    let addr = daemon.addr.clone().unwrap();
     for i in 0..100 {
         let mut s = TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -118,8 +95,7 @@ fn refused_tokens_close_the_connection_without_a_panic() {
     let init = c.initialize("lifecycle-test", Some("s3cret".into()));
     assert!(init.is_ok(), "{init:?}");
     drop(c);
-    drop(_guard); // kills the daemon, which ends stderr
-    drain.join().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    drop(daemon); // kills the daemon, which ends its stderr
+    let text = log.join().unwrap();
     assert_eq!(text.matches("panicked").count(), 0, "panics in the daemon log:\n{text}");
 }

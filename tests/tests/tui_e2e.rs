@@ -346,7 +346,10 @@ fn confirm_two_realign_and_the_store_holds_exactly_those_decisions() {
     argv.extend(align_args());
     let t = Tmux::start("confirm", dir.path(), &argv, 100, 30);
     let s = t.wait_for("suggestions for the first image", 30, suggestions_shown);
-    assert!(s.contains(&format!("run {}", next_run - 1)), "{s}");
+    assert!(
+        s.contains(&format!("Suggested captions · re-align #{}", next_run - 1)),
+        "{s}"
+    );
 
     let confirmed = confirm_top(&t, 2);
 
@@ -360,13 +363,19 @@ fn confirm_two_realign_and_the_store_holds_exactly_those_decisions() {
     // Re-align and watch the run finish, trained on the two extra pairs.
     t.keys("r");
     t.wait_for("the re-alignment run to finish", 120, |s| {
-        status_line(s).starts_with(&format!("alignment run {next_run} finished in"))
+        status_line(s).starts_with(&format!("re-align #{next_run} finished in"))
     });
     t.wait_for("the new run in the chart", 30, |s| {
         s.contains(&format!(
-            "latest run {next_run}: {} pairs, R@1",
+            "latest: re-align #{next_run}, {} pairs, R@1",
             seed_pairs + 2
         ))
+    });
+    // Issue 12: back on the review screen, the suggestions are the new model's (the pane names
+    // the run that scored them), not the old list under a new title.
+    t.keys("1");
+    t.wait_for("suggestions scored by the new run", 30, |s| {
+        suggestions_shown(s) && s.contains(&format!("Suggested captions · re-align #{next_run} "))
     });
     t.quit();
 
@@ -576,4 +585,38 @@ fn a_killed_daemon_reconnects_then_both_directions_browse_and_resizes_work() {
         rows,
         vec![("confirm".to_owned(), true), ("reject".to_owned(), false)]
     );
+}
+
+/// Issue 12: with `--images auto` under tmux the first key press was lost (the graphics query's
+/// reader thread, left blocked on stdin after the terminal did not answer, took it). No daemon
+/// is needed: the UI draws (with its "connecting" banner) and `?` must open the help at once.
+#[test]
+fn the_first_key_is_not_lost_to_the_graphics_query() {
+    if !tmux_available("the_first_key_is_not_lost_to_the_graphics_query") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: the TUI keeps retrying, which is fine for this test.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let argv = vec![
+        tui_bin().display().to_string(),
+        "--connect".into(),
+        format!("127.0.0.1:{port}"),
+        "--images".into(),
+        "auto".into(),
+    ];
+    let t = Tmux::start("firstkey", dir.path(), &argv, 100, 30);
+    t.wait_for("the first frame", 30, |s| s.contains("1 Review"));
+    t.keys("?");
+    t.wait_for("the help screen after the first key", 10, |s| {
+        s.contains("Help: keys")
+    });
+    t.keys("Escape");
+    t.keys("3");
+    t.wait_for("the dashboard", 10, |s| s.contains("Counts"));
+    t.quit();
 }

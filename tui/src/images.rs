@@ -12,6 +12,7 @@ use std::path::Path;
 
 use image::DynamicImage;
 use ratatui::layout::Size;
+use image::imageops::FilterType;
 use ratatui_image::Resize;
 use ratatui_image::picker::Picker;
 use ratatui_image::protocol::Protocol;
@@ -211,10 +212,39 @@ fn rasterise_svg(data: &[u8]) -> Result<DynamicImage, ImageError> {
     Ok(DynamicImage::ImageRgba8(rgba))
 }
 
+/// What transparent pixels are composited onto: white, like the page a stamp is drawn on, so
+/// black line art on a transparent background (most Tux Paint stamps) stays visible instead of
+/// turning into one black block (terminals have no alpha; transparent reads as black).
+pub const BACKGROUND: [u8; 3] = [255, 255, 255];
+
+/// The image with its transparency composited onto [`BACKGROUND`] (opaque images unchanged).
+pub fn flatten(img: DynamicImage) -> DynamicImage {
+    if !img.color().has_alpha() {
+        return img;
+    }
+    let rgba = img.to_rgba8();
+    let mut out = image::RgbImage::new(rgba.width(), rgba.height());
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = u32::from(p[3]);
+        for c in 0..3 {
+            let v = u32::from(p[c]) * a + u32::from(BACKGROUND[c]) * (255 - a);
+            o[c] = ((v + 127) / 255) as u8;
+        }
+    }
+    DynamicImage::ImageRgb8(out)
+}
+
+/// Decode, flatten, and encode for the terminal at the largest size that fits the cell area
+/// with the aspect ratio kept: small pictures (128-px stamps) are scaled up to fill the panel,
+/// large ones down (`Resize::Scale`; `Fit` would leave a 128-px stamp at a few cells).
 fn encode(picker: &Picker, key: &ImageKey) -> Result<Protocol, ImageError> {
-    let img = decode(Path::new(&key.path))?;
+    let img = flatten(decode(Path::new(&key.path))?);
     picker
-        .new_protocol(img, Size::new(key.width, key.height), Resize::Fit(None))
+        .new_protocol(
+            img,
+            Size::new(key.width, key.height),
+            Resize::Scale(Some(FilterType::Triangle)),
+        )
         .map_err(|e| ImageError::Encode(e.to_string()))
 }
 
@@ -252,6 +282,93 @@ mod tests {
         assert_eq!(img.width(), 512);
         assert_eq!(img.height(), 256);
         assert_eq!(img.get_pixel(100, 100).0, [255, 0, 0, 255]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn transparency_is_composited_onto_white() {
+        let mut img = image::RgbaImage::new(3, 1);
+        img.put_pixel(0, 0, image::Rgba([0, 0, 0, 0])); // transparent
+        img.put_pixel(1, 0, image::Rgba([0, 0, 0, 255])); // a black line
+        img.put_pixel(2, 0, image::Rgba([255, 0, 0, 128])); // half-transparent red
+        let flat = flatten(DynamicImage::ImageRgba8(img)).to_rgb8();
+        assert_eq!(flat.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(flat.get_pixel(1, 0).0, [0, 0, 0]);
+        assert_eq!(flat.get_pixel(2, 0).0, [255, 127, 127]);
+    }
+
+    /// A Tux Paint-like stamp: black line art (a frame and a diagonal) on a transparent
+    /// background, `px` pixels square.
+    fn line_art(path: &Path, px: u32) {
+        let mut img = image::RgbaImage::from_pixel(px, px, image::Rgba([0, 0, 0, 0]));
+        let black = image::Rgba([0, 0, 0, 255]);
+        for i in 0..px {
+            for t in 0..3 {
+                img.put_pixel(i, t, black);
+                img.put_pixel(i, px - 1 - t, black);
+                img.put_pixel(t, i, black);
+                img.put_pixel(px - 1 - t, i, black);
+                img.put_pixel(i, (i + t).min(px - 1), black);
+            }
+        }
+        img.save(path).unwrap();
+    }
+
+    /// Issue 12: line-art stamps rendered as one black block, and 128-px stamps at 8x4 cells
+    /// inside a 65x40 panel. Rendered with half-blocks as in tmux: the picture fills the panel
+    /// along one side (aspect kept), and most of it is the light background, with the lines
+    /// dark.
+    #[test]
+    fn a_small_line_art_stamp_fills_the_panel_and_shows_its_lines() {
+        use ratatui::buffer::Buffer;
+        use ratatui::layout::Rect;
+        use ratatui::style::Color;
+        use ratatui::widgets::Widget;
+
+        let dir = std::env::temp_dir().join(format!("sotalign-tui-art-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("asl_zzz_4.png");
+        line_art(&p, 128);
+        let path = p.to_string_lossy().into_owned();
+        let mut images = Images::new(Picker::halfblocks());
+        let panel = Size::new(65, 40);
+        assert!(images.get(&path, panel).is_none());
+        images.load_wanted_now();
+        let Some(Slot::Ready(proto)) = images.get(&path, panel) else {
+            panic!("the stamp did not decode");
+        };
+        let size = proto.size();
+        assert!(size.width <= 65 && size.height <= 40, "{size:?}");
+        assert!(
+            size.width >= 64 || size.height >= 39,
+            "a 128-px stamp must be scaled up to fill the 65x40 panel, got {size:?}"
+        );
+        let area = Rect::new(0, 0, size.width, size.height);
+        let mut buf = Buffer::empty(area);
+        ratatui_image::Image::new(proto).render(area, &mut buf);
+        let luma = |c: Color| match c {
+            Color::Rgb(r, g, b) => Some((u32::from(r) + u32::from(g) + u32::from(b)) / 3),
+            _ => None,
+        };
+        let (mut light, mut dark, mut all) = (0, 0, 0);
+        for cell in buf.content() {
+            for c in [cell.fg, cell.bg] {
+                if let Some(l) = luma(c) {
+                    all += 1;
+                    if l > 200 {
+                        light += 1;
+                    } else if l < 60 {
+                        dark += 1;
+                    }
+                }
+            }
+        }
+        assert!(all > 0, "no coloured cells drawn");
+        assert!(
+            light * 10 > all * 6,
+            "the transparent background must read light: {light} light of {all}"
+        );
+        assert!(dark > 0, "the black lines must stay visible");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -1,7 +1,7 @@
 //! `sotalign-tui`: terminal set-up and teardown, the event loop, and finding the daemon.
-use std::io::{Stdout, stdout};
+use std::io::{Stdout, Write, stdout};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
@@ -14,6 +14,7 @@ use futures::StreamExt;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui_image::picker::Picker;
+use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use sotalign_protocol::types::AlignParams;
 use sotalign_tui::images::Images;
 use sotalign_tui::net::{self, Endpoint, NetConfig};
@@ -161,6 +162,39 @@ fn setup_terminal() -> Result<Term> {
     Ok(terminal)
 }
 
+/// How long the terminal may take to answer the graphics-protocol query.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Ask the terminal which graphics protocol it speaks (ratatui-image's query), without losing
+/// a key press to it.
+///
+/// The query runs on a thread of ratatui-image that reads stdin until the terminal answers
+/// the final "device status" request. When nothing answers in time (tmux drops the wrapped
+/// query when no outer terminal replies through it), the picker falls back to half-blocks but
+/// that thread stays blocked in `read(stdin)`, and swallows the user's first key press (it was
+/// `?` or `3` in issue 12). So after a timed-out query we send one more device-status request,
+/// unwrapped, which tmux and every terminal answer themselves: the stray reader consumes that
+/// answer and ends, and the next key reaches the event loop. If the query had in fact ended,
+/// the answer reaches crossterm's parser instead, which drops it (not a key).
+fn query_picker() -> Picker {
+    let start = Instant::now();
+    let options = QueryStdioOptions {
+        timeout: QUERY_TIMEOUT,
+        ..QueryStdioOptions::default()
+    };
+    let picker =
+        Picker::from_query_stdio_with_options(options).unwrap_or_else(|_| Picker::halfblocks());
+    if start.elapsed() >= QUERY_TIMEOUT {
+        let mut out = stdout();
+        // Device Status Report request; the reply is `ESC [ 0 n`.
+        if out.write_all(b"\x1b[5n").and_then(|()| out.flush()).is_ok() {
+            // Let the stray reader take the reply before our event stream starts reading.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    picker
+}
+
 fn send_all(tx: &UnboundedSender<Call>, calls: Vec<Call>) {
     for c in calls {
         // The net task only stops when we drop the sender; nothing to do if it died.
@@ -176,7 +210,7 @@ async fn run(
 ) -> Result<()> {
     let picker = match args.images {
         // Must run after entering the alternate screen and before reading events.
-        ImageMode::Auto => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
+        ImageMode::Auto => query_picker(),
         ImageMode::Halfblocks => Picker::halfblocks(),
     };
     let mut images = Images::new(picker);

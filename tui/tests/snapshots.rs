@@ -126,6 +126,38 @@ fn review_suggestions_shown() {
     insta::assert_snapshot!(render(&app, 80, 24));
 }
 
+/// Identical captions once, with their count: "A pineapple." from a daemon that groups
+/// (`duplicates: 2`) and "A small dog." twice from one that does not.
+#[test]
+fn review_identical_captions_listed_once() {
+    let mut app = connected(true);
+    queue(
+        &mut app,
+        Modality::Image,
+        vec![image_at(17, "chelsea", &fixture("chelsea.png"))],
+        400,
+    );
+    let mut pineapple = cand(text(901, "A pineapple."), 0.71, 1);
+    pineapple.duplicates = 2;
+    ok(
+        &mut app,
+        Call::Suggest {
+            sample: SampleId(17),
+        },
+        Reply::Suggest(SuggestForSampleResult {
+            sample: image_at(17, "chelsea", &fixture("chelsea.png")),
+            candidates: vec![
+                pineapple,
+                cand(text(803, "A small dog."), 0.5, 2),
+                cand(text(805, "A small dog."), 0.45, 3),
+                cand(text(804, "A cup of coffee on a saucer."), 0.125, 4),
+            ],
+            run: RunId(3),
+        }),
+    );
+    insta::assert_snapshot!(render(&app, 100, 24));
+}
+
 #[test]
 fn review_suggestions_shown_large_terminal() {
     let app = with_suggestions();
@@ -215,14 +247,15 @@ fn daemon_lost_banner() {
     insta::assert_snapshot!(render(&app, 80, 24));
 }
 
-fn progress(seq: u64, stage: JobStage, step: u64, total: u64, pct: u32) -> Event {
+/// A progress report at `elapsed` seconds of the job clock.
+fn progress(seq: u64, stage: JobStage, step: u64, total: u64, pct: u32, elapsed: f64) -> Event {
     progress_event(JobProgress {
-        message: Some(format!("refine {step}/{total}")),
+        message: Some(format!("{step}/{total}")),
         percentage: Some(pct),
         stage,
-        loss: Some(1.25),
-        eta_secs: Some(18.5),
-        elapsed_secs: 12.5,
+        loss: (stage == JobStage::Refine).then_some(1.25),
+        eta_secs: Some(99.0),
+        elapsed_secs: elapsed,
         ..job_progress(4, seq, step, total)
     })
 }
@@ -271,10 +304,14 @@ fn dashboard_job_running() {
             run: RunId(5),
         }),
     );
-    app.handle(progress(14, JobStage::Refine, 120, 300, 41));
-    app.handle(progress(9, JobStage::Refine, 60, 300, 20)); // late, dropped
+    // A first stage, then training: 60 steps in 6 s, so 180 left take 18 s at that rate.
+    app.handle(progress(1, JobStage::Teacher, 0, 1, 2, 0.5));
+    app.handle(progress(2, JobStage::Teacher, 1, 1, 5, 2.0));
+    app.handle(progress(9, JobStage::Refine, 60, 300, 20, 6.5));
+    app.handle(progress(14, JobStage::Refine, 120, 300, 41, 12.5));
+    app.handle(progress(10, JobStage::Refine, 70, 300, 22, 7.5)); // late, dropped
     app.handle(Event::Tick {
-        now_ms: NOW + 3_500,
+        now_ms: NOW + 3_000,
     });
     press(&mut app, KeyCode::Char('d'));
     insta::assert_snapshot!(render(&app, 80, 24));

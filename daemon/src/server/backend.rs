@@ -356,6 +356,7 @@ impl Backend {
                 score: score as f64,
                 rank: rank as u32 + 1,
                 mutual_nn,
+                duplicates: 0,
             });
         }
         Ok(out)

@@ -139,7 +139,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
                     .text
                     .clone()
                     .unwrap_or_else(|| c.sample.key.clone());
-                Line::from(format!("{:>6.3} {}", c.score, truncate(&text, w)))
+                Line::from(format!(
+                    "{:>6.3} {}{}",
+                    c.score,
+                    truncate(&text, w),
+                    super::review::twins_mark(c)
+                ))
             }));
             lines
         }

@@ -6,10 +6,10 @@ use ratatui::style::{Color, Style, Stylize};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Chart, Dataset, Gauge, GraphType, Paragraph, Wrap};
-use sotalign_protocol::types::{JobKind, JobStage, JobState};
+use sotalign_protocol::types::JobState;
 
 use super::{DIM, ERROR};
-use crate::state::{App, JobView};
+use crate::state::{App, JobView, percent, stage_name};
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let [top, chart] = Layout::vertical([Constraint::Length(10), Constraint::Min(6)]).areas(area);
@@ -45,17 +45,6 @@ fn draw_counts(f: &mut Frame, area: Rect, app: &App) {
     f.render_widget(Paragraph::new(lines).block(block), area);
 }
 
-fn stage_name(s: JobStage) -> &'static str {
-    match s {
-        JobStage::Scan => "scan",
-        JobStage::Encode => "encode",
-        JobStage::Teacher => "teacher",
-        JobStage::Refine => "refine",
-        JobStage::Evaluate => "evaluate",
-        JobStage::Index => "index",
-    }
-}
-
 fn secs(s: f64) -> String {
     if s >= 90.0 {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
@@ -65,12 +54,7 @@ fn secs(s: f64) -> String {
 }
 
 fn job_lines(j: &JobView, now_ms: u64) -> Vec<Line<'static>> {
-    let kind = match j.kind {
-        JobKind::Align => "alignment",
-        JobKind::Ingest => "ingest",
-    };
-    let run = j.run.map(|r| format!(" · run {r}")).unwrap_or_default();
-    let mut lines = vec![Line::from(format!("{kind} job {}{run}", j.id).bold())];
+    let mut lines = vec![Line::from(j.label().bold())];
     if let Some(fin) = &j.finished {
         let (word, style) = match fin.state {
             JobState::Succeeded => ("finished", Style::new().fg(Color::Green)),
@@ -83,8 +67,9 @@ fn job_lines(j: &JobView, now_ms: u64) -> Vec<Line<'static>> {
         ));
         if let Some(m) = fin.metrics {
             lines.push(Line::from(format!(
-                "R@1 image->text {:.3} · text->image {:.3}",
-                m.image_to_text.r1, m.text_to_image.r1
+                "R@1 image->text {} · text->image {}",
+                percent(m.image_to_text.r1),
+                percent(m.text_to_image.r1)
             )));
         }
         if let Some(e) = &fin.error {
@@ -93,6 +78,7 @@ fn job_lines(j: &JobView, now_ms: u64) -> Vec<Line<'static>> {
                 ERROR,
             ));
         }
+        lines.extend(stage_history(j));
         return lines;
     }
     if j.lost_track {
@@ -102,16 +88,19 @@ fn job_lines(j: &JobView, now_ms: u64) -> Vec<Line<'static>> {
         ));
         return lines;
     }
-    let (stage, step, total, elapsed) = match (&j.progress, &j.info) {
-        (Some(p), _) => (Some(p.stage), p.step, p.total, Some(p.elapsed_secs)),
-        (None, Some(i)) => (i.stage, i.step, i.total, None),
-        (None, None) => (None, 0, 0, None),
+    let (step, total, elapsed) = match (&j.progress, &j.info) {
+        (Some(p), _) => (p.step, p.total, Some(p.elapsed_secs)),
+        (None, Some(i)) => (i.step, i.total, None),
+        (None, None) => (0, 0, None),
     };
     let mut parts = Vec::new();
-    if let Some(s) = stage {
-        parts.push(format!("{} {step}/{total}", stage_name(s)));
-    } else {
-        parts.push("starting".to_owned());
+    match j.current_stage() {
+        Some(s) => {
+            // Stages are numbered as they come, so one the daemon adds counts too.
+            let n = j.stages.len().max(1);
+            parts.push(format!("stage {n}: {} {step}/{total}", stage_name(s)));
+        }
+        None => parts.push("starting".to_owned()),
     }
     if let Some(loss) = j.progress.as_ref().and_then(|p| p.loss) {
         parts.push(format!("loss {loss:.4}"));
@@ -121,15 +110,31 @@ fn job_lines(j: &JobView, now_ms: u64) -> Vec<Line<'static>> {
     if let Some(e) = elapsed {
         timing.push(format!("elapsed {}", secs(e)));
     }
-    match j.eta_secs(now_ms) {
-        Some(eta) => timing.push(format!("ETA {}", secs(eta))),
-        None => timing.push("ETA estimating...".to_owned()),
+    match (j.current_stage(), j.stage_eta_secs(now_ms)) {
+        (Some(s), Some(eta)) => timing.push(format!("{} ETA {}", stage_name(s), secs(eta))),
+        // Honest: no rate measured yet, no number.
+        (Some(_), None) => timing.push("ETA: measuring the rate...".to_owned()),
+        (None, _) => {}
     }
     lines.push(Line::from(timing.join(" · ")));
+    lines.extend(stage_history(j));
     if let Some(msg) = j.progress.as_ref().and_then(|p| p.message.clone()) {
         lines.push(Line::styled(msg, DIM));
     }
     lines
+}
+
+/// "done: teacher 3s, ..." for the stages already finished.
+fn stage_history(j: &JobView) -> Vec<Line<'static>> {
+    let done = j.stage_durations();
+    if done.is_empty() {
+        return Vec::new();
+    }
+    let parts: Vec<String> = done
+        .iter()
+        .map(|(name, d)| format!("{name} {}", secs(*d)))
+        .collect();
+    vec![Line::styled(format!("done: {}", parts.join(", ")), DIM)]
 }
 
 fn draw_job(f: &mut Frame, area: Rect, app: &App) {
@@ -138,7 +143,7 @@ fn draw_job(f: &mut Frame, area: Rect, app: &App) {
     f.render_widget(block, area);
     let Some(j) = app.latest_job() else {
         f.render_widget(
-            Paragraph::new("No job this session. r starts an alignment run.")
+            Paragraph::new("No job this session. r starts a re-align.")
                 .style(DIM)
                 .wrap(Wrap { trim: true }),
             inner,
@@ -158,7 +163,10 @@ fn draw_job(f: &mut Frame, area: Rect, app: &App) {
         Gauge::default()
             .gauge_style(Style::new().fg(color).bg(Color::DarkGray))
             .ratio(ratio)
-            .label(format!("{:.0}%", ratio * 100.0)),
+            .label(match j.current_stage().filter(|_| j.is_running()) {
+                Some(s) => format!("{} · {:.0}%", stage_name(s), ratio * 100.0),
+                None => format!("{:.0}%", ratio * 100.0),
+            }),
         gauge,
     );
     f.render_widget(
@@ -174,10 +182,10 @@ fn draw_chart(f: &mut Frame, area: Rect, app: &App) {
         .filter(|r| r.state == JobState::Succeeded)
         .filter_map(|r| r.metrics.map(|m| (r, m)))
         .collect();
-    let title = " R@1 on held-out pairs, per alignment run ";
+    let title = " R@1 on held-out pairs (%), per re-align ";
     if runs.is_empty() {
         f.render_widget(
-            Paragraph::new("No finished alignment run with metrics yet.")
+            Paragraph::new("No finished re-align with metrics yet.")
                 .style(DIM)
                 .block(Block::bordered().title(title)),
             area,
@@ -187,16 +195,16 @@ fn draw_chart(f: &mut Frame, area: Rect, app: &App) {
     let i2t: Vec<(f64, f64)> = runs
         .iter()
         .enumerate()
-        .map(|(i, (_, m))| (i as f64 + 1.0, m.image_to_text.r1))
+        .map(|(i, (_, m))| (i as f64 + 1.0, m.image_to_text.r1 * 100.0))
         .collect();
     let t2i: Vec<(f64, f64)> = runs
         .iter()
         .enumerate()
-        .map(|(i, (_, m))| (i as f64 + 1.0, m.text_to_image.r1))
+        .map(|(i, (_, m))| (i as f64 + 1.0, m.text_to_image.r1 * 100.0))
         .collect();
     let top = i2t.iter().chain(&t2i).map(|p| p.1).fold(0.0f64, f64::max);
-    // Round the y range up to the next 0.1 so small numbers are not squashed flat.
-    let y_max = ((top * 10.0).ceil() / 10.0).clamp(0.1, 1.0);
+    // Round the y range (percent) up to the next 10 so small numbers are not squashed flat.
+    let y_max = ((top / 10.0).ceil() * 10.0).clamp(10.0, 100.0);
     let n = runs.len() as f64;
     let (first, last) = (runs[0].0, runs[runs.len() - 1].0);
     let datasets = vec![
@@ -215,8 +223,11 @@ fn draw_chart(f: &mut Frame, area: Rect, app: &App) {
     ];
     let latest = runs[runs.len() - 1];
     let subtitle = format!(
-        " latest run {}: {} pairs, R@1 {:.3} / {:.3} ",
-        latest.0.id, latest.0.pairs, latest.1.image_to_text.r1, latest.1.text_to_image.r1
+        " latest: re-align #{}, {} pairs, R@1 {} / {} ",
+        latest.0.id,
+        latest.0.pairs,
+        percent(latest.1.image_to_text.r1),
+        percent(latest.1.text_to_image.r1)
     );
     let chart = Chart::new(datasets)
         .block(
@@ -226,17 +237,17 @@ fn draw_chart(f: &mut Frame, area: Rect, app: &App) {
         )
         .x_axis(
             Axis::default()
-                .title("run")
+                .title("re-align")
                 .bounds([1.0, n.max(2.0)])
                 .labels([
-                    format!("{} ({}p)", first.id, first.pairs),
-                    format!("{} ({}p)", last.id, last.pairs),
+                    format!("#{} ({}p)", first.id, first.pairs),
+                    format!("#{} ({}p)", last.id, last.pairs),
                 ]),
         )
         .y_axis(Axis::default().bounds([0.0, y_max]).labels([
-            "0".to_owned(),
-            format!("{:.2}", y_max / 2.0),
-            format!("{y_max:.2}"),
+            "0%".to_owned(),
+            format!("{:.0}%", y_max / 2.0),
+            format!("{y_max:.0}%"),
         ]));
     f.render_widget(chart, area);
 }

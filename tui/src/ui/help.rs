@@ -1,7 +1,7 @@
 //! The `?` help screen, rendered from the key table.
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::Stylize;
+use ratatui::style::{Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph};
 
@@ -22,6 +22,23 @@ fn section(title: &'static str, scope: Scope) -> Vec<Line<'static>> {
     lines
 }
 
+/// What the columns and marks of the suggestion list mean.
+fn reading_the_list() -> Vec<Line<'static>> {
+    let row = |mark: &'static str, what: &'static str| {
+        Line::from(vec![
+            Span::styled(format!("{mark:<8}"), Style::new().bold()),
+            Span::raw(format!(" {what}")),
+        ])
+    };
+    vec![
+        Line::from("Reading the suggestions".bold()),
+        row("0.625", "similarity (higher = closer)"),
+        row("⇄", "each other's best match"),
+        row("×3", "caption stored 3 times"),
+        row("#3", "the re-align that scored it"),
+    ]
+}
+
 pub fn draw(f: &mut Frame, area: Rect) {
     f.render_widget(Clear, area);
     let block = Block::bordered().title(" Help: keys (? or Esc closes) ");
@@ -34,6 +51,7 @@ pub fn draw(f: &mut Frame, area: Rect) {
     l.extend(section("Search field", Scope::Input));
     let mut r = section("Dashboard", Scope::Dashboard);
     r.extend(section("Everywhere", Scope::Global));
+    r.extend(reading_the_list());
     f.render_widget(Paragraph::new(l), left);
     f.render_widget(Paragraph::new(r), right);
 }

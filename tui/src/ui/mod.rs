@@ -97,7 +97,7 @@ fn title_bar(f: &mut Frame, area: Rect, app: &App, images: &Images) {
     // Right-hand facts in priority order; whatever does not fit is left out.
     let mut facts = Vec::new();
     match app.status.as_ref().and_then(|s| s.model.as_ref()) {
-        Some(m) => facts.push(format!("run {} ({} pairs)", m.run, m.pairs)),
+        Some(m) => facts.push(format!("model: re-align #{} ({} pairs)", m.run, m.pairs)),
         None if app.status.is_some() => facts.push("no model yet".to_owned()),
         None => {}
     }

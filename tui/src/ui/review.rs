@@ -53,11 +53,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
     f.render_widget(block, left);
     draw_sample(f, inner, sample, images);
 
-    let run = match &app.status {
-        Some(s) => s.model.as_ref().map(|m| format!(" · run {}", m.run)),
-        None => None,
-    }
-    .unwrap_or_default();
+    // The run that scored the list on screen, and the one replacing it while that loads.
+    let run = match (q.candidates_run, app.served_run) {
+        (Some(shown), Some(served)) if shown != served => {
+            format!(" · re-align #{shown}, updating to #{served}")
+        }
+        (Some(shown), _) if q.candidates.ready().is_some() => format!(" · re-align #{shown}"),
+        (_, Some(served)) => format!(" · re-align #{served}"),
+        _ => String::new(),
+    };
     let saving = if app.pending.is_some() || app.pending_undo.is_some() {
         " · saving..."
     } else {
@@ -107,7 +111,22 @@ fn draw_sample(f: &mut Frame, area: Rect, sample: &Sample, images: &Images) {
     }
 }
 
-/// A candidate as up to two lines: rank, score, mutual-NN mark, and its caption or key.
+/// The marks a candidate row can carry, explained above the list and on the `?` screen.
+pub const LEGEND: &str = "score: similarity · ⇄ each other's best match · ×N same caption N times";
+/// [`LEGEND`] for a narrow pane.
+const LEGEND_SHORT: &str = "score=similarity ⇄ mutual best ×N identical";
+
+/// " ×3" for a caption stored three times (itself and two identical others), else nothing.
+pub fn twins_mark(c: &Candidate) -> String {
+    if c.duplicates > 0 {
+        format!(" ×{}", u64::from(c.duplicates) + 1)
+    } else {
+        String::new()
+    }
+}
+
+/// A candidate as up to two lines: rank, score, mutual-NN mark, its caption (with how many
+/// times it is stored) or key.
 fn candidate_item(c: &Candidate, width: usize) -> ListItem<'static> {
     let head = format!(
         "{:>2} {:>6.3} {} ",
@@ -116,11 +135,14 @@ fn candidate_item(c: &Candidate, width: usize) -> ListItem<'static> {
         if c.mutual_nn { "⇄" } else { " " }
     );
     let body = match c.sample.modality {
-        Modality::Text => c
-            .sample
-            .text
-            .clone()
-            .unwrap_or_else(|| c.sample.key.clone()),
+        Modality::Text => format!(
+            "{}{}",
+            c.sample
+                .text
+                .clone()
+                .unwrap_or_else(|| c.sample.key.clone()),
+            twins_mark(c)
+        ),
         Modality::Image => format!("{} (image {})", c.sample.key, c.sample.id),
     };
     let room = width.saturating_sub(head.chars().count()).max(8);
@@ -174,6 +196,17 @@ fn draw_candidates(f: &mut Frame, area: Rect, q: &Queue, images: &Images) {
             );
         }
         Loadable::Ready(cands) => {
+            let [legend, area] =
+                Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
+            let text = if LEGEND.chars().count() <= legend.width as usize {
+                LEGEND
+            } else {
+                LEGEND_SHORT
+            };
+            f.render_widget(
+                Line::styled(truncate(text, legend.width as usize), DIM),
+                legend,
+            );
             // Image candidates get a preview of the selected one below the list.
             let images_listed = cands[0].sample.modality == Modality::Image;
             let (list_area, preview) = if images_listed && area.height >= 12 {

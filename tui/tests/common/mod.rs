@@ -1,5 +1,5 @@
 //! Test data and event builders shared by every TUI test: the reducer tests
-//! (`src/state_tests.rs`, which includes this file with `#[path]`) and the integration tests
+//! (`src/state/tests/`, which includes this file with `#[path]`) and the integration tests
 //! (`snapshots.rs`, `net.rs`). It names the crate `sotalign_tui` in both places (the library
 //! declares `extern crate self as sotalign_tui` for that), so one copy serves both.
 #![allow(dead_code)]
@@ -49,6 +49,7 @@ pub fn cand(s: Sample, score: f64, rank: u32) -> Candidate {
         score,
         rank,
         mutual_nn: rank == 1,
+        duplicates: 0,
     }
 }
 
@@ -103,12 +104,17 @@ pub fn ok(app: &mut App, call: Call, r: Reply) -> Vec<Call> {
 
 /// Candidates for `sample` from run 1.
 pub fn suggest_reply(sample: Sample, cands: Vec<Candidate>) -> Event {
+    suggest_reply_from(RunId(1), sample, cands)
+}
+
+/// Candidates for `sample` scored by model run `run`.
+pub fn suggest_reply_from(run: RunId, sample: Sample, cands: Vec<Candidate>) -> Event {
     reply(
         Call::Suggest { sample: sample.id },
         Reply::Suggest(SuggestForSampleResult {
             sample,
             candidates: cands,
-            run: RunId(1),
+            run,
         }),
     )
 }

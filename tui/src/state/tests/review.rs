@@ -1,4 +1,4 @@
-//! Reducer tests: queue, decisions, undo, job progress ordering, keys; no terminal, no daemon.
+//! Review: queues, candidates, confirm / reject / skip, undo, the served model.
 use crossterm::event::KeyCode;
 use sotalign_protocol::ServerNotification;
 use sotalign_protocol::codes;
@@ -6,59 +6,6 @@ use sotalign_protocol::types::*;
 
 use super::*;
 use crate::rpc::{Call, NetEvent, Reply};
-
-#[path = "../tests/common/mod.rs"]
-mod common;
-use common::*;
-
-/// The ten-image data set of these tests, nothing paired before the session.
-fn counts(confirmed: u64, rejected: u64) -> Counts {
-    counts_of(10, 0, 0, confirmed, rejected)
-}
-
-/// Connected, with three unpaired images queued and candidates for the first.
-fn ready_app() -> App {
-    let mut app = App::new();
-    let calls = app.handle(Event::Net(NetEvent::Connected {
-        server: "sotalign 0.1.0".into(),
-    }));
-    assert_eq!(
-        calls,
-        vec![
-            Call::Status,
-            Call::Runs,
-            Call::Queue {
-                modality: Modality::Image,
-                offset: 0
-            }
-        ]
-    );
-    let calls = app.handle(reply(
-        Call::Queue {
-            modality: Modality::Image,
-            offset: 0,
-        },
-        Reply::Queue(ListSamplesResult {
-            items: vec![image(1, "penguin"), image(2, "seal"), image(3, "apple")],
-            total: 3,
-        }),
-    ));
-    assert_eq!(
-        calls,
-        vec![Call::Suggest {
-            sample: SampleId(1)
-        }]
-    );
-    assert_eq!(app.review().candidates, Loadable::Loading);
-    app.handle(suggest_reply(
-        image(1, "penguin"),
-        vec![
-            cand(text(101, "A penguin swims."), 0.62, 1),
-            cand(text(102, "A seal on ice."), 0.41, 2),
-        ],
-    ));
-    app
-}
 
 #[test]
 fn confirm_sends_the_selected_pair_and_advances_only_when_acknowledged() {
@@ -341,92 +288,6 @@ fn paging_skips_samples_already_handled_and_fetches_more_when_low() {
     assert!(!app.image_queue.items.iter().any(|s| s.id == SampleId(50)));
 }
 
-fn progress(job: u64, seq: u64, step: u64, eta: Option<f64>) -> Event {
-    progress_event(JobProgress {
-        loss: Some(1.0),
-        eta_secs: eta,
-        elapsed_secs: 1.0,
-        ..job_progress(job, seq, step, 300)
-    })
-}
-
-#[test]
-fn progress_is_ordered_by_seq_and_nothing_applies_after_job_finished() {
-    let mut app = ready_app();
-    app.handle(Event::Tick { now_ms: 10_000 });
-    let c = app.handle(key('r'));
-    assert_eq!(c, vec![Call::Align(AlignParams::default())]);
-    app.handle(reply(
-        Call::Align(AlignParams::default()),
-        Reply::Align(AlignResult {
-            job: JobId(4),
-            run: RunId(4),
-        }),
-    ));
-    app.handle(progress(4, 3, 150, Some(20.0)));
-    app.handle(progress(4, 2, 120, Some(30.0))); // late: dropped
-    let j = app.latest_job().unwrap();
-    assert_eq!(j.last_seq, 3);
-    assert_eq!(j.progress.as_ref().unwrap().step, 150);
-    assert!((j.ratio() - 0.5).abs() < 1e-9);
-    // The ETA counts down between notifications.
-    app.handle(Event::Tick { now_ms: 15_000 });
-    assert_eq!(app.latest_job().unwrap().eta_secs(app.now_ms), Some(15.0));
-    // A second r while it runs does not start another job.
-    assert!(app.handle(key('r')).is_empty());
-
-    let calls = app.handle(Event::Net(NetEvent::Notification(
-        ServerNotification::JobFinished(JobFinishedParams {
-            job: JobId(4),
-            kind: JobKind::Align,
-            state: JobState::Succeeded,
-            last_seq: 5,
-            elapsed_secs: 31.5,
-            run: Some(RunId(4)),
-            metrics: None,
-            ingested: None,
-            error: None,
-        }),
-    )));
-    // New model: refresh counts, runs, and the suggestions under review.
-    assert!(calls.contains(&Call::Status));
-    assert!(calls.contains(&Call::Runs));
-    assert!(calls.contains(&Call::Suggest {
-        sample: SampleId(1)
-    }));
-    app.handle(progress(4, 5, 300, None)); // in flight when it finished: ignored
-    let j = &app.jobs[&JobId(4)];
-    assert_eq!(j.last_seq, 3);
-    assert!(!j.is_running());
-    assert_eq!(j.ratio(), 1.0);
-    assert!(app.message.unwrap().text.contains("run 4 finished"));
-}
-
-#[test]
-fn a_failed_job_is_reported_as_an_error() {
-    let mut app = ready_app();
-    app.handle(Event::Net(NetEvent::Notification(
-        ServerNotification::JobFinished(JobFinishedParams {
-            job: JobId(2),
-            kind: JobKind::Align,
-            state: JobState::Failed,
-            last_seq: 0,
-            elapsed_secs: 1.0,
-            run: Some(RunId(2)),
-            metrics: None,
-            ingested: None,
-            error: Some(sotalign_protocol::ErrorObject::new(1050, "disk full")),
-        }),
-    )));
-    let m = app.message.unwrap();
-    assert_eq!(m.level, Level::Error);
-    assert!(
-        m.text.contains("failed") && m.text.contains("disk full"),
-        "{}",
-        m.text
-    );
-}
-
 #[test]
 fn no_model_yet_is_explained_in_the_pane_not_raised_as_an_error() {
     let mut app = App::new();
@@ -454,143 +315,6 @@ fn no_model_yet_is_explained_in_the_pane_not_raised_as_an_error() {
     assert_eq!(app.error_count, 0);
     // y with nothing to confirm does nothing.
     assert!(app.handle(key('y')).is_empty());
-}
-
-#[test]
-fn losing_the_daemon_shows_the_banner_once_and_reconnecting_refreshes() {
-    let mut app = ready_app();
-    app.handle(Event::Tick { now_ms: 1_000 });
-    let c = app.handle(key('y')).remove(0);
-    app.handle(Event::Net(NetEvent::Disconnected {
-        reason: "the daemon closed the connection".into(),
-        retry_in_ms: 2_000,
-        attempt: 1,
-    }));
-    assert_eq!(
-        app.conn,
-        Conn::Lost {
-            reason: "the daemon closed the connection".into(),
-            retry_at_ms: 3_000,
-            attempt: 1
-        }
-    );
-    // The in-flight confirm fails; the banner says why, the status line is not flooded.
-    app.handle(fail(c, None, "connection lost before the answer came"));
-    assert!(app.pending.is_none());
-    assert_eq!(app.error_count, 0);
-    // Retrying keeps the banner.
-    app.handle(Event::Net(NetEvent::Connecting { attempt: 2 }));
-    assert!(matches!(app.conn, Conn::Lost { attempt: 2, .. }));
-    let calls = app.handle(Event::Net(NetEvent::Connected { server: "s".into() }));
-    assert!(app.is_connected());
-    assert!(calls.contains(&Call::Status));
-    assert!(calls.contains(&Call::Suggest {
-        sample: SampleId(1)
-    }));
-    assert!(app.message.unwrap().text.contains("reconnected"));
-}
-
-#[test]
-fn search_then_open_puts_the_image_first_in_the_review_queue() {
-    let mut app = ready_app();
-    // The first visit lists the stored images, so there is something to browse at once.
-    let listing = app.handle(key('/'));
-    assert_eq!(listing, vec![Call::ListImages { filter: None }]);
-    assert_eq!(app.screen, Screen::Browse);
-    assert_eq!(app.scope(), keys::Scope::Input);
-    for c in "bird q".chars() {
-        app.handle(key(c)); // 'q' is text here, not quit
-    }
-    app.handle(code(KeyCode::Backspace));
-    app.handle(code(KeyCode::Backspace));
-    assert!(!app.should_quit);
-    let calls = app.handle(code(KeyCode::Enter));
-    assert_eq!(
-        calls,
-        vec![Call::Search {
-            text: "bird".into()
-        }]
-    );
-    // The listing asked for before the query answers late: dropped, the search is awaited.
-    let late = app.handle(reply(
-        listing[0].clone(),
-        Reply::ListImages(ListSamplesResult {
-            items: vec![image(1, "penguin")],
-            total: 1,
-        }),
-    ));
-    assert!(late.is_empty());
-    assert_eq!(app.browse.results, Loadable::Loading);
-    let calls = app.handle(reply(
-        calls[0].clone(),
-        Reply::Search(SearchResult {
-            hits: vec![
-                cand(image(3, "apple"), 0.3, 1),
-                cand(image(9, "owl"), 0.2, 2),
-            ],
-            run: RunId(1),
-            index: IndexKind::Exact,
-        }),
-    ));
-    assert_eq!(calls, vec![Call::Captions { image: SampleId(3) }]);
-    let calls = app.handle(key('j'));
-    assert_eq!(calls, vec![Call::Captions { image: SampleId(9) }]);
-    let calls = app.handle(code(KeyCode::Enter));
-    assert_eq!(app.screen, Screen::Review);
-    assert_eq!(app.review().current().map(|s| s.id), Some(SampleId(9)));
-    assert_eq!(
-        calls,
-        vec![Call::Suggest {
-            sample: SampleId(9)
-        }]
-    );
-}
-
-#[test]
-fn free_text_search_without_a_text_encoder_falls_back_to_name_matches_and_says_why() {
-    let mut app = ready_app();
-    app.handle(key('2'));
-    app.handle(key('/'));
-    for c in "seal".chars() {
-        app.handle(key(c));
-    }
-    let search = app.handle(code(KeyCode::Enter));
-    let reason = "free-text search needs the text encoder, which this daemon has not loaded";
-    let calls = app.handle(fail(search[0].clone(), Some(codes::NOT_READY), reason));
-    assert_eq!(
-        calls,
-        vec![Call::ListImages {
-            filter: Some("seal".into())
-        }]
-    );
-    // The daemon's reason stays on screen with the fallback list; not counted as an alarm.
-    assert_eq!(
-        app.browse.search_error.as_ref().map(|e| e.message.as_str()),
-        Some(reason)
-    );
-    assert_eq!(app.error_count, 0);
-    let calls = app.handle(reply(
-        calls[0].clone(),
-        Reply::ListImages(ListSamplesResult {
-            items: vec![image(2, "seal")],
-            total: 1,
-        }),
-    ));
-    // Image -> captions works on the fallback list too.
-    assert_eq!(calls, vec![Call::Captions { image: SampleId(2) }]);
-    let hits = app.browse.results.ready().unwrap();
-    assert_eq!(hits.len(), 1);
-    assert_eq!(hits[0].score, None);
-
-    // Another error (not "not ready") fails the search visibly, with no fallback.
-    app.handle(key('/'));
-    app.handle(key('x'));
-    let search = app.handle(code(KeyCode::Enter));
-    assert_eq!(app.browse.search_error, None);
-    let calls = app.handle(fail(search[0].clone(), Some(codes::STORAGE_ERROR), "disk"));
-    assert!(calls.is_empty());
-    assert!(matches!(app.browse.results, Loadable::Failed(_)));
-    assert_eq!(app.error_count, 1);
 }
 
 #[test]
@@ -648,57 +372,220 @@ fn a_model_restored_after_the_daemon_started_is_picked_up_without_a_key() {
     assert!(calls.is_empty());
 }
 
+
+/// Issue 12: after `r`, the pane said "run 2" while the list still held run 1's scores and
+/// order. Candidates follow the model the daemon serves: an answer scored by the replaced model
+/// that arrives after `status` named the new one is refetched, and the title names the run that
+/// scored what is on screen.
 #[test]
-fn help_is_modal() {
+fn after_a_realign_the_candidates_on_screen_are_the_new_models() {
     let mut app = ready_app();
-    app.handle(key('?'));
-    assert!(app.help);
-    assert!(app.handle(key('y')).is_empty());
-    assert!(app.pending.is_none());
-    app.handle(code(KeyCode::Esc));
-    assert!(!app.help);
-    app.handle(key('q'));
-    assert!(app.should_quit);
+    app.handle(reply(
+        Call::Status,
+        Reply::Status(status_of(Some(RunId(1)), 0, counts(0, 0))),
+    ));
+    assert_eq!(app.served_run, Some(RunId(1)));
+    // A suggestion call made under run 1 (u, s, a reject emptying the list...) is in flight
+    // when the re-align ends: jobFinished refetches, status names run 2...
+    let calls = app.handle(Event::Net(NetEvent::Notification(
+        ServerNotification::JobFinished(JobFinishedParams {
+            job: JobId(2),
+            kind: JobKind::Align,
+            state: JobState::Succeeded,
+            last_seq: 3,
+            elapsed_secs: 4.0,
+            run: Some(RunId(2)),
+            metrics: None,
+            ingested: None,
+            error: None,
+        }),
+    )));
+    assert!(calls.contains(&Call::Suggest {
+        sample: SampleId(1)
+    }));
+    app.handle(reply(
+        Call::Status,
+        Reply::Status(status_of(Some(RunId(2)), 0, counts(0, 0))),
+    ));
+    // ...and then the old call's answer (run 1 order) arrives last: not shown, asked again.
+    let calls = app.handle(suggest_reply_from(
+        RunId(1),
+        image(1, "penguin"),
+        vec![
+            cand(text(101, "A penguin swims."), 0.62, 1),
+            cand(text(102, "A seal on ice."), 0.41, 2),
+        ],
+    ));
+    assert_eq!(
+        calls,
+        vec![Call::Suggest {
+            sample: SampleId(1)
+        }]
+    );
+    assert_eq!(app.review().candidates, Loadable::Loading);
+    app.handle(suggest_reply_from(
+        RunId(2),
+        image(1, "penguin"),
+        vec![
+            cand(text(102, "A seal on ice."), 0.7, 1),
+            cand(text(101, "A penguin swims."), 0.3, 2),
+        ],
+    ));
+    assert_eq!(app.review().candidates_run, Some(RunId(2)));
+    let shown = app.review().candidates.ready().unwrap();
+    assert_eq!(shown[0].sample.id, SampleId(102));
+    assert_eq!(shown[0].score, 0.7);
+    // A second stale answer for the same sample and run is shown, never refetched in a loop.
+    let calls = app.handle(suggest_reply_from(
+        RunId(1),
+        image(1, "penguin"),
+        vec![cand(text(101, "A penguin swims."), 0.62, 1)],
+    ));
+    assert!(calls.is_empty());
 }
 
 #[test]
-fn jobs_that_ended_while_disconnected_are_not_shown_as_running_forever() {
+fn a_model_swapped_in_while_a_realign_runs_refreshes_both_queues_candidates() {
     let mut app = ready_app();
+    app.handle(Event::Tick { now_ms: 10_000 });
+    app.handle(reply(
+        Call::Status,
+        Reply::Status(status_of(Some(RunId(1)), 0, counts(0, 0))),
+    ));
+    // The caption queue was looked at under run 1.
+    app.handle(code(KeyCode::Tab));
+    app.handle(reply(
+        Call::Queue {
+            modality: Modality::Text,
+            offset: 0,
+        },
+        Reply::Queue(ListSamplesResult {
+            items: vec![text(201, "A red apple.")],
+            total: 1,
+        }),
+    ));
+    app.handle(suggest_reply(
+        text(201, "A red apple."),
+        vec![cand(image(3, "apple"), 0.5, 1)],
+    ));
+    app.handle(code(KeyCode::Tab));
+    // r: while it runs the TUI polls status, so a first-stage model published mid-job shows.
+    app.handle(key('r'));
     app.handle(reply(
         Call::Align(AlignParams::default()),
         Reply::Align(AlignResult {
-            job: JobId(4),
-            run: RunId(4),
+            job: JobId(2),
+            run: RunId(2),
         }),
     ));
-    app.handle(Event::Net(NetEvent::Disconnected {
-        reason: "x".into(),
-        retry_in_ms: 0,
-        attempt: 1,
-    }));
-    app.handle(Event::Net(NetEvent::Connected { server: "s".into() }));
-    assert!(app.running_align().is_some());
-    app.handle(reply(
+    assert_eq!(
+        app.handle(Event::Tick { now_ms: 12_500 }),
+        vec![Call::Status]
+    );
+    let calls = app.handle(reply(
         Call::Status,
-        Reply::Status(StatusResult {
-            version: "0.1.0".into(),
-            protocol_version: 1,
-            data_dir: "/d".into(),
-            device: "cpu".into(),
-            image_encoder: None,
-            text_encoder: None,
-            counts: counts(0, 0),
-            model: None,
-            index: IndexInfo {
-                state: IndexState::Empty,
-                kind: None,
-                images: 0,
-                texts: 0,
-                run: None,
-            },
-            jobs: vec![],
+        Reply::Status(status_of(Some(RunId(2)), 0, counts(0, 0))),
+    ));
+    assert_eq!(
+        calls,
+        vec![Call::Suggest {
+            sample: SampleId(1)
+        }]
+    );
+    // The hidden caption queue refreshes when shown, not before.
+    let calls = app.handle(code(KeyCode::Tab));
+    assert_eq!(
+        calls,
+        vec![Call::Suggest {
+            sample: SampleId(201)
+        }]
+    );
+}
+
+/// Issue 12: "A pineapple." was listed twice, and rejecting one moved its twin to the top.
+#[test]
+fn identical_captions_are_listed_once_and_a_reject_applies_to_the_caption() {
+    let mut app = ready_app();
+    app.handle(key('s')); // on to image 2
+    // An older daemon: twins listed separately, `duplicates` absent.
+    app.handle(suggest_reply(
+        image(2, "seal"),
+        vec![
+            cand(text(110, "A pineapple."), 0.61, 1),
+            cand(text(111, "A pineapple."), 0.60, 2),
+            cand(text(112, "A seal on ice."), 0.50, 3),
+            cand(text(113, "A pineapple."), 0.40, 4),
+        ],
+    ));
+    let shown = app.review().candidates.ready().unwrap().clone();
+    let captions: Vec<_> = shown.iter().map(|c| caption_of(c).unwrap()).collect();
+    assert_eq!(captions, vec!["A pineapple.", "A seal on ice."]);
+    assert_eq!((shown[0].sample.id, shown[0].duplicates), (SampleId(110), 2));
+    assert_eq!((shown[0].rank, shown[1].rank), (1, 2));
+    assert_eq!(shown[0].score, 0.61, "the best score of the group is kept");
+    // Reject the pineapple: its twins go with it, the seal is next.
+    let calls = app.handle(key('n'));
+    assert_eq!(
+        calls,
+        vec![Call::Reject {
+            image: SampleId(2),
+            text: SampleId(110)
+        }]
+    );
+    app.handle(reply(
+        calls[0].clone(),
+        Reply::Reject(DecisionResult {
+            decision: decision(7, DecisionKind::Reject, 2, 110),
+            changed: true,
+            counts: counts(0, 1),
         }),
     ));
-    assert!(app.running_align().is_none());
-    assert!(app.jobs[&JobId(4)].lost_track);
+    let shown = app.review().candidates.ready().unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].sample.id, SampleId(112));
+    // A later answer (a daemon that rejected only text 110) still carries the twin: not shown.
+    app.handle(suggest_reply(
+        image(2, "seal"),
+        vec![
+            cand(text(111, "A pineapple."), 0.60, 1),
+            cand(text(112, "A seal on ice."), 0.50, 2),
+        ],
+    ));
+    let shown = app.review().candidates.ready().unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].sample.id, SampleId(112));
+    // Undo of the reject brings the caption back.
+    app.handle(key('u'));
+    app.handle(reply(
+        Call::Undo {
+            decision: DecisionId(7),
+        },
+        Reply::Undo(UndoResult {
+            undone: decision(7, DecisionKind::Reject, 2, 110),
+            counts: counts(0, 0),
+        }),
+    ));
+    app.handle(suggest_reply(
+        image(2, "seal"),
+        vec![
+            cand(text(111, "A pineapple."), 0.60, 1),
+            cand(text(112, "A seal on ice."), 0.50, 2),
+        ],
+    ));
+    assert_eq!(app.review().candidates.ready().unwrap().len(), 2);
+}
+
+#[test]
+fn grouping_keeps_the_daemons_counts_and_never_merges_images_or_different_text() {
+    let mut a = cand(text(1, "A cat."), 0.5, 1);
+    a.duplicates = 3; // a daemon that groups: counted already
+    let b = cand(text(2, "A cat"), 0.4, 2); // not the same text
+    let c = cand(text(3, "A cat."), 0.9, 3); // a twin the daemon missed, scoring higher
+    let i1 = cand(image(4, "cat"), 0.3, 4);
+    let i2 = cand(image(5, "cat"), 0.2, 5); // same key, still two images
+    let g = group_captions(vec![a, b, c, i1, i2]);
+    let ids: Vec<u64> = g.iter().map(|c| c.sample.id.0).collect();
+    assert_eq!(ids, vec![3, 2, 4, 5]);
+    assert_eq!(g[0].duplicates, 4, "3 from the daemon + the one folded here");
+    assert_eq!(g.iter().map(|c| c.rank).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
 }
