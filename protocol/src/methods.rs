@@ -33,6 +33,7 @@ pub mod names {
     pub const EVALUATE: &str = "sotalign/evaluate";
     pub const RUNS: &str = "sotalign/runs";
     pub const INGEST: &str = "sotalign/ingest";
+    pub const NEXT_TO_LABEL: &str = "sotalign/nextToLabel";
 
     pub const PROGRESS: &str = "$/progress";
     pub const JOB_FINISHED: &str = "sotalign/jobFinished";
@@ -121,6 +122,8 @@ methods! {
     Runs = RUNS: RunsParams => RunsResult;
     /// Add samples from a manifest, folders or inline embeddings; encodes in the background.
     Ingest = INGEST: IngestParams => IngestResult;
+    /// What to label next, each image with the reason it is queued.
+    NextToLabel = NEXT_TO_LABEL: NextToLabelParams => NextToLabelResult;
 }
 
 notifications! {

@@ -281,6 +281,23 @@ pub struct ModelInfo {
     /// `cca (teacher only: trained heads unavailable)`; absent in older servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fitted: Option<String>,
+    /// Which of its alignment's models this is (`closed_form` first, `trained` later); absent
+    /// in older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<ModelStage>,
+}
+
+/// "Fast first, better later": an alignment of a trained method (`sotalign`, `siglip`) serves
+/// two models one after the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelStage {
+    /// A closed-form model (`auto`'s choice), served within seconds of the request. Closed-form
+    /// methods (`cca`, `auto`, ...) serve only this stage.
+    ClosedForm,
+    /// The trained student heads, swapped in only when validation on the confirmed pairs says
+    /// they beat the closed-form model.
+    Trained,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -473,6 +490,70 @@ pub struct SuggestPairsResult {
     pub suggestions: Vec<PairSuggestion>,
 }
 
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextToLabelParams {
+    /// How many items (default 20, capped at 200).
+    #[serde(default = "default_pairs")]
+    pub limit: u32,
+}
+
+/// Why an image is in the labelling queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueReason {
+    /// Cold start (no model yet): the most typical image of a cluster of the image encoder's
+    /// space that no confirmed pair covers yet. Find its caption.
+    UncoveredCluster,
+    /// The model is right often enough: judge its proposal (yes/no on `proposal`).
+    JudgeProposal,
+    /// The model is not yet right often enough: find this image's caption (the candidates of
+    /// `sotalign/suggestForSample`, or a search).
+    FindCaption,
+}
+
+/// How the queue was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    /// No model: typical images of uncovered clusters in the image encoder's space.
+    ColdStart,
+    /// Finding captions for chosen images (precision estimate below the threshold).
+    Caption,
+    /// Judging the model's mutual-nearest-neighbour proposals.
+    Judge,
+}
+
+/// One image to label next, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueItem {
+    pub image: Sample,
+    pub reason: QueueReason,
+    /// The reason in words, for display (e.g. "typical of cluster 3 of 40, which no pair covers").
+    pub why: String,
+    /// `judge_proposal`: the caption the model proposes for this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<Candidate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextToLabelResult {
+    pub mode: QueueMode,
+    /// Smoothed precision of the model's proposals, estimated only from the annotator's own
+    /// decisions since the daemon started ((hits + 1) / (n + 2) over the last 40).
+    pub precision: f64,
+    /// Decisions the estimate rests on.
+    pub observations: u32,
+    /// The estimate at which the queue switches from captioning to judging.
+    pub threshold: f64,
+    /// The model that built the queue (absent at cold start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunId>,
+    pub items: Vec<QueueItem>,
+}
+
 /// What to search with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -500,6 +581,8 @@ pub struct SearchParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchResult {
+    /// Free-text queries: the samples whose caption or file name contains every word of the
+    /// query come first (ranked by the model's score), then the best matches by meaning.
     pub hits: Vec<Candidate>,
     pub run: RunId,
     pub index: IndexKind,
@@ -631,7 +714,7 @@ pub enum JobStage {
     Scan,
     /// Ingest: computing embeddings.
     Encode,
-    /// Align: fitting the linear teacher.
+    /// Align: fitting a closed-form model (the linear teacher, or `auto`'s refit of its choice).
     Teacher,
     /// Align: training the student heads (SigLIP + KLOT).
     Refine,
@@ -639,6 +722,9 @@ pub enum JobStage {
     Evaluate,
     /// Align: rebuilding the search index.
     Index,
+    /// Align: validation on the confirmed pairs (`auto` choosing among its candidates, or the
+    /// trained heads compared with the closed-form model before they may replace it).
+    Validate,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -649,6 +735,9 @@ pub struct JobInfo {
     pub state: JobState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<JobStage>,
+    /// Align jobs: which model the job is working towards (see [`ModelStage`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_stage: Option<ModelStage>,
     pub step: u64,
     pub total: u64,
     /// Sequence number of the last progress notification sent for this job (0: none yet).
@@ -881,6 +970,9 @@ pub struct JobProgress {
     /// order, so clients keep the highest `seq` they have seen and drop older ones.
     pub seq: u64,
     pub stage: JobStage,
+    /// Align jobs: which model the job is working towards (`closed_form`, then `trained`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_stage: Option<ModelStage>,
     /// Progress within `stage`.
     pub step: u64,
     pub total: u64,

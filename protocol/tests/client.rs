@@ -23,6 +23,7 @@ fn progress(seq: u64) -> Message {
             job: JobId(4),
             seq,
             stage: JobStage::Refine,
+            model_stage: None,
             step: seq,
             total: 10,
             loss: Some(0.5),

@@ -14,6 +14,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod groups;
 pub mod linalg;
 pub mod matrix;
 pub mod methods;

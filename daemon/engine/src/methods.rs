@@ -107,17 +107,19 @@ impl FromStr for Method {
     }
 }
 
-pub use crate::progress::Progress;
+pub use crate::progress::{Phase, Progress};
 
 /// Report progress; `Break` from the callback cancels the fit.
 pub(crate) fn report(
     progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    phase: Phase,
     stage: &str,
     step: usize,
     total: usize,
     loss: Option<f64>,
 ) -> Result<(), AlignError> {
     match progress(&Progress {
+        phase,
         stage: stage.to_string(),
         step,
         total,
@@ -147,7 +149,7 @@ pub fn fit(
         return fit_trained(method, data, cfg, progress);
     }
     let stage = format!("fit {method}");
-    report(progress, &stage, 0, 1, None)?;
+    report(progress, Phase::Fit, &stage, 0, 1, None)?;
     let m: Box<dyn Aligned> = match method {
         Method::Procrustes => {
             let mut c = cfg.procrustes.clone();
@@ -177,7 +179,7 @@ pub fn fit(
             )));
         }
     };
-    report(progress, &stage, 1, 1, None)?;
+    report(progress, Phase::Fit, &stage, 1, 1, None)?;
     Ok(m)
 }
 
@@ -209,9 +211,9 @@ fn fit_trained(
     }
     let needs_teacher = c.klot.alpha > 0.0 || c.heads.init == HeadInit::Teacher;
     let teacher = if needs_teacher {
-        report(progress, "fit teacher", 0, 1, None)?;
+        report(progress, Phase::Fit, "fit teacher", 0, 1, None)?;
         let t = CcaTeacher::fit(data, &c.teacher)?;
-        report(progress, "fit teacher", 1, 1, None)?;
+        report(progress, Phase::Fit, "fit teacher", 1, 1, None)?;
         Some(t)
     } else {
         None

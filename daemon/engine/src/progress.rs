@@ -5,10 +5,22 @@
 //! [`crate::AlignError::Cancelled`]. The daemon forwards these as JSON-RPC progress
 //! notifications; the CLI draws them as progress bars. No IO happens here.
 
+/// What kind of work a report belongs to (typed, so callers never classify `stage` strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Fitting a closed-form model (the teacher, a baseline, `auto`'s refit of its choice).
+    Fit,
+    /// Scoring candidates on validation splits of the pairs (`auto`).
+    Validate,
+    /// Training steps of the student heads.
+    Train,
+}
+
 /// One progress report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
-    /// What is running, e.g. "sotalign" or "siglip".
+    pub phase: Phase,
+    /// What is running, in words for display, e.g. "sotalign" or "fit cca".
     pub stage: String,
     /// Steps done so far (1-based after the first step).
     pub step: usize,

@@ -20,6 +20,8 @@ pub enum BenchCmd {
     Encoders(super::bench_encoders::EncodersBench),
     /// Time and memory of every stage against the unpaired collection size (docs/SCALING.md).
     Scaling(super::bench_scaling::ScalingArgs),
+    /// Time from a re-align request to new suggestions, on a real daemon over JSON-RPC.
+    Realign(super::bench_realign::RealignArgs),
 }
 
 #[derive(Args)]
@@ -58,6 +60,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Synthetic(a) => synthetic(a),
         BenchCmd::Encoders(a) => super::bench_encoders::encoders(a),
         BenchCmd::Scaling(a) => super::bench_scaling::run(a),
+        BenchCmd::Realign(a) => super::bench_realign::run(a),
     }
 }
 

@@ -136,7 +136,7 @@ fn replace_section(old: &str, md: &str) -> String {
 }
 
 /// `n` rows of one view, generated in parallel chunks with per-chunk seeds (deterministic).
-fn generate(p: &Platonic, n: usize, images: bool, seed: u64) -> Matrix {
+pub(crate) fn generate(p: &Platonic, n: usize, images: bool, seed: u64) -> Matrix {
     const CHUNK: usize = 8192;
     let d = if images { p.spec().dx } else { p.spec().dy };
     // Each chunk is generated straight into its slice: no second copy of the collection.

@@ -12,7 +12,6 @@
 //!
 //! The split uses the protocol's recipe with this crate's RNG, so its numbers are comparable
 //! in kind to `docs/RESULTS.md`, not row for row (the reference rows are the PNG stamps only).
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -283,15 +282,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
 }
 
 fn usable_rows(enc: &ingest::Encoded) -> Vec<Row> {
-    let mut groups: HashMap<String, u32> = HashMap::new();
+    let mut groups = sotalign_engine::groups::CaptionGroups::new();
     let mut rows = Vec::new();
     for (k, item) in enc.items.iter().enumerate() {
         let (Some(i), Some(t), Some(cap)) = (enc.image_rows[k], enc.text_rows[k], &item.text)
         else {
             continue;
         };
-        let n = groups.len() as u32;
-        let group = *groups.entry(cap.trim().to_string()).or_insert(n);
+        let group = groups.assign(Some(cap));
         rows.push(Row {
             item: k,
             image_row: i,
@@ -484,14 +482,15 @@ fn wait_job<R: std::io::Read, W: std::io::Write>(
     Ok(f)
 }
 
-/// The daemon as a child process (this same binary, `serve --listen`).
-struct Daemon {
-    child: Child,
-    addr: String,
+/// The daemon as a child process (this same binary, `serve --listen`); also driven by
+/// `sotalign bench realign`.
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
 }
 
 impl Daemon {
-    fn spawn(listen: &str, data_dir: &Path, device: &str) -> Result<Daemon> {
+    pub(crate) fn spawn(listen: &str, data_dir: &Path, device: &str) -> Result<Daemon> {
         let exe = std::env::current_exe().context("locating the sotalign binary")?;
         let mut child = Command::new(exe)
             .args([
@@ -541,7 +540,7 @@ impl Daemon {
     }
 
     /// SIGTERM (the daemon flushes and exits), then a kill after 10 s.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -3,6 +3,7 @@
 pub mod align;
 pub mod bench;
 pub mod bench_encoders;
+pub mod bench_realign;
 pub mod bench_scaling;
 pub mod data_args;
 pub mod demo;

@@ -116,14 +116,13 @@ impl Manifest {
         img: &Matrix,
         txt: &Matrix,
     ) -> Result<(AlignData, Option<EvalSet>), String> {
-        let mut groups: HashMap<String, u32> = HashMap::new();
-        let mut group_of = |caption: &Option<String>, text: usize| {
-            let key = match caption {
-                Some(c) => format!("c:{c}"),
-                None => format!("r:{text}"),
-            };
-            let n = groups.len() as u32;
-            *groups.entry(key).or_insert(n)
+        // Caption groups by the engine's one rule; a pair or text without a caption is keyed
+        // by its text row, so the same row is one group wherever it appears.
+        let mut groups = sotalign_engine::groups::CaptionGroups::new();
+        let mut by_row: HashMap<usize, u32> = HashMap::new();
+        let mut group_of = |caption: &Option<String>, text: usize| match caption {
+            Some(c) => groups.assign(Some(c)),
+            None => *by_row.entry(text).or_insert_with(|| groups.assign(None)),
         };
         let check = |what: &str, r: usize, m: &Matrix| {
             if r >= m.rows {

@@ -1,7 +1,7 @@
 //! Loading the independent reference fixtures (`tests/fixtures/reference/`, see PROTOCOL.md):
 //! raw Tux Paint embeddings, the row index (captions), the exact splits, and the reference
 //! implementation's results and validation tuning.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -88,14 +88,7 @@ impl Reference {
             }
             captions[r.row] = r.caption;
         }
-        let mut ids: HashMap<&str, u32> = HashMap::new();
-        let groups = captions
-            .iter()
-            .map(|c| {
-                let k = ids.len() as u32;
-                *ids.entry(c.as_str()).or_insert(k)
-            })
-            .collect();
+        let groups = sotalign_engine::groups::caption_groups(captions.iter().map(|c| Some(c.as_str())));
         let all = splits
             .test
             .iter()

@@ -7,12 +7,11 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sotalign_protocol::types::{
-    AlignMethod, AlignParams, AlignResult, JobKind, JobStage, JobState, SampleId,
+    AlignMethod, AlignParams, AlignResult, JobKind, JobStage, JobState, ModelStage, SampleId,
 };
 use sotalign_protocol::{ErrorObject, codes};
 
@@ -20,15 +19,12 @@ use super::errors::{HResult, internal, not_ready};
 use super::fit::{self, Fitted};
 use super::jobs::{JobHandle, Outcome, Report};
 use super::model::Served;
+use super::publish;
 use super::state::Shared;
+use sotalign_engine::progress::Phase;
 use sotalign_engine::{AlignConfig, AlignData, AlignError, Matrix};
 use crate::store::{TrainingSnapshot, now_ms};
 
-/// Percent of the whole job at which each stage starts (teacher, refine, evaluate, index).
-const PCT_TEACHER: f64 = 0.0;
-const PCT_REFINE: f64 = 10.0;
-const PCT_INDEX: f64 = 88.0;
-const PCT_EVAL: f64 = 95.0;
 /// At most this many progress notifications per second during training.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 
@@ -113,8 +109,12 @@ pub async fn start(shared: Arc<Shared>, p: AlignParams) -> HResult<AlignResult> 
                 });
             }
             Err(e) => {
-                if let Err(se) = sh
-                    .store_blocking(|s| s.finish_run(run, state, None, None, None, err.as_deref()))
+                // A run whose closed-form model was published stays recorded as that model.
+                let published = sh.model().is_some_and(|m| m.run == run);
+                if !published
+                    && let Err(se) = sh.store_blocking(|s| {
+                        s.finish_run(run, state, None, None, None, err.as_deref())
+                    })
                 {
                     tracing::error!("run {run}: cannot record its end: {}", se.message);
                 }
@@ -187,17 +187,10 @@ pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
         .filter(|(i, t)| ipos.contains_key(i) && tpos.contains_key(t))
         .copied()
         .collect();
-    let mut groups: HashMap<String, u32> = HashMap::new();
-    let pair_groups = pairs
-        .iter()
-        .map(|(_, t)| {
-            let key = snap.captions[tpos[t]]
-                .clone()
-                .unwrap_or_else(|| format!("#{t}"));
-            let n = groups.len() as u32;
-            *groups.entry(key).or_insert(n)
-        })
-        .collect();
+    // Caption groups by the engine's one rule (equal captions = one group).
+    let pair_groups = sotalign_engine::groups::caption_groups(
+        pairs.iter().map(|(_, t)| snap.captions[tpos[t]].as_deref()),
+    );
     let pi: Vec<SampleId> = pairs.iter().map(|p| p.0).collect();
     let pt: Vec<SampleId> = pairs.iter().map(|p| p.1).collect();
     // Rejected pairs whose two samples both have vectors (rows_of skips missing ids, so filter
@@ -231,6 +224,43 @@ pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
     }
 }
 
+/// Where the job stands, for progress: percent of the whole job at which each part starts.
+struct Plan {
+    two_stage: bool,
+}
+
+impl Plan {
+    /// (start, end) percent of a part of the job.
+    fn span(&self, part: Part) -> (f64, f64) {
+        match (self.two_stage, part) {
+            (false, Part::Fit) => (0.0, 85.0),
+            (false, Part::Index) => (85.0, 95.0),
+            (false, Part::Evaluate) => (95.0, 99.0),
+            (true, Part::Fit) => (0.0, 20.0),
+            (true, Part::Index) => (20.0, 27.0),
+            (true, Part::Evaluate) => (27.0, 30.0),
+            (true, Part::Validate) => (30.0, 35.0),
+            (true, Part::ValidateHeads) => (35.0, 60.0),
+            (true, Part::Train) => (60.0, 92.0),
+            (true, Part::Index2) => (92.0, 98.0),
+            (true, Part::Evaluate2) => (98.0, 99.0),
+            (false, _) => (99.0, 99.0),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Fit,
+    Index,
+    Evaluate,
+    Validate,
+    ValidateHeads,
+    Train,
+    Index2,
+    Evaluate2,
+}
+
 fn run_job(
     shared: &Arc<Shared>,
     h: &JobHandle,
@@ -238,25 +268,43 @@ fn run_job(
     method: AlignMethod,
     cfg: &AlignConfig,
 ) -> Result<Option<sotalign_protocol::types::RetrievalMetrics>, JobError> {
-    let report = |stage, step, total, pct, loss: Option<f64>, msg: String| {
+    // "Fast first, better later": a trained method first serves auto's closed-form choice.
+    let plan = Plan {
+        two_stage: matches!(method, AlignMethod::Sotalign | AlignMethod::Siglip),
+    };
+    let report = |part: Part,
+                  model_stage: ModelStage,
+                  stage: JobStage,
+                  step: u64,
+                  total: u64,
+                  loss: Option<f64>,
+                  msg: String| {
+        let (a, b) = plan.span(part);
+        let frac = if total > 0 {
+            (step as f64 / total as f64).min(1.0)
+        } else {
+            0.0
+        };
+        h.set_model_stage(model_stage);
         h.progress(Report {
             stage,
             step,
             total,
             loss,
-            percentage: pct,
+            percentage: a + frac * (b - a),
             message: Some(msg),
         })
     };
+    let report = &report;
     report(
+        Part::Fit,
+        ModelStage::ClosedForm,
         JobStage::Teacher,
         0,
         1,
-        PCT_TEACHER,
         None,
         "reading the store".into(),
     );
-    let version = shared.samples_version.load(Ordering::SeqCst);
     let snap = shared.store_blocking(|s| s.training_snapshot())?;
     let data = align_data(&snap);
     if data.n_pairs() < 2 {
@@ -271,67 +319,109 @@ fn run_job(
     shared.store_blocking(|s| s.set_run_pairs(run, data.n_pairs() as u64))?;
     check_cancel(h)?;
 
-    // Fit, forwarding engine progress (throttled) and the cancel flag.
-    let mut last = Instant::now() - REPORT_EVERY;
-    let mut progress = |stage: fit::Stage, p: &sotalign_engine::progress::Progress| {
-        if h.is_cancelled() {
-            return ControlFlow::Break(());
+    // Engine progress (throttled) for one part of the plan, and the cancel flag.
+    let forward = |part: Part, ms: ModelStage| {
+        let mut last = Instant::now() - REPORT_EVERY;
+        move |p: &sotalign_engine::progress::Progress| {
+            if h.is_cancelled() {
+                return ControlFlow::Break(());
+            }
+            if p.step >= p.total || last.elapsed() >= REPORT_EVERY {
+                last = Instant::now();
+                let msg = match p.loss {
+                    Some(l) => format!("{} {}/{}, {} {l:.4}", p.stage, p.step, p.total, if p.phase == Phase::Train { "loss" } else { "score" }),
+                    None => format!("{} {}/{}", p.stage, p.step, p.total),
+                };
+                let loss = (p.phase == Phase::Train).then_some(p.loss).flatten();
+                report(part, ms, fit::job_stage(p.phase), p.step as u64, p.total as u64, loss, msg);
+            }
+            ControlFlow::Continue(())
         }
-        let done = p.step >= p.total;
-        if done || last.elapsed() >= REPORT_EVERY {
-            last = Instant::now();
-            let frac = if p.total > 0 {
-                p.step as f64 / p.total as f64
-            } else {
-                0.0
-            };
-            let (js, pct) = match stage {
-                fit::Stage::Teacher => (
-                    JobStage::Teacher,
-                    PCT_TEACHER + frac * (PCT_REFINE - PCT_TEACHER),
-                ),
-                fit::Stage::Refine => (
-                    JobStage::Refine,
-                    PCT_REFINE + frac * (PCT_INDEX - PCT_REFINE),
-                ),
-            };
-            let msg = match p.loss {
-                Some(l) => format!("{} {}/{}, loss {l:.4}", p.stage, p.step, p.total),
-                None => format!("{} {}/{}", p.stage, p.step, p.total),
-            };
-            report(js, p.step as u64, p.total as u64, pct, p.loss, msg);
-        }
-        ControlFlow::Continue(())
     };
-    let fitted_model = fit::fit(method, &data, cfg, &mut progress)?;
+
+    // Stage 1: the method itself, or auto's closed-form choice for a trained method.
+    let first = if plan.two_stage { AlignMethod::Auto } else { method };
+    let fitted = fit::fit(first, &data, cfg, &mut forward(Part::Fit, ModelStage::ClosedForm))?;
     check_cancel(h)?;
+    let metrics = serve(shared, h, &plan, run, method, fitted, &snap, &data, ModelStage::ClosedForm, report)?;
+    if !plan.two_stage {
+        return Ok(metrics);
+    }
+    check_cancel(h)?;
+
+    // Stage 2: train the heads while the closed-form model serves; swap them in only if they
+    // validate better on the protocol's held-out block of the confirmed pairs.
+    let ms = ModelStage::Trained;
+    let verdict = match sotalign_engine::validation::Holdout::new(&data) {
+        Err(e) => Err(format!("too few pairs to validate trained heads ({e})")),
+        Ok(hold) => {
+            report(Part::Validate, ms, JobStage::Validate, 0, 2, None, "validating: closed-form model without the validation pairs".into());
+            let cf = fit::fit(AlignMethod::Auto, &hold.train, cfg, &mut |p| {
+                if h.is_cancelled() { ControlFlow::Break(()) } else { let _ = p; ControlFlow::Continue(()) }
+            })?;
+            let cf_score = hold.evaluate(cf.model.as_ref())?.mean_mrr();
+            report(Part::ValidateHeads, ms, JobStage::Validate, 0, 1, Some(cf_score), format!("closed-form validation MRR {cf_score:.4}; training heads without the validation pairs"));
+            let heads = fit::fit(method, &hold.train, cfg, &mut forward(Part::ValidateHeads, ms))?;
+            let heads_score = hold.evaluate(heads.model.as_ref())?.mean_mrr();
+            report(Part::ValidateHeads, ms, JobStage::Validate, 1, 1, None, format!("validation MRR: heads {heads_score:.4}, closed-form {cf_score:.4}"));
+            if heads_score > cf_score {
+                Ok((heads_score, cf_score))
+            } else {
+                Err(format!("the closed-form model stays: validation MRR heads {heads_score:.4} <= closed-form {cf_score:.4}"))
+            }
+        }
+    };
+    check_cancel(h)?;
+    match verdict {
+        Err(why) => {
+            report(Part::Evaluate2, ms, JobStage::Validate, 1, 1, None, why);
+            Ok(metrics)
+        }
+        Ok((hs, cs)) => {
+            let fitted = fit::fit(method, &data, cfg, &mut forward(Part::Train, ms))?;
+            check_cancel(h)?;
+            let m = serve(shared, h, &plan, run, method, fitted, &snap, &data, ms, report)?;
+            report(Part::Evaluate2, ms, JobStage::Evaluate, 1, 1, None, format!("the trained heads serve: validation MRR {hs:.4} > closed-form {cs:.4}"));
+            Ok(m)
+        }
+    }
+}
+
+/// Checkpoint a fitted model, publish it (index, evaluate, swap) and record it as the run's.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    shared: &Arc<Shared>,
+    h: &JobHandle,
+    plan: &Plan,
+    run: sotalign_protocol::types::RunId,
+    method: AlignMethod,
+    fitted_model: Fitted,
+    snap: &TrainingSnapshot,
+    data: &AlignData,
+    ms: ModelStage,
+    report: &dyn Fn(Part, ModelStage, JobStage, u64, u64, Option<f64>, String),
+) -> Result<Option<sotalign_protocol::types::RetrievalMetrics>, JobError> {
+    let (pi, pe) = if ms == ModelStage::ClosedForm || !plan.two_stage {
+        (Part::Index, Part::Evaluate)
+    } else {
+        (Part::Index2, Part::Evaluate2)
+    };
     // Checkpoint first (atomic), so a served run can always be restored after a restart.
-    let path = shared
-        .opts
-        .data_dir
-        .join("checkpoints")
-        .join(format!("run-{run}.safetensors"));
-    fit::save(&path, &fitted_model, run.0).map_err(|e| {
+    let name = match ms {
+        ModelStage::ClosedForm => format!("run-{run}.safetensors"),
+        ModelStage::Trained => format!("run-{run}-trained.safetensors"),
+    };
+    let path = shared.opts.data_dir.join("checkpoints").join(name);
+    fit::save(&path, &fitted_model, run.0, ms).map_err(|e| {
         JobError::Failed(ErrorObject::new(
             codes::STORAGE_ERROR,
             format!("checkpoint: {e}"),
         ))
     })?;
-    let ck = Some(path.display().to_string());
+    let ck = path.display().to_string();
     let Fitted { model, fitted, .. } = fitted_model;
-
-    // Map every sample into the new space and build its indexes (exact or HNSW by size) on
-    // the index workers; the previous model and its indexes keep serving meanwhile.
     let n_items = (snap.images.ids.len() + snap.texts.ids.len()) as u64;
-    report(
-        JobStage::Index,
-        0,
-        n_items,
-        PCT_INDEX,
-        None,
-        "embedding all samples".into(),
-    );
-    let rebuild = shared.begin_rebuild();
+    report(pi, ms, JobStage::Index, 0, n_items, None, "embedding all samples".into());
     let mut served = Served::new(
         run,
         method,
@@ -342,85 +432,34 @@ fn run_job(
         None,
         shared.opts.index,
     );
+    served.stage = Some(ms);
     let mut done = [0usize; 2];
     let mut last_index = Instant::now() - REPORT_EVERY;
-    let built = served.index_samples(&snap.images, &snap.texts, &mut |m, d, _total| {
+    // Refuse to publish after a cancel: the check runs before the swap.
+    if h.is_cancelled() {
+        return Err(JobError::Cancelled);
+    }
+    let published = publish::publish(shared, served, snap, publish::When::Always, &mut |m, d, _| {
         done[(m == sotalign_protocol::types::Modality::Text) as usize] = d;
         if last_index.elapsed() >= REPORT_EVERY {
             last_index = Instant::now();
             let step = (done[0] + done[1]) as u64;
-            let frac = step as f64 / n_items.max(1) as f64;
-            report(
-                JobStage::Index,
-                step,
-                n_items,
-                PCT_INDEX + frac * (PCT_EVAL - PCT_INDEX),
-                None,
-                format!("indexed {step}/{n_items}"),
-            );
+            report(pi, ms, JobStage::Index, step, n_items, None, format!("indexed {step}/{n_items}"));
         }
-    });
-    drop(rebuild);
-    built.map_err(|e| JobError::Failed(internal(format!("building the index: {e}"))))?;
-    report(
-        JobStage::Index,
-        n_items,
-        n_items,
-        PCT_EVAL,
-        None,
-        format!("indexed ({:?})", served.index_kind()).to_lowercase(),
-    );
-    check_cancel(h)?;
-
-    let captions: HashMap<SampleId, String> = snap
-        .texts
-        .ids
-        .iter()
-        .zip(&snap.captions)
-        .filter_map(|(id, c)| Some((*id, c.clone()?)))
-        .collect();
-    let n_held = snap.held_out.len() as u64;
-    report(
-        JobStage::Evaluate,
-        0,
-        n_held,
-        PCT_EVAL,
-        None,
-        "evaluating on held-out pairs".into(),
-    );
-    let metrics = served.evaluate(&snap.held_out, &captions);
-    served.metrics = metrics;
-    report(
-        JobStage::Evaluate,
-        n_held,
-        n_held,
-        99.0,
-        None,
-        "evaluated".into(),
-    );
-    check_cancel(h)?;
-
-    // Record the run, then serve it.
+    })
+    .map_err(|e| JobError::Failed(internal(format!("publishing the model: {e}"))))?;
+    let metrics = published.and_then(|m| m.metrics);
+    report(pe, ms, JobStage::Evaluate, 1, 1, None, format!("{} model serving", match ms { ModelStage::ClosedForm => "closed-form", ModelStage::Trained => "trained" }));
     shared.store_blocking(|s| {
         s.finish_run(
             run,
             JobState::Succeeded,
             metrics.as_ref(),
-            ck.as_deref(),
+            Some(&ck),
             Some(&fitted),
             None,
         )
     })?;
-    shared.set_model(Arc::new(served));
-    // Samples ingested after the snapshot: index them under the new model too.
-    if shared.samples_version.load(Ordering::SeqCst) != version
-        && let Err(e) = super::ingest_job::refresh_served(shared)
-    {
-        tracing::warn!(
-            "run {run}: could not index samples ingested during the alignment: {}",
-            e.message
-        );
-    }
     Ok(metrics)
 }
 

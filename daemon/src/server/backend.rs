@@ -2,7 +2,7 @@
 //!
 //! One [`Backend`] per connection; everything shared lives in [`Shared`]. Handlers are thin: they validate, then call the store (on a
 //! blocking thread), the served model (read-only, behind an `Arc`) or start a job.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +14,6 @@ use super::transport::NoteSender;
 #[allow(unused_imports)] // `on_note`: client -> server notifications (none registered yet)
 use super::dispatch::{Router, on, on_note};
 use super::errors::{HResult, not_ready};
-use super::model::IdSet;
 use super::state::Shared;
 use super::{align_job, ingest_job};
 use crate::store::now_ms;
@@ -69,9 +68,7 @@ pub struct Backend {
     pub conn: Arc<ConnState>,
 }
 
-/// Page sizes are capped so one answer stays well under the body cap.
-const MAX_PAGE: u32 = 1000;
-const MAX_K: u32 = 100;
+use super::query::MAX_PAGE;
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn token_matches(given: &str, expected: &str) -> bool {
@@ -104,6 +101,7 @@ impl Backend {
         on!(r, methods::Evaluate => do_evaluate);
         on!(r, methods::Runs => do_runs);
         on!(r, methods::Ingest => do_ingest);
+        on!(r, methods::NextToLabel => do_next_to_label);
         r
     }
 
@@ -218,6 +216,7 @@ impl Backend {
                 trained_at_ms: m.trained_at_ms,
                 metrics: m.metrics,
                 fitted: Some(m.fitted.clone()),
+                stage: m.stage,
             }),
             index,
             jobs: self.shared.jobs.active(),
@@ -244,167 +243,22 @@ impl Backend {
     }
 
     fn require_model(&self) -> HResult<Arc<super::model::Served>> {
-        self.shared
-            .model()
-            .ok_or_else(|| not_ready("no_model", "no aligned model yet: run sotalign/align first"))
-    }
-
-    /// Samples no suggestion or search may return: every sample of a confirmed pair (it has
-    /// its partner) and of a held-out pair (never trained on, never shown for curation).
-    async fn hidden(&self) -> HResult<IdSet> {
-        self.shared
-            .store(|s| {
-                let mut h = IdSet::new();
-                for st in [PairState::Confirmed, PairState::HeldOut] {
-                    for (i, t) in s.pair_ids(st)? {
-                        h.insert(i.0);
-                        h.insert(t.0);
-                    }
-                }
-                Ok(h)
-            })
-            .await
-    }
-
-    /// Partners rejected with `id` (the other side of each of its rejected pairs).
-    fn rejected_partners(sample: &Sample, pairs: &[Pair]) -> IdSet {
-        pairs
-            .iter()
-            .filter(|pr| pr.state == PairState::Rejected)
-            .map(|pr| {
-                if sample.modality == Modality::Image {
-                    pr.text.0
-                } else {
-                    pr.image.0
-                }
-            })
-            .collect()
+        super::query::require_model(&self.shared)
     }
 
     async fn do_suggest_for_sample(
         &self,
         p: SuggestForSampleParams,
     ) -> HResult<SuggestForSampleResult> {
-        let model = self.require_model()?;
-        let id = p.sample;
-        let (sample, pairs) = self
-            .shared
-            .store(move |s| Ok((s.sample(id)?, s.pairs_of(id)?)))
-            .await?;
-        let Some(q) = model.vector(sample.modality, id) else {
-            return Err(not_ready(
-                "not_embedded",
-                format!("sample {id} is not in the served model yet (re-run align)"),
-            ));
-        };
-        let rejected = Self::rejected_partners(&sample, &pairs);
-        let hidden = Arc::new(self.hidden().await?);
-        let target = sample.modality.other();
-        let k = p.k.clamp(1, MAX_K) as usize;
-        let include_rejected = p.include_rejected;
-        let (m2, h2) = (model.clone(), hidden.clone());
-        let hits = blocking(move || {
-            m2.search(target, &q, k, &|c| {
-                !h2.contains(&c) && (include_rejected || !rejected.contains(&c))
-            })
-        })
-        .await?;
-        let candidates = self
-            .candidates(&model, target, hits, Some(id), hidden)
-            .await?;
-        Ok(SuggestForSampleResult {
-            sample,
-            candidates,
-            run: model.run,
-        })
-    }
-
-    /// Attach sample records and mutual-nearest-neighbour flags to raw hits.
-    async fn candidates(
-        &self,
-        model: &Arc<super::model::Served>,
-        target: Modality,
-        hits: Vec<(SampleId, f32)>,
-        query: Option<SampleId>,
-        hidden: Arc<IdSet>,
-    ) -> HResult<Vec<Candidate>> {
-        let ids: Vec<SampleId> = hits.iter().map(|h| h.0).collect();
-        let samples = self.shared.store(move |s| s.samples(&ids)).await?;
-        let by_id: HashMap<SampleId, Sample> = samples.into_iter().map(|s| (s.id, s)).collect();
-        // Mutual: the query sample is also this candidate's best (visible) partner.
-        let m2 = model.clone();
-        let hit_ids: Vec<SampleId> = hits.iter().map(|h| h.0).collect();
-        let mutual: Vec<bool> = blocking(move || {
-            Ok::<_, crate::index::IndexError>(
-                hit_ids
-                    .iter()
-                    .map(|id| match (query, m2.vector(target, *id)) {
-                        (Some(q), Some(v)) => m2.best_in(target.other(), &v, &hidden) == Some(q),
-                        _ => false,
-                    })
-                    .collect(),
-            )
-        })
-        .await?;
-        let mut out = Vec::new();
-        for (rank, ((id, score), mutual_nn)) in hits.into_iter().zip(mutual).enumerate() {
-            let Some(sample) = by_id.get(&id).cloned() else {
-                continue;
-            };
-            out.push(Candidate {
-                sample,
-                score: score as f64,
-                rank: rank as u32 + 1,
-                mutual_nn,
-                duplicates: 0,
-            });
-        }
-        Ok(out)
+        super::query::suggest_for_sample(&self.shared, p).await
     }
 
     async fn do_suggest_pairs(&self, p: SuggestPairsParams) -> HResult<SuggestPairsResult> {
-        let model = self.require_model()?;
-        let (confirmed, rejected) = self
-            .shared
-            .store(|s| {
-                let confirmed = s.pair_ids(PairState::Confirmed)?;
-                let rejected: HashSet<(SampleId, SampleId)> =
-                    s.pair_ids(PairState::Rejected)?.into_iter().collect();
-                Ok((confirmed, rejected))
-            })
-            .await?;
-        let hidden = self.hidden().await?;
-        let limit = p.limit.clamp(1, MAX_PAGE) as usize;
-        let seed = p.seed.unwrap_or(0);
-        let strategy = p.strategy;
-        let m2 = model.clone();
-        let picks = tokio::task::spawn_blocking(move || {
-            m2.suggest_pairs(&hidden, &confirmed, &rejected, strategy, limit, seed)
-        })
-        .await
-        .map_err(|e| super::errors::internal(format!("suggestion task failed: {e}")))?
-        .map_err(|e| super::errors::internal(format!("suggestions failed: {e}")))?;
-        let ids: Vec<SampleId> = picks.iter().flat_map(|p| [p.image, p.text]).collect();
-        let samples = self.shared.store(move |s| s.samples(&ids)).await?;
-        let by_id: HashMap<SampleId, Sample> = samples.into_iter().map(|s| (s.id, s)).collect();
-        let suggestions = picks
-            .into_iter()
-            .filter_map(|pk| {
-                Some(PairSuggestion {
-                    image: by_id.get(&pk.image)?.clone(),
-                    text: by_id.get(&pk.text)?.clone(),
-                    score: pk.score,
-                    priority: pk.priority,
-                    mutual_nn: pk.mutual_nn,
-                    ot_mass: pk.ot_mass,
-                })
-            })
-            .collect();
-        Ok(SuggestPairsResult {
-            strategy,
-            run: model.run,
-            suggestions,
-        })
+        super::query::suggest_pairs(&self.shared, p).await
+    }
+
+    async fn do_next_to_label(&self, p: NextToLabelParams) -> HResult<NextToLabelResult> {
+        super::queue::next_to_label(&self.shared, p).await
     }
 
     fn source(&self, given: Option<String>) -> String {
@@ -421,10 +275,9 @@ impl Backend {
 
     async fn decide(&self, kind: DecisionKind, p: DecideParams) -> HResult<DecisionResult> {
         let source = self.source(p.source);
-        // Answered only after the transaction committed (synchronous=FULL): durable when acked.
-        self.shared
-            .store(move |s| s.decide(kind, p.image, p.text, &source))
-            .await
+        // Answered only after the transaction committed (synchronous=FULL): durable when acked;
+        // the curation view is updated in the same critical section.
+        super::query::decide(&self.shared, kind, p.image, p.text, source).await
     }
 
     async fn do_confirm(&self, p: DecideParams) -> HResult<DecisionResult> {
@@ -436,7 +289,7 @@ impl Backend {
     }
 
     async fn do_undo(&self, p: UndoParams) -> HResult<UndoResult> {
-        self.shared.store(move |s| s.undo(p.decision)).await
+        super::query::undo(&self.shared, p).await
     }
 
     async fn do_list_pairs(&self, p: ListPairsParams) -> HResult<ListPairsResult> {
@@ -449,68 +302,7 @@ impl Backend {
     }
 
     async fn do_search(&self, p: SearchParams) -> HResult<SearchResult> {
-        let model = self.require_model()?;
-        let k = p.k.clamp(1, MAX_K) as usize;
-        let query_id = match &p.query {
-            SearchQuery::Sample(id) => Some(*id),
-            _ => None,
-        };
-        let mut rejected = IdSet::new();
-        let (query_modality, q) = match p.query {
-            SearchQuery::Sample(id) => {
-                let (sample, pairs) = self
-                    .shared
-                    .store(move |s| Ok((s.sample(id)?, s.pairs_of(id)?)))
-                    .await?;
-                let Some(v) = model.vector(sample.modality, id) else {
-                    return Err(not_ready(
-                        "not_embedded",
-                        format!("sample {id} is not in the served model yet (re-run align)"),
-                    ));
-                };
-                rejected = Self::rejected_partners(&sample, &pairs);
-                (sample.modality, v)
-            }
-            SearchQuery::Vector { modality, values } => {
-                let dim = self.shared.store(move |s| s.dim(modality)).await?;
-                let Some(dim) = dim else {
-                    return Err(not_ready(
-                        "no_samples",
-                        format!("no {modality:?} samples stored yet"),
-                    ));
-                };
-                values.validate(dim)?;
-                let e = model.embed_raw(modality, &values.0).map_err(|e| {
-                    ErrorObject::invalid_params(format!("cannot embed the vector: {e}"))
-                })?;
-                (modality, e)
-            }
-            SearchQuery::Text(text) => {
-                let raw = super::encode::encode_text(&self.shared, text).await?;
-                let e = model
-                    .embed_raw(Modality::Text, &raw)
-                    .map_err(|e| super::errors::internal(format!("cannot embed the text: {e}")))?;
-                (Modality::Text, e)
-            }
-        };
-        let target = p.target.unwrap_or(query_modality.other());
-        // Paired and held-out samples are not offered, nor partners rejected with the query.
-        let hidden = Arc::new(self.hidden().await?);
-        let (m2, h2) = (model.clone(), hidden.clone());
-        let hits = blocking(move || {
-            m2.search(target, &q, k, &|c| {
-                !h2.contains(&c) && !rejected.contains(&c)
-            })
-        })
-        .await?;
-        let hits = self
-            .candidates(&model, target, hits, query_id, hidden)
-            .await?;
-        Ok(SearchResult {
-            hits,
-            run: model.run,
-            index: model.index_kind(),
-        })
+        super::query::search(&self.shared, p).await
     }
 
     async fn do_align(&self, p: AlignParams) -> HResult<AlignResult> {
@@ -587,26 +379,6 @@ impl Backend {
         }
         ingest_job::start(self.shared.clone(), p.source).await
     }
-}
-
-/// Run an index query on a blocking thread (an HNSW walk or an exact scan of a large
-/// collection must not hold an async worker).
-async fn blocking<T, F>(f: F) -> HResult<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, crate::index::IndexError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| super::errors::internal(format!("search task failed: {e}")))?
-        .map_err(|e| match e {
-            crate::index::IndexError::DimensionMismatch { .. }
-            | crate::index::IndexError::NonFinite { .. }
-            | crate::index::IndexError::ZeroNorm { .. } => {
-                ErrorObject::invalid_params(format!("bad query: {e}"))
-            }
-            other => super::errors::internal(format!("search failed: {other}")),
-        })
 }
 
 #[cfg(test)]

@@ -3,23 +3,15 @@
 //!
 //! `fitted` (shown by `sotalign/status` and `sotalign/runs`) is the engine's own name for what
 //! it fitted, so a client always sees the routine that really produced the served model.
-use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::json;
-use sotalign_protocol::types::AlignMethod;
+use sotalign_protocol::types::{AlignMethod, JobStage, ModelStage};
 
 use sotalign_engine::methods::{self, Method};
-use sotalign_engine::progress::Progress;
+use sotalign_engine::progress::{Phase, Progress};
 use sotalign_engine::{AlignConfig, AlignData, AlignError, Aligned};
-
-/// Which part of an alignment a progress report belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Teacher,
-    Refine,
-}
 
 /// A fitted model and what was really fitted.
 pub struct Fitted {
@@ -42,28 +34,22 @@ pub fn engine_method(m: AlignMethod) -> Method {
     }
 }
 
+/// The protocol's stage of an engine progress report.
+pub fn job_stage(p: Phase) -> JobStage {
+    match p {
+        Phase::Fit => JobStage::Teacher,
+        Phase::Validate => JobStage::Validate,
+        Phase::Train => JobStage::Refine,
+    }
+}
+
 pub fn fit(
     method: AlignMethod,
     data: &AlignData,
     cfg: &AlignConfig,
-    progress: &mut dyn FnMut(Stage, &Progress) -> ControlFlow<()>,
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<Fitted, AlignError> {
-    let m = engine_method(method);
-    // The registry fits the teacher first for the teacher-based methods; its reports name
-    // their stage (`fit cca`, `teacher`, ...), training reports name the heads.
-    let model = methods::fit(m, data, cfg, &mut |p: &Progress| {
-        let s = p.stage.to_ascii_lowercase();
-        // `auto` is one long validation with its final refit as the last step: all of it
-        // is refinement for the progress bar (its candidates' names contain `cca`).
-        let stage = if m == Method::Auto {
-            Stage::Refine
-        } else if s.contains("cca") || s.contains("teacher") || s.contains("fit ") {
-            Stage::Teacher
-        } else {
-            Stage::Refine
-        };
-        progress(stage, p)
-    })?;
+    let model = methods::fit(engine_method(method), data, cfg, progress)?;
     Ok(Fitted {
         fitted: describe(model.as_ref())?,
         model,
@@ -85,7 +71,7 @@ fn describe(model: &dyn Aligned) -> Result<String, AlignError> {
 }
 
 /// Write the fitted model's checkpoint with the engine's writer (temp file, fsync, rename).
-pub fn save(path: &Path, f: &Fitted, run: u64) -> Result<(), String> {
+pub fn save(path: &Path, f: &Fitted, run: u64, stage: ModelStage) -> Result<(), String> {
     let state = f.model.export_state().map_err(|e| e.to_string())?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -94,13 +80,14 @@ pub fn save(path: &Path, f: &Fitted, run: u64) -> Result<(), String> {
         path,
         &state,
         &f.config,
-        json!({ "run": run, "fitted": f.fitted }),
+        json!({ "run": run, "fitted": f.fitted, "stage": stage }),
     )
     .map_err(|e| e.to_string())
 }
 
-/// Load a checkpoint written by [`save`]: the model and its `fitted` description.
-pub fn restore(path: &Path) -> Result<(Box<dyn Aligned>, String), String> {
+/// Load a checkpoint written by [`save`]: the model, its `fitted` description and its stage
+/// (`None` in checkpoints written before stages existed).
+pub fn restore(path: &Path) -> Result<(Box<dyn Aligned>, String, Option<ModelStage>), String> {
     let ck = crate::io::read_checkpoint(path).map_err(|e| e.to_string())?;
     let model = methods::restore(&ck.state).map_err(|e| format!("{}: {e}", path.display()))?;
     let fitted = ck
@@ -109,37 +96,11 @@ pub fn restore(path: &Path) -> Result<(Box<dyn Aligned>, String), String> {
         .and_then(|v| v.as_str())
         .unwrap_or(&ck.state.method)
         .to_string();
-    Ok((model, fitted))
-}
-
-/// Write `bytes` to `path` atomically: temporary file in the same directory, fsync, rename,
-/// fsync of the directory. A crash leaves the old file or the new one, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let stage = ck
+        .info
+        .get("stage")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    Ok((model, fitted, stage))
 }
 
 #[cfg(test)]
@@ -157,8 +118,8 @@ mod tests {
             AlignMethod::Auto,
             &data,
             &AlignConfig::default(),
-            &mut |s, _| {
-                stages.push(s);
+            &mut |p| {
+                stages.push(job_stage(p.phase));
                 ControlFlow::Continue(())
             },
         )
@@ -167,9 +128,12 @@ mod tests {
         assert!(!stages.is_empty(), "auto reports progress");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run-1.safetensors");
-        save(&path, &f, 1).unwrap();
-        let (back, fitted) = restore(&path).unwrap();
+        save(&path, &f, 1, ModelStage::ClosedForm).unwrap();
+        let (back, fitted, stage) = restore(&path).unwrap();
         assert_eq!(fitted, f.fitted);
+        assert_eq!(stage, Some(ModelStage::ClosedForm));
+        // auto validates, then fits its choice: both stages are reported, typed.
+        assert!(stages.contains(&JobStage::Validate) && stages.contains(&JobStage::Teacher));
         let (a, b) = (
             f.model.score(&xt, &yt).unwrap(),
             back.score(&xt, &yt).unwrap(),

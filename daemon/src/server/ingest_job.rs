@@ -528,8 +528,8 @@ pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestR
             sh.samples_version
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        if (r.inserted > 0 || raw)
-            && let Err(e) = refresh_served(&sh)
+        if (r.inserted > 0 || raw || !batch.pairs.is_empty())
+            && let Err(e) = super::publish::publish_new_samples(&sh, Some(&r.ids))
         {
             tracing::warn!(
                 "ingest: could not map the new samples into the served model: {}",
@@ -679,19 +679,6 @@ fn encode_pending(
         enc.image_cache_hits + enc.text_cache_hits
     );
     Ok((summary, n))
-}
-
-/// Re-map every stored sample through the served model and rebuild its indexes, so new
-/// samples are searchable without a new alignment (the model itself is unchanged). Each
-/// modality's new index is swapped in atomically; queries use the previous one meanwhile.
-pub fn refresh_served(shared: &Arc<Shared>) -> HResult<()> {
-    let Some(cur) = shared.model() else {
-        return Ok(());
-    };
-    let snap = shared.store_blocking(|s| s.training_snapshot())?;
-    let _rebuild = shared.begin_rebuild();
-    cur.reindex(&snap.images, &snap.texts, &mut |_, _, _| {})
-        .map_err(internal)
 }
 
 #[allow(dead_code)]

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use sotalign_protocol::types::{
-    JobFinishedParams, JobId, JobInfo, JobKind, JobProgress, JobStage, JobState, ProgressKind,
+    JobFinishedParams, JobId, JobInfo, JobKind, JobProgress, JobStage, JobState, ModelStage,
+    ProgressKind,
     ProgressParams, ProgressToken, RetrievalMetrics, RunId,
 };
 use sotalign_protocol::{ErrorObject, Message, Notification, names};
@@ -86,6 +87,7 @@ impl Jobs {
                     kind,
                     state: JobState::Running,
                     stage: None,
+                    model_stage: None,
                     step: 0,
                     total: 0,
                     last_seq: 0,
@@ -105,6 +107,7 @@ impl Jobs {
             started: Instant::now(),
             title,
             finished: false,
+            model_stage: Mutex::new(None),
         })
     }
 
@@ -180,6 +183,8 @@ pub struct JobHandle {
     started: Instant,
     title: String,
     finished: bool,
+    /// Align jobs: the model the job works towards, reported with every progress.
+    model_stage: Mutex<Option<ModelStage>>,
 }
 
 /// One progress report.
@@ -197,6 +202,11 @@ pub struct Report {
 impl JobHandle {
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Set the model stage reported from now on (align jobs).
+    pub fn set_model_stage(&self, s: ModelStage) {
+        *self.model_stage.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
     }
 
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
@@ -218,6 +228,8 @@ impl JobHandle {
         };
         e.info.last_seq += 1;
         e.info.stage = Some(r.stage);
+        let model_stage = *self.model_stage.lock().unwrap_or_else(|p| p.into_inner());
+        e.info.model_stage = model_stage;
         e.info.step = r.step;
         e.info.total = r.total;
         let seq = e.info.last_seq;
@@ -235,6 +247,7 @@ impl JobHandle {
                 job: self.id,
                 seq,
                 stage: r.stage,
+                model_stage,
                 step: r.step,
                 total: r.total,
                 loss: r.loss.filter(|l| l.is_finite()),
@@ -267,7 +280,8 @@ impl JobHandle {
             JobKind::Align => JobStage::Teacher,
             JobKind::Ingest => JobStage::Scan,
         });
-        let (step, total, run) = (e.info.step, e.info.total, e.info.run);
+        let (step, total, run, model_stage) =
+            (e.info.step, e.info.total, e.info.run, e.info.model_stage);
         let end = ProgressParams {
             token: ProgressToken::for_job(self.id),
             value: JobProgress {
@@ -286,6 +300,7 @@ impl JobHandle {
                 job: self.id,
                 seq,
                 stage,
+                model_stage,
                 step,
                 total,
                 loss: None,

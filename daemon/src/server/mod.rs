@@ -9,6 +9,10 @@
 //! - [`jobs`]: job registry, cancellation, ordered progress and job-finished notifications.
 //! - [`align_job`], [`ingest_job`]: the two background jobs; [`fit`]: the engine entry point
 //!   and checkpoints; [`model`]: the served model (search, suggestions, evaluation).
+//! - [`publish`]: the serving core, the one way a model (align, restore) or new samples
+//!   (ingest) become served; [`view`]: the in-memory curation view (hidden ids, rejections,
+//!   caption groups, words); [`query`]: suggestions, search, decisions; [`queue`]: what to
+//!   label next.
 //! - [`errors`]: every failure mapped to the protocol's error codes.
 //!
 //! Invariants: a handler never blocks an async worker (store calls run on blocking threads,
@@ -30,8 +34,12 @@ pub mod fit;
 pub mod ingest_job;
 pub mod jobs;
 pub mod model;
+pub mod publish;
+pub mod query;
+pub mod queue;
 pub mod state;
 pub mod transport;
+pub mod view;
 
 use backend::ConnState;
 use state::{Options, Shared};
@@ -156,6 +164,9 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
         },
         store,
     );
+    if let Err(e) = shared.reload_view() {
+        anyhow::bail!("reading the store into memory: {}", e.message);
+    }
     if let Some(run) = last {
         // Serve the last good model from its checkpoint, in the background.
         let sh = shared.clone();
@@ -244,13 +255,13 @@ fn spawn_signal_handler(shared: Arc<Shared>) {
     });
 }
 
-/// Rebuild the served model of a stored run from its checkpoint: the model, then its indexes
-/// over every stored sample (status says `rebuilding` meanwhile).
+/// Serve a stored run again from its checkpoint (through [`publish::publish`], unless an
+/// alignment finished meanwhile); status says `rebuilding` while its indexes are built.
 fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), String> {
     let Some(path) = run.checkpoint.as_deref() else {
         return Err("the run has no checkpoint".into());
     };
-    let (model, fitted) = fit::restore(std::path::Path::new(path))?;
+    let (model, fitted, stage) = fit::restore(std::path::Path::new(path))?;
     let snap = shared
         .store_blocking(|s| s.training_snapshot())
         .map_err(|e| e.message)?;
@@ -264,12 +275,8 @@ fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), St
         run.info.metrics,
         shared.opts.index,
     );
-    let rebuild = shared.begin_rebuild();
-    let built = served.index_samples(&snap.images, &snap.texts, &mut |_, _, _| {});
-    drop(rebuild);
-    built.map_err(|e| e.to_string())?;
-    if shared.model().is_none() {
-        shared.set_model(Arc::new(served));
-    }
+    served.stage = stage;
+    publish::publish(shared, served, &snap, publish::When::IfNoneServing, &mut |_, _, _| {})
+        .map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -18,11 +18,12 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use sotalign_protocol::types::{
-    AlignMethod, IndexKind, Modality, Recall, RetrievalMetrics, RunId, SampleId, Strategy,
+    AlignMethod, IndexKind, Modality, ModelStage, Recall, RetrievalMetrics, RunId, SampleId,
+    Strategy,
 };
 
 use sotalign_engine::acquire::{self, AcquireConfig, Decisions};
-use sotalign_engine::{AlignError, Aligned, Matrix};
+use sotalign_engine::{AlignError, Aligned, Matrix, eval};
 use crate::index::{self, BackendKind, BuildPhase, Filter, IndexConfig, IndexError, IndexSet};
 use crate::store::Embeddings;
 
@@ -44,8 +45,7 @@ fn slot(m: Modality) -> index::Modality {
     }
 }
 
-/// Ids as the index stores them.
-pub type IdSet = HashSet<u64>;
+pub use super::view::IdSet;
 
 /// What the daemon serves.
 pub struct Served {
@@ -60,6 +60,8 @@ pub struct Served {
     pub pairs: u64,
     pub trained_at_ms: u64,
     pub metrics: Option<RetrievalMetrics>,
+    /// Which of its alignment's models this is (`None`: restored from an older checkpoint).
+    pub stage: Option<ModelStage>,
 }
 
 impl Served {
@@ -84,6 +86,7 @@ impl Served {
             pairs,
             trained_at_ms,
             metrics,
+            stage: None,
         }
     }
 
@@ -253,9 +256,10 @@ impl Served {
         }
     }
 
-    /// Retrieval on held-out pairs with the reference ranking rule (tests/fixtures/reference/
-    /// PROTOCOL.md): the gallery is every held-out pair's other side; an item is correct when
-    /// its caption equals the query's; rank = incorrect items scoring >= the best correct one.
+    /// Retrieval on held-out pairs by the engine's evaluation ([`sotalign_engine::eval::ranks`],
+    /// the reference's pessimistic rule): the gallery is every held-out pair's other side; an
+    /// item is correct when its caption group ([`sotalign_engine::groups`]) is the query's.
+    /// `captions` maps text ids to captions (a text without one is its own group).
     pub fn evaluate(
         &self,
         pairs: &[(SampleId, SampleId)],
@@ -273,15 +277,8 @@ impl Served {
         if kept.is_empty() {
             return None;
         }
-        let mut groups: HashMap<String, u32> = HashMap::new();
-        let labels: Vec<u32> = kept
-            .iter()
-            .map(|(_, t)| {
-                let key = captions.get(t).cloned().unwrap_or_else(|| format!("#{t}"));
-                let n = groups.len() as u32;
-                *groups.entry(key).or_insert(n)
-            })
-            .collect();
+        let labels =
+            sotalign_engine::groups::caption_groups(kept.iter().map(|(_, t)| captions.get(t).map(String::as_str)));
         let x = self.rows(
             Modality::Image,
             &kept.iter().map(|p| p.0).collect::<Vec<_>>(),
@@ -290,25 +287,18 @@ impl Served {
             Modality::Text,
             &kept.iter().map(|p| p.1).collect::<Vec<_>>(),
         );
-        let s = x.matmul_t(&y);
         let n = kept.len();
-        let rank = |score: &dyn Fn(usize, usize) -> f32, q: usize| -> usize {
-            let best = (0..n)
-                .filter(|&g| labels[g] == labels[q])
-                .map(|g| score(q, g))
-                .fold(f32::NEG_INFINITY, f32::max);
-            (0..n)
-                .filter(|&g| labels[g] != labels[q] && score(q, g) >= best)
-                .count()
-        };
-        let i2t: Vec<usize> = (0..n).map(|q| rank(&|a, b| s.data[a * n + b], q)).collect();
-        let t2i: Vec<usize> = (0..n).map(|q| rank(&|a, b| s.data[b * n + a], q)).collect();
+        let s = x.matmul_t(&y);
+        let scores = faer::Mat::<f64>::from_fn(n, n, |a, b| s.data[a * n + b] as f64);
+        let gallery: Vec<Option<u32>> = labels.iter().map(|&l| Some(l)).collect();
+        let i2t = eval::ranks(scores.as_ref(), &labels, &gallery).ok()?;
+        let t2i = eval::ranks(scores.as_ref().transpose(), &labels, &gallery).ok()?;
         let recall = |r: &[usize]| {
-            let at = |k: usize| r.iter().filter(|&&x| x < k).count() as f64 / r.len() as f64;
+            let m = eval::dir_metrics(r);
             Recall {
-                r1: at(1),
-                r5: at(5),
-                r10: at(10),
+                r1: m.r1,
+                r5: m.r5,
+                r10: m.r10,
             }
         };
         Some(RetrievalMetrics {
@@ -316,6 +306,57 @@ impl Served {
             text_to_image: recall(&t2i),
             pairs: n as u64,
         })
+    }
+
+    /// Add samples to a published model: map only `raw` (encoder-space rows of `ids`, none of
+    /// them indexed yet) through the model and rebuild the modality's index from the vectors it
+    /// already holds plus the new ones, without re-embedding anything. Blocks until swapped in.
+    pub fn append(&self, m: Modality, ids: &[SampleId], raw: &Matrix) -> Result<(), ServeError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let e = match m {
+            Modality::Image => self.model.embed_x(raw)?,
+            Modality::Text => self.model.embed_y(raw)?,
+        };
+        e.check_finite("aligned embeddings of new samples")?;
+        let cur = self.index.current(slot(m));
+        let old = cur.index.ids();
+        let dim = if old.is_empty() { e.cols } else { cur.index.dim() };
+        if e.cols != dim {
+            return Err(ServeError::Align(AlignError::DimensionMismatch {
+                what: "new samples' aligned embeddings".into(),
+                expected: dim,
+                got: e.cols,
+            }));
+        }
+        let mut all_ids: Vec<u64> = old.to_vec();
+        let mut data = Vec::with_capacity((old.len() + ids.len()) * dim);
+        for id in old {
+            if let Some(v) = cur.index.vector(*id) {
+                data.extend_from_slice(v);
+            }
+        }
+        all_ids.extend(ids.iter().map(|i| i.0));
+        data.extend_from_slice(&e.data);
+        let mat = Matrix {
+            rows: all_ids.len(),
+            cols: dim,
+            data,
+        };
+        match self
+            .index
+            .rebuild_in_background(slot(m), all_ids, mat, |_| {})
+            .wait()?
+        {
+            index::RebuildOutcome::Swapped { .. } => Ok(()),
+            _ => Err(ServeError::Superseded(m)),
+        }
+    }
+
+    /// Is sample `id` of modality `m` indexed?
+    pub fn contains(&self, m: Modality, id: SampleId) -> bool {
+        self.index.current(slot(m)).index.contains(id.0)
     }
 
     /// Global pair suggestions between the indexed samples that are neither paired nor held

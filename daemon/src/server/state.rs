@@ -9,6 +9,7 @@ use tokio::sync::{broadcast, watch};
 use super::errors::{HResult, internal};
 use super::jobs::Jobs;
 use super::model::Served;
+use super::view::CurationView;
 use crate::store::{Store, StoreError};
 
 /// Notifications buffered per connection before a slow one starts losing the oldest.
@@ -39,6 +40,8 @@ pub struct Shared {
     pub encoders: super::encode::Encoders,
     pub notify: broadcast::Sender<Message>,
     model: RwLock<Option<Arc<Served>>>,
+    /// What queries need to know about the store, in memory ([`super::view`]).
+    view: RwLock<CurationView>,
     /// Index builds in progress (a new model's, a restore's, an ingest's re-index); status
     /// says `rebuilding` while any runs.
     rebuilds: AtomicUsize,
@@ -60,6 +63,7 @@ impl Shared {
             jobs: Arc::new(Jobs::new(notify.clone())),
             notify,
             model: RwLock::new(None),
+            view: RwLock::new(CurationView::empty()),
             rebuilds: AtomicUsize::new(0),
             samples_version: AtomicU64::new(0),
             shutdown,
@@ -98,6 +102,42 @@ impl Shared {
     /// Swap in a new model atomically: queries that already hold the old `Arc` finish on it.
     pub fn set_model(&self, m: Arc<Served>) {
         *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(m);
+    }
+
+    /// Read the curation view (hold the guard briefly: decisions wait for it).
+    pub fn view(&self) -> std::sync::RwLockReadGuard<'_, CurationView> {
+        self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Update the curation view; call it inside the store's critical section (see
+    /// [`Shared::store_with_view`]) so updates follow the commit order.
+    pub fn view_mut(&self) -> std::sync::RwLockWriteGuard<'_, CurationView> {
+        self.view.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reload the curation view from the store (start, ingest). Keeps the precision estimate.
+    pub fn reload_view(&self) -> HResult<()> {
+        let g = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = self.view().hybrid.clone();
+        let v = CurationView::load(&g, Some(keep)).map_err(ErrorObject::from)?;
+        *self.view_mut() = v;
+        Ok(())
+    }
+
+    /// Run `f` on the store and the curation view together, on a blocking thread: a decision
+    /// commits and updates the view in one critical section.
+    pub async fn store_with_view<T, F>(self: &Arc<Self>, f: F) -> HResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store, &Shared) -> Result<T, StoreError> + Send + 'static,
+    {
+        let sh = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut g = sh.store.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut g, &sh).map_err(ErrorObject::from)
+        })
+        .await
+        .map_err(|e| internal(format!("store task failed: {e}")))?
     }
 
     /// Mark an index build; status reports `rebuilding` until the guard drops.

@@ -142,6 +142,7 @@ pub fn job_progress(job: u64, seq: u64, step: u64, total: u64) -> JobProgress {
         job: JobId(job),
         seq,
         stage: JobStage::Refine,
+        model_stage: None,
         step,
         total,
         loss: None,
@@ -195,6 +196,7 @@ pub fn status_of(model: Option<RunId>, pairs: u64, c: Counts) -> StatusResult {
             trained_at_ms: 0,
             metrics: Some(retrieval(0.25, 0.25, c.held_out_pairs)),
             fitted: None,
+            stage: None,
         }),
         index: IndexInfo {
             state: if model.is_some() {

@@ -34,7 +34,7 @@ use crate::asif::Asif;
 use crate::blend::Blend;
 use crate::config::{AsifConfig, AutoGrid, ProcrustesConfig, TeacherConfig, ValidationScheme};
 use crate::csa::Csa;
-use crate::methods::{Method, Progress, report};
+use crate::methods::{Method, Phase, Progress, report};
 use crate::procrustes::Procrustes;
 use crate::teacher::CcaTeacher;
 use crate::validation::{self, Holdout};
@@ -570,7 +570,7 @@ fn score_holdout(
                 // validation step, which keeps the counter monotone and lets a cancel through.
                 let at = *step;
                 fit_candidate_with(c, &h.train, &mut |_| match report(
-                    progress, "validate", at, total, None,
+                    progress, Phase::Validate, "validate", at, total, None,
                 ) {
                     Ok(()) => ControlFlow::Continue(()),
                     Err(_) => ControlFlow::Break(()),
@@ -587,6 +587,7 @@ fn score_holdout(
         *step += 1;
         report(
             progress,
+            Phase::Validate,
             "validate",
             *step,
             total,
@@ -653,9 +654,10 @@ pub fn fit_auto(
     let choice = cands[best].clone();
     let stage = format!("fit {}", choice.label);
     let steps = val.steps.max(1);
-    report(progress, &stage, steps - 1, steps, Some(scores[best]))?;
+    report(progress, Phase::Fit, &stage, steps - 1, steps, Some(scores[best]))?;
     let inner = fit_candidate_with(&choice, data, &mut |_| match report(
         progress,
+        Phase::Fit,
         &stage,
         steps - 1,
         steps,
@@ -664,7 +666,7 @@ pub fn fit_auto(
         Ok(()) => ControlFlow::Continue(()),
         Err(_) => ControlFlow::Break(()),
     })?;
-    report(progress, &stage, steps, steps, Some(scores[best]))?;
+    report(progress, Phase::Fit, &stage, steps, steps, Some(scores[best]))?;
     let scores = cands
         .iter()
         .zip(stats)

@@ -418,6 +418,7 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
             lr,
         });
         let report = Progress {
+            phase: crate::progress::Phase::Train,
             stage: name.to_string(),
             step: step + 1,
             total: steps,
