@@ -20,6 +20,17 @@ pub struct AlignData {
     pub yu: Matrix,
     pub pair_groups: Vec<u32>,
     pub yu_groups: Option<Vec<u32>>,
+    /// Rejected pairs, when the caller has them: the trained methods add each as a SigLIP cell
+    /// with label -1; the closed-form methods ignore them.
+    pub negatives: Option<Negatives>,
+}
+
+/// Pairs known not to match (an annotator's rejections): row i of `x` (image features) with row
+/// i of `y` (text features). Same feature dimensions as the pairs.
+#[derive(Debug, Clone)]
+pub struct Negatives {
+    pub x: Matrix,
+    pub y: Matrix,
 }
 
 impl AlignData {
@@ -33,6 +44,7 @@ impl AlignData {
             yp,
             pair_groups: (0..n as u32).collect(),
             yu_groups: None,
+            negatives: None,
         }
     }
 
@@ -93,6 +105,31 @@ impl AlignData {
                 expected: self.yp.cols,
                 got: self.yu.cols,
             });
+        }
+        if let Some(neg) = &self.negatives {
+            if neg.x.rows != neg.y.rows {
+                return Err(AlignError::DimensionMismatch {
+                    what: "negative texts (must equal negative images)".into(),
+                    expected: neg.x.rows,
+                    got: neg.y.rows,
+                });
+            }
+            if neg.x.rows > 0 && neg.x.cols != self.xp.cols {
+                return Err(AlignError::DimensionMismatch {
+                    what: "negative image feature dimension".into(),
+                    expected: self.xp.cols,
+                    got: neg.x.cols,
+                });
+            }
+            if neg.y.rows > 0 && neg.y.cols != self.yp.cols {
+                return Err(AlignError::DimensionMismatch {
+                    what: "negative text feature dimension".into(),
+                    expected: self.yp.cols,
+                    got: neg.y.cols,
+                });
+            }
+            neg.x.check_finite("negative image features")?;
+            neg.y.check_finite("negative text features")?;
         }
         self.xp.check_finite("paired image features")?;
         self.yp.check_finite("paired text features")?;

@@ -112,6 +112,39 @@ pub fn ranks(
     Ok(out)
 }
 
+/// Position (1-based) of the caption group `target` in a list read from the top, where
+/// identical captions count once: a group appears where its best-scoring member does.
+/// `1 + (number of other groups whose best member scores >= the target's best)`, so ties count
+/// against, as in [`ranks`]. This is the annotator's effort in `sotalign simulate`: captions read
+/// before (and including) the right one. `None` when no item carries `target`; a non-finite
+/// score is an error.
+pub fn distinct_rank(scores: &[f64], labels: &[u32], target: u32) -> Result<Option<usize>, AlignError> {
+    if scores.len() != labels.len() {
+        return Err(AlignError::DimensionMismatch {
+            what: "scores vs labels".into(),
+            expected: labels.len(),
+            got: scores.len(),
+        });
+    }
+    let mut best: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+    for (j, (&s, &g)) in scores.iter().zip(labels).enumerate() {
+        if !s.is_finite() {
+            return Err(AlignError::NonFinite {
+                what: "score list".into(),
+                row: j,
+            });
+        }
+        let e = best.entry(g).or_insert(f64::NEG_INFINITY);
+        *e = e.max(s);
+    }
+    let Some(&t) = best.get(&target) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        1 + best.iter().filter(|(g, s)| **g != target && **s >= t).count(),
+    ))
+}
+
 /// R@1/5/10 and MRR from ranks.
 pub fn dir_metrics(ranks: &[usize]) -> DirMetrics {
     let n = ranks.len().max(1) as f64;
@@ -283,6 +316,19 @@ mod tests {
 
     fn mat(r: usize, c: usize, v: &[f64]) -> Mat<f64> {
         Mat::from_fn(r, c, |i, j| v[i * c + j])
+    }
+
+    #[test]
+    fn distinct_rank_counts_identical_captions_once() {
+        // Groups: 5 (0.9, 0.8), 7 (0.7, 0.2), 3 (0.7): target 7's best is 0.7; group 5 is above
+        // and group 3 ties (counts against): rank 3. Group 5 read once despite two members.
+        let s = [0.9, 0.7, 0.8, 0.2, 0.7];
+        let g = [5, 7, 5, 7, 3];
+        assert_eq!(distinct_rank(&s, &g, 7).unwrap(), Some(3));
+        assert_eq!(distinct_rank(&s, &g, 5).unwrap(), Some(1));
+        assert_eq!(distinct_rank(&s, &g, 9).unwrap(), None);
+        assert!(distinct_rank(&[f64::NAN], &[1], 1).is_err());
+        assert!(distinct_rank(&[0.0], &[1, 2], 1).is_err());
     }
 
     #[test]

@@ -150,6 +150,7 @@ impl Holdout {
             yu: data.yu.clone(),
             pair_groups: tr.iter().map(|&i| data.pair_groups[i]).collect(),
             yu_groups: data.yu_groups.clone(),
+            negatives: data.negatives.clone(),
         };
         let yq = data.yp.select_rows(&va);
         let q_labels: Vec<u32> = va.iter().map(|&i| data.pair_groups[i]).collect();

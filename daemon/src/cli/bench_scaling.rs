@@ -189,6 +189,7 @@ fn measure(a: &ScalingArgs, n: usize) -> Result<Measured> {
     let data = AlignData {
         pair_groups: (0..a.pairs as u32).collect(),
         yu_groups: None,
+        negatives: None,
         xp,
         yp,
         xu,

@@ -317,6 +317,7 @@ fn align_data(rows: &[Row], sp: &Split, imgs: &Matrix, txts: &Matrix, seed: u64)
         yu: txts.select_rows(&ut.iter().map(|&k| rows[k].text_row).collect::<Vec<_>>()),
         pair_groups: sp.paired.iter().map(|&k| rows[k].group).collect(),
         yu_groups: Some(ut.iter().map(|&k| rows[k].group).collect()),
+        negatives: None,
     }
 }
 

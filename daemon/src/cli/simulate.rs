@@ -29,8 +29,9 @@ use serde::Serialize;
 use super::data_args::ConfigArgs;
 use super::plot::{PlotSpec, Scale, Series, line_plot};
 use sotalign_engine::AlignData;
+use sotalign_engine::data::Negatives;
 use sotalign_engine::acquire::{AcquireConfig, Decisions, Strategy, propose};
-use sotalign_engine::eval::evaluate;
+use sotalign_engine::eval::{distinct_rank, evaluate};
 use sotalign_engine::methods::{Method, fit_quiet};
 use sotalign_engine::select::{Hybrid, HybridConfig, Mode, TypiclustConfig, typiclust};
 use sotalign_engine::{Aligned, Matrix};
@@ -79,6 +80,19 @@ pub struct SimulateArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "docs/curation.png")]
     pub plot: PathBuf,
+    /// Rejected pairs enter the trained methods' loss as negatives (SigLIP cells with z = -1);
+    /// `false` measures the same loop without them. The closed-form methods ignore them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub negatives: bool,
+    /// Effort plot (median captions read per pair found, per round).
+    #[arg(long, default_value = "docs/curation_effort.png")]
+    pub effort_plot: PathBuf,
+    /// Effort: past this rank the annotator stops reading the list and searches instead.
+    #[arg(long, default_value_t = 50)]
+    pub search_after: usize,
+    /// Effort: what a search costs, in captions read, on top of the `--search-after` read first.
+    #[arg(long, default_value_t = 10)]
+    pub search_cost: usize,
     #[command(flatten)]
     pub config: ConfigArgs,
 }
@@ -95,6 +109,47 @@ struct Point {
     /// `hybrid` only: its precision estimate after the round's answers, and whether it will
     /// judge (rather than caption) next round.
     hybrid: Option<(f64, bool)>,
+    /// Effort of every pair found in the round that starts here, under this point's model: the
+    /// rank of its caption in the list the tool shows (captions read, identical ones once), or
+    /// for judged proposals the proposals read since the previous pair found. Raw ranks; the
+    /// search rule is applied when reporting.
+    paid: Vec<usize>,
+    /// The same pairs' captions read in store order (no model).
+    paid_store: Vec<usize>,
+    /// Every pool image not yet paired: the rank of its caption under this point's model.
+    remaining: Vec<usize>,
+    /// The same in store order.
+    remaining_store: Vec<usize>,
+}
+
+/// Rank (1-based, identical captions once) of caption group `target` in the list the tool shows
+/// for pool image `k`: the pool texts not yet confirmed and not rejected with `k`, ranked by
+/// `scores` (the model's cosine, row `k`), and the same in store order (the text pool's order).
+/// `None` when no visible text carries `target`.
+fn effort_ranks(
+    scores: &Matrix,
+    k: usize,
+    text_groups: &[u32],
+    target: u32,
+    dec: &Decisions,
+) -> Result<Option<(usize, usize)>> {
+    let taken: std::collections::HashSet<usize> = dec.confirmed.iter().map(|p| p.1).collect();
+    let visible: Vec<usize> = (0..text_groups.len())
+        .filter(|c| !taken.contains(c) && !dec.rejected.contains(&(k, *c)))
+        .collect();
+    let labels: Vec<u32> = visible.iter().map(|&c| text_groups[c]).collect();
+    let row = scores.row(k);
+    let model: Vec<f64> = visible.iter().map(|&c| row[c] as f64).collect();
+    let store: Vec<f64> = visible.iter().map(|&c| -(c as f64)).collect();
+    Ok(
+        match (
+            distinct_rank(&model, &labels, target)?,
+            distinct_rank(&store, &labels, target)?,
+        ) {
+            (Some(m), Some(s)) => Some((m, s)),
+            _ => None,
+        },
+    )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +239,9 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                 .map(|(c, &row)| (row, c))
                 .collect();
             let mut hybrid = Hybrid::new(hcfg.clone())?;
+            let text_groups: Vec<u32> = pool_t.iter().map(|&row| r.groups[row]).collect();
+            // Judged proposals read since the last pair found (carried across rounds).
+            let mut reads_since = 0usize;
             let mut captions = 0usize;
             // Pairs as (image row, text row) in the reference matrices.
             let mut pairs: Vec<(usize, usize)> = init.iter().map(|&i| (i, i)).collect();
@@ -191,9 +249,26 @@ pub fn run(args: SimulateArgs) -> Result<()> {
             let mut points = Vec::new();
             for round in 0..=args.rounds {
                 pb.set_message(format!("{name} seed {seed} round {round}"));
-                let data = build_data(&r, &pairs, &pool, &pool_t, &dec);
+                let data = build_data(&r, &pairs, &pool, &pool_t, &dec, args.negatives);
                 let model = fit_quiet(method, &data, &cfg)?;
                 let rep = evaluate(model.as_ref(), &test.x, &test.y, &test.labels)?;
+                // The list the tool shows: cosine of the aligned embeddings (the daemon's index).
+                let scores = model
+                    .embed_x(&images)?
+                    .l2_normalized()
+                    .matmul_t(&model.embed_y(&texts)?.l2_normalized());
+                let paired_imgs: std::collections::HashSet<usize> =
+                    dec.confirmed.iter().map(|p| p.0).collect();
+                let (mut remaining, mut remaining_store) = (Vec::new(), Vec::new());
+                for k in (0..images.rows).filter(|k| !paired_imgs.contains(k)) {
+                    if let Some((m, st)) =
+                        effort_ranks(&scores, k, &text_groups, r.groups[pool[k]], &dec)?
+                    {
+                        remaining.push(m);
+                        remaining_store.push(st);
+                    }
+                }
+                let (mut paid, mut paid_store) = (Vec::new(), Vec::new());
                 points.push(Point {
                     labels,
                     captions,
@@ -203,11 +278,26 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                     r1_t2i: rep.t2i.r1,
                     hybrid: matches!(strat, Strat::Hybrid)
                         .then(|| (hybrid.estimate(), hybrid.mode() == Mode::Judge)),
+                    paid: Vec::new(),
+                    paid_store: Vec::new(),
+                    remaining,
+                    remaining_store,
                 });
                 pb.inc(1);
                 if round == args.rounds {
                     break;
                 }
+                // Effort of a caption label: the rank of the image's true caption.
+                let mut caption_effort =
+                    |k: usize, dec: &Decisions| -> Result<()> {
+                        if let Some((m, st)) =
+                            effort_ranks(&scores, k, &text_groups, r.groups[pool[k]], dec)?
+                        {
+                            paid.push(m);
+                            paid_store.push(st);
+                        }
+                        Ok(())
+                    };
                 let mode = match strat {
                     Strat::Typiclust => Some(Mode::Caption),
                     Strat::Hybrid => Some(hybrid.mode()),
@@ -254,6 +344,7 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                             let c = *text_pos
                                 .get(&row)
                                 .context("pool text of a captioned image")?;
+                            caption_effort(k, &dec)?;
                             dec.confirm(k, c);
                             pairs.push((row, row));
                             labels += 1;
@@ -267,6 +358,7 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                                 let c = *text_pos
                                     .get(&pool[k])
                                     .context("pool text of a captioned image")?;
+                                caption_effort(k, &dec)?;
                                 dec.confirm(k, c);
                                 pairs.push((pool[k], pool[k]));
                                 labels += 1;
@@ -292,10 +384,22 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                         )?;
                         for p in props {
                             labels += 1;
+                            reads_since += 1;
                             let (ri, rt) = (pool[p.image], pool_t[p.text]);
                             let ok = r.groups[ri] == r.groups[rt];
                             hybrid.observe(ok);
                             if ok {
+                                paid.push(reads_since);
+                                reads_since = 0;
+                                if let Some((_, st)) = effort_ranks(
+                                    &scores,
+                                    p.image,
+                                    &text_groups,
+                                    r.groups[ri],
+                                    &dec,
+                                )? {
+                                    paid_store.push(st);
+                                }
                                 dec.confirm(p.image, p.text);
                                 pairs.push((ri, rt));
                                 correct += 1;
@@ -304,6 +408,10 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                             }
                         }
                     }
+                }
+                if let Some(pt) = points.last_mut() {
+                    pt.paid = paid;
+                    pt.paid_store = paid_store;
                 }
             }
             curves.entry(name.clone()).or_default().push(points);
@@ -338,7 +446,43 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         },
         &series,
     )?;
-    eprintln!("wrote {} and {}", args.out.display(), args.plot.display());
+    let effort_series: Vec<Series> = strats
+        .iter()
+        .filter_map(|(n, _)| {
+            let c = curves.get(n)?;
+            Some(Series {
+                name: n.clone(),
+                points: effort_curve(c, &args)
+                    .iter()
+                    .filter_map(|&(l, m, _)| Some((l, m?.max(1.0))))
+                    .collect(),
+            })
+        })
+        .chain(curves.get("random-pairs").map(|c| Series {
+            name: "store order".into(),
+            points: effort_curve(c, &args)
+                .iter()
+                .filter_map(|&(l, _, s)| Some((l, s?.max(1.0))))
+                .collect(),
+        }))
+        .collect();
+    line_plot(
+        &args.effort_plot,
+        &PlotSpec {
+            title: &format!("TUX PAINT: CAPTIONS READ PER PAIR FOUND ({})", args.method),
+            x_label: "labels spent (end of round)",
+            y_label: "median captions read",
+            x_scale: Scale::Linear,
+            y_scale: Scale::Log10,
+        },
+        &effort_series,
+    )?;
+    eprintln!(
+        "wrote {}, {} and {}",
+        args.out.display(),
+        args.plot.display(),
+        args.effort_plot.display()
+    );
     Ok(())
 }
 
@@ -397,6 +541,7 @@ fn build_data(
     pool: &[usize],
     pool_t: &[usize],
     dec: &Decisions,
+    negatives: bool,
 ) -> AlignData {
     let ci: std::collections::HashSet<usize> = dec.confirmed.iter().map(|p| p.0).collect();
     let ct: std::collections::HashSet<usize> = dec.confirmed.iter().map(|p| p.1).collect();
@@ -410,6 +555,11 @@ fn build_data(
         .collect();
     let pi: Vec<usize> = pairs.iter().map(|p| p.0).collect();
     let pt: Vec<usize> = pairs.iter().map(|p| p.1).collect();
+    let rejected = dec.negatives();
+    let negatives = (negatives && !rejected.is_empty()).then(|| Negatives {
+        x: r.img.select_rows(&rejected.iter().map(|p| pool[p.0]).collect::<Vec<_>>()),
+        y: r.txt.select_rows(&rejected.iter().map(|p| pool_t[p.1]).collect::<Vec<_>>()),
+    });
     AlignData {
         xp: r.img.select_rows(&pi),
         yp: r.txt.select_rows(&pt),
@@ -417,6 +567,7 @@ fn build_data(
         yu: r.txt.select_rows(&ut),
         pair_groups: pt.iter().map(|&i| r.groups[i]).collect(),
         yu_groups: Some(ut.iter().map(|&i| r.groups[i]).collect()),
+        negatives,
     }
 }
 
@@ -456,7 +607,7 @@ fn render(
 ) -> Result<String> {
     let mut md = String::new();
     let cmd = format!(
-        "sotalign simulate --reference {} --strategies {} --seeds {} --n0 {} --rounds {} --batch {} --method {} --select-space {} --hybrid-threshold {}",
+        "sotalign simulate --reference {} --strategies {} --seeds {} --n0 {} --rounds {} --batch {} --method {} --select-space {} --hybrid-threshold {} --negatives {} --search-after {} --search-cost {}",
         args.reference.display(),
         args.strategies.join(","),
         args.seeds
@@ -469,7 +620,10 @@ fn render(
         args.batch,
         args.method,
         args.select_space,
-        args.hybrid_threshold
+        args.hybrid_threshold,
+        args.negatives,
+        args.search_after,
+        args.search_cost
     );
     writeln!(
         md,
@@ -547,6 +701,7 @@ fn render(
             writeln!(md, "- seed {seed}: {}", cells.join(" "))?;
         }
     }
+    render_effort(&mut md, args, strats, curves)?;
     // The goal: labels the best strategy needs to reach random labelling's final R@1.
     // Also an intermediate target: the baseline's R@1 at half its final labels.
     if let Some(base) = curves.get("random-pairs").map(|c| mean_curve(c)) {
@@ -589,4 +744,136 @@ fn render(
         }
     }
     Ok(md)
+}
+
+/// What one pair found costs the annotator, in captions read: its rank, or past
+/// `search_after` the ranks read plus a search.
+fn effort_cost(rank: usize, args: &SimulateArgs) -> usize {
+    if rank <= args.search_after {
+        rank
+    } else {
+        args.search_after + args.search_cost
+    }
+}
+
+fn median(v: &[usize]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2] as f64
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2]) as f64
+    })
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("–".to_string(), |x| format!("{x:.0}"))
+}
+
+/// Per round (pooled over seeds): median cost of the pairs found in that round, with the search
+/// rule, and the median store-order count of the same pairs.
+fn effort_curve(c: &[Vec<Point>], args: &SimulateArgs) -> Vec<(f64, Option<f64>, Option<f64>)> {
+    let rounds = c.iter().map(|v| v.len()).min().unwrap_or(0);
+    (0..rounds.saturating_sub(1))
+        .map(|k| {
+            let paid: Vec<usize> = c
+                .iter()
+                .flat_map(|v| v[k].paid.iter().map(|&r| effort_cost(r, args)))
+                .collect();
+            let store: Vec<usize> = c.iter().flat_map(|v| v[k].paid_store.clone()).collect();
+            let labels = c.iter().map(|v| v[k + 1].labels as f64).sum::<f64>() / c.len() as f64;
+            (labels, median(&paid), median(&store))
+        })
+        .collect()
+}
+
+fn render_effort(
+    md: &mut String,
+    args: &SimulateArgs,
+    strats: &[(String, Strat)],
+    curves: &BTreeMap<String, Vec<Vec<Point>>>,
+) -> Result<()> {
+    writeln!(
+        md,
+        "\n### Effort: captions read per pair found\n\nFor every pair found, the rank of its caption in the list the tool shows for its image (pool captions not yet paired and not rejected with it, by the model's cosine; identical captions count once); for judged proposals, the proposals read since the previous pair found. Past rank {} the annotator searches instead, counted as {} + {} = {} captions read. `store` = the same pairs' captions read in store order without a model (no search rule). Median over the pairs found in the round, all seeds pooled; `model (store)`.\n",
+        args.search_after,
+        args.search_after,
+        args.search_cost,
+        args.search_after + args.search_cost
+    )?;
+    let mut header = "| strategy |".to_string();
+    let mut sep = "|---|".to_string();
+    for k in 0..args.rounds {
+        write!(header, " {}-{} |", k * args.batch, (k + 1) * args.batch)?;
+        sep.push_str("---|");
+    }
+    writeln!(md, "{header}\n{sep}")?;
+    for (name, _) in strats {
+        let Some(c) = curves.get(name) else { continue };
+        let mut line = format!("| {name} |");
+        for (_, m, st) in effort_curve(c, args) {
+            write!(line, " {} ({}) |", fmt_opt(m), fmt_opt(st))?;
+        }
+        writeln!(md, "{line}")?;
+    }
+    writeln!(
+        md,
+        "\nLast round (labels {}-{}) and the final model: `found` = pairs found in the last round (all seeds); `median`, `mean`, `searched` = their cost and the share past rank {}; `every image` = the median rank of the caption of every pool image still unpaired under the model after {} labels (what captioning a random next image would cost), store order beside it.\n",
+        args.rounds.saturating_sub(1) * args.batch,
+        args.rounds * args.batch,
+        args.search_after,
+        args.rounds * args.batch
+    )?;
+    writeln!(
+        md,
+        "| strategy | found | median | mean | searched | store median | every image: model (store) |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for (name, _) in strats {
+        let Some(c) = curves.get(name) else { continue };
+        let rounds = c.iter().map(|v| v.len()).min().unwrap_or(0);
+        if rounds < 2 {
+            continue;
+        }
+        let last = rounds - 2;
+        let raw: Vec<usize> = c.iter().flat_map(|v| v[last].paid.clone()).collect();
+        let cost: Vec<usize> = raw.iter().map(|&r| effort_cost(r, args)).collect();
+        let store: Vec<usize> = c.iter().flat_map(|v| v[last].paid_store.clone()).collect();
+        let rem: Vec<usize> = c
+            .iter()
+            .flat_map(|v| v[rounds - 1].remaining.iter().map(|&r| effort_cost(r, args)))
+            .collect();
+        let rem_store: Vec<usize> = c
+            .iter()
+            .flat_map(|v| v[rounds - 1].remaining_store.clone())
+            .collect();
+        let mean = if cost.is_empty() {
+            "–".to_string()
+        } else {
+            format!("{:.1}", cost.iter().sum::<usize>() as f64 / cost.len() as f64)
+        };
+        let searched = if raw.is_empty() {
+            "–".to_string()
+        } else {
+            format!(
+                "{:.0}%",
+                100.0 * raw.iter().filter(|&&r| r > args.search_after).count() as f64
+                    / raw.len() as f64
+            )
+        };
+        writeln!(
+            md,
+            "| {name} | {} | {} | {mean} | {searched} | {} | {} ({}) |",
+            raw.len(),
+            fmt_opt(median(&cost)),
+            fmt_opt(median(&store)),
+            fmt_opt(median(&rem)),
+            fmt_opt(median(&rem_store)),
+        )?;
+    }
+    Ok(())
 }

@@ -156,6 +156,7 @@ impl Manifest {
             yu: txt.select_rows(&self.texts.iter().map(|t| t.0).collect::<Vec<_>>()),
             pair_groups: tr.iter().map(|p| p.2).collect(),
             yu_groups: Some(yu_groups),
+            negatives: None,
         };
         let test = (!te.is_empty()).then(|| EvalSet {
             x: img.select_rows(&te.iter().map(|p| p.0).collect::<Vec<_>>()),

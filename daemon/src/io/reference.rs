@@ -136,6 +136,7 @@ impl Reference {
             yu: self.txt.select_rows(&run.unpaired_txt),
             pair_groups: run.paired.iter().map(|&i| self.groups[i]).collect(),
             yu_groups: Some(run.unpaired_txt.iter().map(|&i| self.groups[i]).collect()),
+            negatives: None,
         }
     }
 

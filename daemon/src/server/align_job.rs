@@ -169,8 +169,8 @@ fn rows_of(ids: &[SampleId], pos: &HashMap<SampleId, usize>, m: &Matrix) -> Matr
     m.select_rows(&idx)
 }
 
-/// Training data from a snapshot: confirmed pairs (caption groups by equal caption text) plus
-/// the unpaired pools.
+/// Training data from a snapshot: confirmed pairs (caption groups by equal caption text), the
+/// unpaired pools, and the rejected pairs as negatives (the trained methods' `z = -1` cells).
 pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
     let ipos: HashMap<SampleId, usize> = snap
         .images
@@ -198,6 +198,26 @@ pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
     );
     let pi: Vec<SampleId> = pairs.iter().map(|p| p.0).collect();
     let pt: Vec<SampleId> = pairs.iter().map(|p| p.1).collect();
+    // Rejected pairs whose two samples both have vectors (rows_of skips missing ids, so filter
+    // first to keep the two sides aligned).
+    let rejected: Vec<(SampleId, SampleId)> = snap
+        .rejected
+        .iter()
+        .filter(|(i, t)| ipos.contains_key(i) && tpos.contains_key(t))
+        .copied()
+        .collect();
+    let negatives = (!rejected.is_empty()).then(|| sotalign_engine::data::Negatives {
+        x: rows_of(
+            &rejected.iter().map(|p| p.0).collect::<Vec<_>>(),
+            &ipos,
+            &snap.images.matrix,
+        ),
+        y: rows_of(
+            &rejected.iter().map(|p| p.1).collect::<Vec<_>>(),
+            &tpos,
+            &snap.texts.matrix,
+        ),
+    });
     AlignData {
         xp: rows_of(&pi, &ipos, &snap.images.matrix),
         yp: rows_of(&pt, &tpos, &snap.texts.matrix),
@@ -205,6 +225,7 @@ pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
         yu: rows_of(&snap.unpaired_texts, &tpos, &snap.texts.matrix),
         pair_groups,
         yu_groups: None,
+        negatives,
     }
 }
 
@@ -445,4 +466,43 @@ fn serve(
         )
     })?;
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Embeddings;
+
+    /// Rejected pairs become aligned negative rows; one naming a sample without a vector is
+    /// dropped whole, so the two sides never shift against each other.
+    #[test]
+    fn rejected_pairs_become_negatives() {
+        let id = SampleId;
+        let img = Matrix::from_vec(3, 2, vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5]).unwrap();
+        let txt = Matrix::from_vec(3, 2, vec![1.0, 1.0, 2.0, 0.0, 0.0, 3.0]).unwrap();
+        let snap = TrainingSnapshot {
+            pairs: vec![(id(1), id(11)), (id(2), id(12))],
+            held_out: vec![],
+            rejected: vec![(id(1), id(13)), (id(3), id(11)), (id(9), id(12))],
+            images: Embeddings {
+                ids: vec![id(1), id(2), id(3)],
+                matrix: img,
+            },
+            texts: Embeddings {
+                ids: vec![id(11), id(12), id(13)],
+                matrix: txt,
+            },
+            captions: vec![Some("a".into()), Some("b".into()), Some("c".into())],
+            unpaired_images: vec![id(3)],
+            unpaired_texts: vec![id(13)],
+        };
+        let d = align_data(&snap);
+        d.validate().unwrap();
+        let n = d.negatives.expect("negatives");
+        assert_eq!((n.x.rows, n.y.rows), (2, 2));
+        assert_eq!(n.x.row(0), &[1.0, 0.0]);
+        assert_eq!(n.y.row(0), &[0.0, 3.0]);
+        assert_eq!(n.x.row(1), &[0.5, 0.5]);
+        assert_eq!(n.y.row(1), &[1.0, 1.0]);
+    }
 }

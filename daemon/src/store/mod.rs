@@ -113,6 +113,8 @@ pub struct TrainingSnapshot {
     pub pairs: Vec<(SampleId, SampleId)>,
     /// Held-out pairs (image id, text id).
     pub held_out: Vec<(SampleId, SampleId)>,
+    /// Rejected pairs (image id, text id): negatives for the trained methods.
+    pub rejected: Vec<(SampleId, SampleId)>,
     pub images: Embeddings,
     pub texts: Embeddings,
     /// Caption of every text sample (for evaluation labels); same order as `texts.ids`.
@@ -1191,6 +1193,7 @@ impl StoreView<'_> {
         Ok(TrainingSnapshot {
             pairs: self.pairs("confirmed")?,
             held_out: self.pairs("held_out")?,
+            rejected: self.pairs("rejected")?,
             images,
             texts,
             captions,

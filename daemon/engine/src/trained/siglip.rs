@@ -5,7 +5,9 @@
 //! `loss = -(1/n) sum_ij log sigmoid(z_ij (e^t cos_ij + b))` with a learnable log logit scale
 //! `t` (init ln 20) and bias `b` (init -10), as in PROTOCOL.md. Why sigmoid and not softmax
 //! (InfoNCE): with a few dozen pairs and duplicated captions, per-cell labels handle several
-//! positives per row naturally and the loss does not depend on batch-level normalisation.
+//! positives per row naturally and the loss does not depend on batch-level normalisation. The
+//! same per-cell form lets an annotator's rejections enter as extra `z = -1` cells
+//! ([`siglip_negatives_loss`]), which a softmax over a batch could not take.
 use candle_core::{Device, Tensor};
 
 /// The +-1 label matrix from caption groups.
@@ -43,6 +45,22 @@ pub fn siglip_loss(
     nll.sum_all()? / n as f64
 }
 
+/// The SigLIP term of rejected pairs: each (row i of `exn`, row i of `eyn`) is one more cell
+/// with label `z = -1`, i.e. `sum_i softplus(e^t cos_i + b)`, divided by `n_rows` (the number of
+/// pairs, the same normaliser as [`siglip_loss`], so a rejected pair weighs exactly what one
+/// off-diagonal cell of the pair matrix weighs).
+pub fn siglip_negatives_loss(
+    exn: &Tensor,
+    eyn: &Tensor,
+    log_scale: &Tensor,
+    bias: &Tensor,
+    n_rows: usize,
+) -> candle_core::Result<Tensor> {
+    let cos = (exn * eyn)?.sum(1)?;
+    let logits = cos.broadcast_mul(&log_scale.exp()?)?.broadcast_add(bias)?;
+    softplus(&logits)?.sum_all()? / n_rows.max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +96,35 @@ mod tests {
             (got - want).abs() < 1e-4 * want.abs().max(1.0),
             "{got} vs {want}"
         );
+    }
+
+    /// A rejected pair adds exactly the -1 cell of the direct formula.
+    #[test]
+    fn negatives_match_direct_formula() {
+        let dev = Device::Cpu;
+        let exn = [[0.6f32, 0.8], [1.0, 0.0]];
+        let eyn = [[0.8f32, 0.6], [0.0, 1.0]];
+        let (t, b) = (20f64.ln(), -10.0f64);
+        let mut want = 0.0;
+        for i in 0..2 {
+            let c = (exn[i][0] * eyn[i][0] + exn[i][1] * eyn[i][1]) as f64;
+            let l = -(t.exp() * c + b);
+            want += (1.0 + (-l).exp()).ln();
+        }
+        want /= 5.0;
+        let ls = Tensor::new(&[t as f32], &dev).unwrap();
+        let bs = Tensor::new(&[b as f32], &dev).unwrap();
+        let got = siglip_negatives_loss(
+            &Tensor::new(&exn, &dev).unwrap(),
+            &Tensor::new(&eyn, &dev).unwrap(),
+            &ls,
+            &bs,
+            5,
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+        assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{got} vs {want}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::klot::Klot;
 use crate::klot_device;
 use crate::optim::Optimizer;
 use crate::progress::Progress;
-use crate::siglip::{label_matrix, siglip_loss};
+use crate::siglip::{label_matrix, siglip_loss, siglip_negatives_loss};
 use crate::{AlignConfig, AlignData, AlignError, Aligned, Matrix, MethodState};
 
 /// What the student needs from its teacher: canonical coordinates (for the head init) and the
@@ -43,6 +43,7 @@ pub trait StudentTeacher: Aligned {
 /// One training step's numbers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepRecord {
+    /// The SigLIP loss: the pair matrix plus the rejected pairs' `z = -1` cells, if any.
     pub siglip: f64,
     /// KL(P* || P) on the step's unpaired batch (None when alpha = 0).
     pub klot: Option<f64>,
@@ -309,6 +310,14 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
     let xp = standardize(&to_tensor(&data.xp.l2_normalized(), &dev)?, eps)?;
     let yp = standardize(&to_tensor(&data.yp.l2_normalized(), &dev)?, eps)?;
     let z = label_matrix(&data.pair_groups, &dev)?;
+    // Rejected pairs (label -1 cells), standardised like the pairs.
+    let negatives = match &data.negatives {
+        Some(n) if n.x.rows > 0 => Some((
+            standardize(&to_tensor(&n.x.l2_normalized(), &dev)?, eps)?,
+            standardize(&to_tensor(&n.y.l2_normalized(), &dev)?, eps)?,
+        )),
+        _ => None,
+    };
     // The unpaired pools are read in place: each step gathers its B rows, normalises and
     // standardises them (row-wise, so identical to doing it once for all rows) and asks the
     // teacher for their embeddings. Nothing of size N is copied, so memory stays at the
@@ -341,7 +350,19 @@ pub fn fit_student<T: StudentTeacher + ?Sized>(
         cfg.cancel.check()?;
         let ex = l2_normalize(&head_x.forward_normalized(&xp)?)?;
         let ey = l2_normalize(&head_y.forward_normalized(&yp)?)?;
-        let sig = siglip_loss(&ex, &ey, &z, log_scale.as_tensor(), logit_bias.as_tensor())?;
+        let mut sig = siglip_loss(&ex, &ey, &z, log_scale.as_tensor(), logit_bias.as_tensor())?;
+        if let Some((xn, yn)) = &negatives {
+            let exn = l2_normalize(&head_x.forward_normalized(xn)?)?;
+            let eyn = l2_normalize(&head_y.forward_normalized(yn)?)?;
+            let neg = siglip_negatives_loss(
+                &exn,
+                &eyn,
+                log_scale.as_tensor(),
+                logit_bias.as_tensor(),
+                data.xp.rows,
+            )?;
+            sig = (sig + neg)?;
+        }
         let sig_value = sig.to_scalar::<f32>()? as f64;
         let (loss, kl) = match pool.as_mut() {
             Some(p) => {
@@ -697,6 +718,54 @@ mod tests {
         cfg.device = "cpu".into();
         let h = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap();
         assert!(h.x.weight.device().is_cpu());
+    }
+
+    /// Rejected pairs enter the loss: the held-out mismatches a pairs-only student scores
+    /// highest (what an annotator would be shown and reject), given as negatives, score lower
+    /// after training with them; the logged loss includes their term; bad shapes are typed.
+    #[test]
+    fn rejected_pairs_are_pushed_apart() {
+        let (d, xt, yt) = data();
+        let cfg = small_cfg(0.0, HeadInit::Random);
+        let plain = fit_student::<LinearTeacher>(&d, None, &cfg, &mut progress::ignore).unwrap();
+        let s = plain.score(&xt, &yt).unwrap();
+        // Each held-out image's best-scoring wrong text: hard negatives.
+        let rows: Vec<usize> = (0..xt.rows).collect();
+        let wrong: Vec<usize> = rows
+            .iter()
+            .map(|&i| {
+                (0..yt.rows)
+                    .filter(|&j| j != i)
+                    .max_by(|&a, &b| s.data[i * s.cols + a].total_cmp(&s.data[i * s.cols + b]))
+                    .unwrap()
+            })
+            .collect();
+        let mut with = d.clone();
+        with.negatives = Some(crate::data::Negatives {
+            x: xt.select_rows(&rows),
+            y: yt.select_rows(&wrong),
+        });
+        let mean_wrong = |h: &StudentHeads| -> f64 {
+            let s = h.score(&xt, &yt).unwrap();
+            rows.iter().map(|&i| s.data[i * s.cols + wrong[i]] as f64).sum::<f64>()
+                / rows.len() as f64
+        };
+        let neg = fit_student::<LinearTeacher>(&with, None, &cfg, &mut progress::ignore).unwrap();
+        assert!(
+            mean_wrong(&neg) < mean_wrong(&plain) - 0.02,
+            "mean cosine of the rejected pairs: with negatives {}, without {}",
+            mean_wrong(&neg),
+            mean_wrong(&plain)
+        );
+        // Same initial weights, extra cells: the first logged loss is larger.
+        assert!(neg.log[0].siglip > plain.log[0].siglip);
+        // Mismatched negative shapes are a typed error, not a panic.
+        let mut bad = with.clone();
+        if let Some(n) = bad.negatives.as_mut() {
+            n.y = yt.select_rows(&rows[..10]);
+        }
+        let e = fit_student::<LinearTeacher>(&bad, None, &cfg, &mut progress::ignore).unwrap_err();
+        assert!(matches!(e, AlignError::DimensionMismatch { .. }), "{e}");
     }
 
     #[test]
