@@ -6,61 +6,12 @@ use std::io::Write;
 
 use common::*;
 use serde_json::{Value, json};
-use sotalign_protocol::framing::FrameReader;
 use sotalign_protocol::{Message, codes};
 
-/// A raw connection: bytes out, frames in.
-struct Raw<R: std::io::Read, W: Write> {
-    r: FrameReader<R>,
-    w: W,
-    next: i64,
-}
+use common::raw::Raw;
 
+/// What these tests check on a raw connection.
 impl<R: std::io::Read, W: Write> Raw<R, W> {
-    fn bytes(&mut self, b: &[u8]) {
-        self.w.write_all(b).unwrap();
-        self.w.flush().unwrap();
-    }
-
-    fn frame(&mut self, body: &str) {
-        self.bytes(format!("Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> i64 {
-        let id = self.next;
-        self.next += 1;
-        self.frame(
-            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string(),
-        );
-        id
-    }
-
-    /// The next response (notifications skipped): (id, Ok(result) | Err(code)).
-    fn response(&mut self) -> (Option<i64>, Result<Value, (i64, Value)>) {
-        loop {
-            match self
-                .r
-                .read_frame()
-                .unwrap()
-                .expect("daemon closed the connection")
-                .unwrap()
-            {
-                Message::Response(r) => {
-                    let id = r.id.map(|i| match i {
-                        sotalign_protocol::Id::Number(n) => n,
-                        other => panic!("unexpected id {other:?}"),
-                    });
-                    return (
-                        id,
-                        r.outcome
-                            .map_err(|e| (e.code, e.data.unwrap_or(Value::Null))),
-                    );
-                }
-                _ => continue,
-            }
-        }
-    }
-
     /// Read until `sotalign/jobFinished` for `job` arrives.
     fn wait_finished(&mut self, job: &Value) {
         loop {
@@ -78,7 +29,7 @@ impl<R: std::io::Read, W: Write> Raw<R, W> {
         let (rid, out) = self.response();
         assert_eq!(rid, id, "response id");
         match out {
-            Err((c, data)) => {
+            Err((c, data, _)) => {
                 assert_eq!(c, code, "error code (data {data})");
                 data
             }
@@ -100,11 +51,7 @@ fn every_bad_input_class_is_answered_and_the_daemon_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let fx = fixture(dir.path(), 10, 5, 5);
     let (_d, stdout, stdin) = spawn_stdio_raw(&dir.path().join("data"), &["--max-body", "65536"]);
-    let mut raw = Raw {
-        r: FrameReader::new(stdout),
-        w: stdin,
-        next: 100,
-    };
+    let mut raw = Raw::new(stdout, stdin, 100);
     // Before initialize: -32002.
     let id = raw.call("sotalign/status", json!({}));
     raw.expect_error(Some(id), codes::SERVER_NOT_INITIALIZED);

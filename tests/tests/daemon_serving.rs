@@ -115,7 +115,9 @@ fn default_suggestions_rank_mutual_pairs_first_by_plan_mass() {
         assert_eq!(best, p.text.id);
     }
     // Every strategy is selectable and answers with its own name; the fixture's unpaired rows
-    // are true pairs, so a model-based ranking finds more of them than random does.
+    // are true pairs, so a model-based ranking finds at least as many of them as random does,
+    // and the default (MNN + OT) strictly more. (Since the two-stage re-align the served model
+    // here can be the closed-form stage, with which `confidence` ties random on this fixture.)
     let correct = |r: &SuggestPairsResult| {
         r.suggestions
             .iter()
@@ -129,10 +131,13 @@ fn default_suggestions_rank_mutual_pairs_first_by_plan_mass() {
         assert!(!r.suggestions.is_empty(), "{st:?}");
         if st != Strategy::Random {
             assert!(
-                correct(&r) > random,
+                correct(&r) >= random,
                 "{st:?}: {} correct vs random {random}",
                 correct(&r)
             );
+        }
+        if st == Strategy::MnnOt {
+            assert!(correct(&r) > random, "mnn-ot: {} correct vs random {random}", correct(&r));
         }
     }
 }

@@ -16,29 +16,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use sotalign_protocol::framing::FrameReader;
 use sotalign_protocol::types::*;
-use sotalign_protocol::{Message, codes, methods};
+use sotalign_protocol::{codes, methods};
 
 /// Longest any single case may take before it counts as a hang.
 const CASE_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A raw TCP connection: bytes out, frames in, with a read timeout so no case can block.
-struct Raw {
-    r: FrameReader<TcpStream>,
-    w: TcpStream,
-    next: i64,
-}
+type Raw = raw::Raw<TcpStream, TcpStream>;
 
-impl Raw {
+/// A raw TCP connection with a read timeout, so no case can block.
+impl raw::Raw<TcpStream, TcpStream> {
     fn connect(addr: &str) -> Raw {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Raw {
-            r: FrameReader::new(s.try_clone().unwrap()),
-            w: s,
-            next: 1000,
-        }
+        Raw::new(s.try_clone().unwrap(), s, 1000)
     }
 
     fn initialized(addr: &str) -> Raw {
@@ -52,47 +43,6 @@ impl Raw {
         out.expect("initialize works");
         r.frame(r#"{"jsonrpc":"2.0","method":"initialized","params":{}}"#);
         r
-    }
-
-    fn bytes(&mut self, b: &[u8]) {
-        self.w.write_all(b).unwrap();
-        self.w.flush().unwrap();
-    }
-
-    fn frame(&mut self, body: &str) {
-        self.bytes(format!("Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> i64 {
-        let id = self.next;
-        self.next += 1;
-        self.frame(
-            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string(),
-        );
-        id
-    }
-
-    /// The next response (notifications skipped): (id, Ok(result) | Err((code, data))).
-    fn response(&mut self) -> (Option<i64>, Result<Value, (i64, Value, String)>) {
-        loop {
-            let m = self
-                .r
-                .read_frame()
-                .expect("read (timed out: the daemon hangs?)")
-                .expect("daemon closed the connection")
-                .expect("a well-formed frame from the daemon");
-            if let Message::Response(r) = m {
-                let id = r.id.map(|i| match i {
-                    sotalign_protocol::Id::Number(n) => n,
-                    other => panic!("unexpected id {other:?}"),
-                });
-                return (
-                    id,
-                    r.outcome
-                        .map_err(|e| (e.code, e.data.unwrap_or(Value::Null), e.message)),
-                );
-            }
-        }
     }
 
     /// Call and return the answer to that call.

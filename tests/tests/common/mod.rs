@@ -2,6 +2,8 @@
 //! the reference Tux Paint embeddings, talk to it with the protocol crate's client.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -303,7 +303,7 @@ pub fn propose_embedded(
     let mut at_used = vec![false; nt];
     let mut chosen: Vec<(usize, usize)> = Vec::new();
     for (a, c, key) in cands.into_iter().chain(fallback) {
-        let c = if c == usize::MAX {
+        let (c, key) = if c == usize::MAX {
             if ai_used[a] {
                 continue;
             }
@@ -312,11 +312,13 @@ pub fn propose_embedded(
                 .filter(|&c| !at_used[c] && !rejected(a, c))
                 .max_by(|&p, &q| row[p].total_cmp(&row[q]))
             {
-                Some(c) => c,
+                // A fallback's priority is its cosine - 2: finite (it goes on the wire), below
+                // every ranked candidate's (margins and masses are >= 0), ordered by score.
+                Some(c) => (c, row[c] as f64 - 2.0),
                 None => continue,
             }
         } else {
-            c
+            (c, key)
         };
         if out.len() == b {
             break;
@@ -541,6 +543,34 @@ mod tests {
             .map(|_| StandardNormal.sample(rng))
             .collect();
         Matrix::from_vec(rows, cols, data).unwrap()
+    }
+
+    /// Every image's best text is the same one, so the confidence ranking runs out after one
+    /// pick and the rest come from the fallback: every priority must stay finite (they are sent
+    /// over JSON, where a non-finite number is `null`), the fallbacks' below the ranked one's.
+    #[test]
+    fn fallback_picks_have_finite_priorities_below_the_ranked_ones() {
+        let images = Matrix::from_vec(4, 2, vec![1.0, 0.0, 0.9, 0.1, 0.8, 0.2, 0.7, 0.3]).unwrap();
+        let texts = Matrix::from_vec(3, 2, vec![1.0, 0.05, -1.0, 0.0, 0.0, -1.0]).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for strategy in [Strategy::Confidence, Strategy::Mnn, Strategy::Ot, Strategy::MnnOt] {
+            let p = propose_embedded(
+                &images,
+                &texts,
+                &Decisions::default(),
+                strategy,
+                3,
+                &AcquireConfig::default(),
+                &mut rng,
+            )
+            .unwrap();
+            assert_eq!(p.len(), 3, "{strategy}: {p:?}");
+            assert!(p.iter().all(|q| q.key.is_finite()), "{strategy}: {p:?}");
+            if matches!(strategy, Strategy::Confidence | Strategy::Mnn) {
+                // One ranked pick (text 0), then fallbacks below it.
+                assert!(p[1].key < p[0].key && p[2].key < p[0].key, "{strategy}: {p:?}");
+            }
+        }
     }
 
     /// Planted: text j is image perm[j] plus noise. Returns (images, texts, truth[image] = text).
