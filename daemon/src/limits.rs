@@ -115,7 +115,9 @@ pub fn install(limits: Limits, scope: Scope) {
 /// CLI reads what its user names).
 pub fn scope() -> &'static Scope {
     static OPEN: OnceLock<Scope> = OnceLock::new();
-    SCOPE.get().unwrap_or_else(|| OPEN.get_or_init(Scope::unrestricted))
+    SCOPE
+        .get()
+        .unwrap_or_else(|| OPEN.get_or_init(Scope::unrestricted))
 }
 
 /// A cap was exceeded, or a path is not readable under the daemon's rules.
@@ -236,7 +238,11 @@ fn kind_of(ft: &std::fs::FileType) -> &'static str {
             return "a socket";
         }
     }
-    if ft.is_dir() { "a directory" } else { "not a file" }
+    if ft.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    }
 }
 
 /// Check that `path` is in scope and a regular file, open it without blocking (a FIFO swapped

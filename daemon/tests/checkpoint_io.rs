@@ -4,12 +4,12 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use sotalign_engine::eval::evaluate;
-use sotalign_engine::methods::{self, Method};
-use sotalign_engine::{AlignConfig, AlignError};
 use sotalign::cli::data_args::DataArgs;
 use sotalign::io::reference::Reference;
 use sotalign::io::{read_checkpoint, write_checkpoint, write_npy, write_safetensors};
+use sotalign_engine::eval::evaluate;
+use sotalign_engine::methods::{self, Method};
+use sotalign_engine::{AlignConfig, AlignError};
 
 #[test]
 fn files_to_checkpoint_and_back() {

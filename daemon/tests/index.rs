@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 
-use sotalign_engine::Matrix;
 use sotalign::index::synth::{Clustered, gaussian};
 use sotalign::index::{
     BackendKind, BuildPhase, Filter, Hit, HnswParams, IndexConfig, IndexError, IndexSet, Modality,
     RebuildOutcome, VectorIndex,
 };
+use sotalign_engine::Matrix;
 
 fn ids(n: usize, offset: u64) -> Vec<u64> {
     (0..n as u64).map(|i| offset + i * 3).collect()

@@ -8,10 +8,10 @@
 //! parallel; docs/RESULTS.md has the full table from `sotalign experiment`.
 use std::path::PathBuf;
 
+use sotalign::io::reference::{Reference, ReferenceResults};
 use sotalign_engine::AlignConfig;
 use sotalign_engine::eval::evaluate;
 use sotalign_engine::methods::{Method, fit_quiet};
-use sotalign::io::reference::{Reference, ReferenceResults};
 
 fn mean_r1(m: &std::collections::BTreeMap<String, f64>) -> f64 {
     (m["i2t_R@1"] + m["t2i_R@1"]) / 2.0

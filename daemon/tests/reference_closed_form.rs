@@ -4,6 +4,7 @@
 //! the same validation scores for the CSA s tuning.
 use std::path::PathBuf;
 
+use sotalign::io::reference::{Reference, ReferenceResults, load_tuning};
 use sotalign_engine::Aligned;
 use sotalign_engine::asif::Asif;
 use sotalign_engine::config::{AsifConfig, ProcrustesConfig, TeacherConfig};
@@ -12,7 +13,6 @@ use sotalign_engine::eval::evaluate;
 use sotalign_engine::procrustes::Procrustes;
 use sotalign_engine::teacher::CcaTeacher;
 use sotalign_engine::validation::Holdout;
-use sotalign::io::reference::{Reference, ReferenceResults, load_tuning};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference")

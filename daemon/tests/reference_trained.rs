@@ -10,10 +10,10 @@
 //! the reference's. One small cell keeps the test fast in debug builds.
 use std::path::PathBuf;
 
+use sotalign::io::reference::{Reference, ReferenceResults, load_tuning};
 use sotalign_engine::AlignConfig;
 use sotalign_engine::eval::evaluate;
 use sotalign_engine::methods::{Method, fit_quiet};
-use sotalign::io::reference::{Reference, ReferenceResults, load_tuning};
 
 const TOL: f64 = 0.04;
 

@@ -228,7 +228,10 @@ fn refused_charset_skips_its_body_exactly_and_never_decodes_it() {
         for chunk in [1, 7, 4096] {
             let items = decode_all(&mut FrameCodec::default(), input.as_bytes(), chunk);
             assert_eq!(items.len(), 2, "{items:?}");
-            assert!(matches!(items[0], Err(FrameError::MalformedHeader(_))), "{items:?}");
+            assert!(
+                matches!(items[0], Err(FrameError::MalformedHeader(_))),
+                "{items:?}"
+            );
             assert_eq!(request_id(&items[1]), 71, "{items:?}");
         }
     }
@@ -261,7 +264,10 @@ fn lf_only_header_is_refused_at_once() {
     let mut codec = FrameCodec::default();
     let mut buf = BytesMut::from(input.as_bytes());
     let item = codec.decode(&mut buf).unwrap();
-    assert!(matches!(item, Some(Err(FrameError::MalformedHeader(_)))), "{item:?}");
+    assert!(
+        matches!(item, Some(Err(FrameError::MalformedHeader(_)))),
+        "{item:?}"
+    );
     let mut buf2 = BytesMut::from(format!("{input}{}", frame(&req(75))).as_bytes());
     let mut codec = FrameCodec::default();
     let mut ids = Vec::new();
@@ -278,11 +284,22 @@ fn lf_only_header_is_refused_at_once() {
 #[test]
 fn too_many_json_values_are_refused_with_the_request_id() {
     let zeros = vec!["0"; 200_000].join(",");
-    let body = format!(r#"{{"jsonrpc":"2.0","id":76,"method":"sotalign/status","params":{{"pad":[{zeros}]}}}}"#);
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":76,"method":"sotalign/status","params":{{"pad":[{zeros}]}}}}"#
+    );
     let mut codec = FrameCodec::new(1 << 20);
     assert_eq!(codec.max_values(), 131_072);
-    let items = decode_all(&mut codec, format!("{}{}", frame(&body), frame(&req(77))).as_bytes(), 4096);
-    assert_eq!(items.len(), 2, "{:?}", items.iter().map(|i| i.is_ok()).collect::<Vec<_>>());
+    let items = decode_all(
+        &mut codec,
+        format!("{}{}", frame(&body), frame(&req(77))).as_bytes(),
+        4096,
+    );
+    assert_eq!(
+        items.len(),
+        2,
+        "{:?}",
+        items.iter().map(|i| i.is_ok()).collect::<Vec<_>>()
+    );
     let e = items[0].as_ref().unwrap_err();
     assert!(matches!(e, FrameError::TooManyValues { .. }), "{e:?}");
     assert_eq!(e.to_error().code, codes::LIMIT_EXCEEDED);

@@ -7,9 +7,9 @@ mod common;
 use std::io::{Read, Write};
 
 use common::*;
+use serde_json::json;
 use sotalign_protocol::types::*;
 use sotalign_protocol::{Client, methods};
-use serde_json::json;
 
 const N_TRAIN: usize = 40;
 const N_TEST: usize = 20;
@@ -56,10 +56,14 @@ fn suggest<R: Read, W: Write>(c: &mut Client<R, W>, id: SampleId) -> Vec<Candida
 }
 
 fn queue<R: Read, W: Write>(c: &mut Client<R, W>, limit: u32) -> NextToLabelResult {
-    c.call::<methods::NextToLabel>(NextToLabelParams { limit }).unwrap()
+    c.call::<methods::NextToLabel>(NextToLabelParams { limit })
+        .unwrap()
 }
 
-fn align<R: Read, W: Write>(c: &mut Client<R, W>, p: AlignParams) -> (AlignResult, JobFinishedParams) {
+fn align<R: Read, W: Write>(
+    c: &mut Client<R, W>,
+    p: AlignParams,
+) -> (AlignResult, JobFinishedParams) {
     let a = c.call::<methods::Align>(p).unwrap();
     let f = wait_finished(c, a.job);
     assert_eq!(f.state, JobState::Succeeded, "{f:?}");
@@ -96,7 +100,10 @@ fn twins_once_group_rejects_word_search_and_the_queue() {
     );
     let st = c.call::<methods::Status>(Empty {}).unwrap();
     let model = st.model.unwrap();
-    assert_eq!((model.run, model.stage), (a.run, Some(ModelStage::ClosedForm)));
+    assert_eq!(
+        (model.run, model.stage),
+        (a.run, Some(ModelStage::ClosedForm))
+    );
 
     // Identical captions: listed once, with the number of other texts that carry it.
     let image = sample_by_key(&mut c, Modality::Image, &format!("row-{r}"));
@@ -108,13 +115,22 @@ fn twins_once_group_rejects_word_search_and_the_queue() {
         .map(|c| c.sample.text.as_deref().unwrap())
         .collect();
     let distinct: std::collections::HashSet<&str> = caps.iter().copied().collect();
-    assert_eq!(distinct.len(), caps.len(), "a caption listed twice: {caps:?}");
+    assert_eq!(
+        distinct.len(),
+        caps.len(),
+        "a caption listed twice: {caps:?}"
+    );
     let mine = cands
         .iter()
         .find(|c| c.sample.text.as_deref() == Some(fx.captions[r].as_str()))
         .expect("the true caption is among the candidates");
     assert_eq!(mine.duplicates, 1);
-    assert!(cands.iter().enumerate().all(|(i, c)| c.rank == i as u32 + 1));
+    assert!(
+        cands
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.rank == i as u32 + 1)
+    );
 
     // A reject of one text applies to its twin too; undo brings both back.
     let d = c
@@ -159,10 +175,24 @@ fn twins_once_group_rejects_word_search_and_the_queue() {
     assert!(!hits.is_empty());
     let words_hits: Vec<&Candidate> = hits
         .iter()
-        .take_while(|h| h.sample.text.as_deref().unwrap().to_lowercase().contains(&word))
+        .take_while(|h| {
+            h.sample
+                .text
+                .as_deref()
+                .unwrap()
+                .to_lowercase()
+                .contains(&word)
+        })
         .collect();
-    assert!(words_hits.iter().any(|h| h.sample.id == text.id || h.sample.id == twin.id));
-    let caps: Vec<&str> = hits.iter().map(|h| h.sample.text.as_deref().unwrap()).collect();
+    assert!(
+        words_hits
+            .iter()
+            .any(|h| h.sample.id == text.id || h.sample.id == twin.id)
+    );
+    let caps: Vec<&str> = hits
+        .iter()
+        .map(|h| h.sample.text.as_deref().unwrap())
+        .collect();
     let distinct: std::collections::HashSet<&str> = caps.iter().copied().collect();
     assert_eq!(distinct.len(), caps.len());
 
@@ -210,14 +240,24 @@ fn a_trained_realign_serves_closed_form_first() {
         .iter()
         .position(|v| v.model_stage == Some(ModelStage::Trained))
         .expect("no trained stage reported");
-    assert!(p[..first_trained]
-        .iter()
-        .all(|v| v.model_stage == Some(ModelStage::ClosedForm)));
+    assert!(
+        p[..first_trained]
+            .iter()
+            .all(|v| v.model_stage == Some(ModelStage::ClosedForm))
+    );
     for s in [JobStage::Validate, JobStage::Teacher, JobStage::Index] {
         assert!(p[..first_trained].iter().any(|v| v.stage == s), "{s:?}");
     }
-    assert!(p[first_trained..].iter().any(|v| v.stage == JobStage::Validate));
-    assert!(p[first_trained..].iter().any(|v| v.stage == JobStage::Refine));
+    assert!(
+        p[first_trained..]
+            .iter()
+            .any(|v| v.stage == JobStage::Validate)
+    );
+    assert!(
+        p[first_trained..]
+            .iter()
+            .any(|v| v.stage == JobStage::Refine)
+    );
     // Percentages never go back.
     let pct: Vec<u32> = p.iter().filter_map(|v| v.percentage).collect();
     assert!(pct.windows(2).all(|w| w[0] <= w[1]), "{pct:?}");
@@ -232,6 +272,9 @@ fn a_trained_realign_serves_closed_form_first() {
         None => panic!("no stage"),
     }
     // The job says which model serves at the end, and why.
-    let said = |w: &str| p.iter().any(|v| v.message.as_deref().unwrap_or("").contains(w));
+    let said = |w: &str| {
+        p.iter()
+            .any(|v| v.message.as_deref().unwrap_or("").contains(w))
+    };
     assert!(said("stays") || said("trained heads serve") || said("too few pairs"));
 }

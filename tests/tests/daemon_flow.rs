@@ -398,7 +398,9 @@ fn cancellation_stops_the_job_and_keeps_the_previous_model() {
     let st = c.call::<methods::Status>(Empty {}).unwrap();
     // Fast first, better later: the run's closed-form stage was served before training began;
     // cancelling the training keeps it (the trained heads are never served).
-    let served = st.model.expect("the closed-form stage of the cancelled run stays served");
+    let served = st
+        .model
+        .expect("the closed-form stage of the cancelled run stays served");
     assert_eq!(served.run, a.run);
     assert_eq!(served.stage, Some(ModelStage::ClosedForm));
     assert!(st.jobs.is_empty());

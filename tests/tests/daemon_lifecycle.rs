@@ -18,7 +18,8 @@ fn frame(body: &serde_json::Value) -> Vec<u8> {
 }
 
 fn initialize(id: i64, token: Option<&str>) -> Vec<u8> {
-    let mut p = json!({"processId": null, "capabilities": {}, "clientInfo": {"name": "lifecycle-test"}});
+    let mut p =
+        json!({"processId": null, "capabilities": {}, "clientInfo": {"name": "lifecycle-test"}});
     if let Some(t) = token {
         p["initializationOptions"] = json!({"token": t});
     }
@@ -61,7 +62,10 @@ fn stdio_client_that_stops_reading_ends_the_daemon_cleanly() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "daemon still running 20 s after its client stopped reading");
+        assert!(
+            Instant::now() < deadline,
+            "daemon still running 20 s after its client stopped reading"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     drop(stdin);
@@ -89,7 +93,10 @@ fn refused_tokens_close_the_connection_without_a_panic() {
             other => panic!("{other:?}"),
         }
         // Then the daemon closes the connection.
-        assert!(r.read_frame().unwrap().is_none(), "connection {i} left open");
+        assert!(
+            r.read_frame().unwrap().is_none(),
+            "connection {i} left open"
+        );
     }
     let mut c = connect(&addr);
     let init = c.initialize("lifecycle-test", Some("s3cret".into()));
@@ -97,5 +104,9 @@ fn refused_tokens_close_the_connection_without_a_panic() {
     drop(c);
     drop(daemon); // kills the daemon, which ends its stderr
     let text = log.join().unwrap();
-    assert_eq!(text.matches("panicked").count(), 0, "panics in the daemon log:\n{text}");
+    assert_eq!(
+        text.matches("panicked").count(),
+        0,
+        "panics in the daemon log:\n{text}"
+    );
 }

@@ -137,7 +137,11 @@ fn default_suggestions_rank_mutual_pairs_first_by_plan_mass() {
             );
         }
         if st == Strategy::MnnOt {
-            assert!(correct(&r) > random, "mnn-ot: {} correct vs random {random}", correct(&r));
+            assert!(
+                correct(&r) > random,
+                "mnn-ot: {} correct vs random {random}",
+                correct(&r)
+            );
         }
     }
 }

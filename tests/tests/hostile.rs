@@ -65,7 +65,8 @@ impl raw::Raw<TcpStream, TcpStream> {
     }
 
     fn status(&mut self) -> Value {
-        self.ask("sotalign/status", json!({})).expect("status answers")
+        self.ask("sotalign/status", json!({}))
+            .expect("status answers")
     }
 }
 
@@ -137,7 +138,8 @@ impl Suite {
         let outcome = match (&r, alive) {
             (_, false) => {
                 let st = d.child.try_wait().ok().flatten();
-                self.failures.push(format!("{name}: the daemon died ({st:?})"));
+                self.failures
+                    .push(format!("{name}: the daemon died ({st:?})"));
                 format!("CRASH ({st:?})")
             }
             (Err(p), true) => {
@@ -152,8 +154,9 @@ impl Suite {
             (Ok(o), true) => o.clone(),
         };
         if t0.elapsed() > CASE_DEADLINE {
-            self.failures
-                .push(format!("{name}: took {ms} ms (a hang, over {CASE_DEADLINE:?})"));
+            self.failures.push(format!(
+                "{name}: took {ms} ms (a hang, over {CASE_DEADLINE:?})"
+            ));
         }
         eprintln!("[hostile] {name}: {outcome} ({ms} ms, peak {peak_mib:.0} MiB)");
         self.rows.push(Row {
@@ -215,8 +218,8 @@ fn mkfifo(p: &Path) {
 
 /// A `.npy` whose header claims 2^32 x 2^32 float32 and holds no data.
 fn crafted_npy(p: &Path) {
-    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }"
-        .to_string();
+    let mut header =
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }".to_string();
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -254,67 +257,91 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
     // --- Whole-process aborts from one request -------------------------------------------
     s.case("align optim.steps = 1e9", &mut d, || {
         limit(
-            &c.error("sotalign/align", align(json!({"optim": {"steps": 1_000_000_000u64}}), "siglip")),
+            &c.error(
+                "sotalign/align",
+                align(json!({"optim": {"steps": 1_000_000_000u64}}), "siglip"),
+            ),
             "max-steps",
         )
     });
     s.case("align heads.dim = 1e10", &mut d, || {
         limit(
-            &c.error("sotalign/align", align(json!({"heads": {"dim": 10_000_000_000u64}}), "siglip")),
+            &c.error(
+                "sotalign/align",
+                align(json!({"heads": {"dim": 10_000_000_000u64}}), "siglip"),
+            ),
             "max-head-dim",
         )
     });
     s.case("align klot.iters = 1e12", &mut d, || {
         limit(
-            &c.error("sotalign/align", align(json!({"klot": {"iters": 1_000_000_000_000u64}}), "sotalign")),
+            &c.error(
+                "sotalign/align",
+                align(json!({"klot": {"iters": 1_000_000_000_000u64}}), "sotalign"),
+            ),
             "max-sinkhorn-iters",
         )
     });
     s.case("align klot.batch = 1e6", &mut d, || {
         limit(
-            &c.error("sotalign/align", align(json!({"klot": {"batch": 1_000_000u64}}), "sotalign")),
+            &c.error(
+                "sotalign/align",
+                align(json!({"klot": {"batch": 1_000_000u64}}), "sotalign"),
+            ),
             "max-batch",
         )
     });
     s.case("align config with a mistyped key", &mut d, || {
-        let e = c.error("sotalign/align", align(json!({"optim": {"stepz": 5}}), "siglip"));
+        let e = c.error(
+            "sotalign/align",
+            align(json!({"optim": {"stepz": 5}}), "siglip"),
+        );
         assert_eq!(e.0, codes::INVALID_PARAMS, "{e:?}");
         assert_eq!(e.1["key"], "optim.stepz", "{e:?}");
-        assert!(e.1["valid"].as_array().unwrap().contains(&json!("steps")), "{e:?}");
+        assert!(
+            e.1["valid"].as_array().unwrap().contains(&json!("steps")),
+            "{e:?}"
+        );
         "INVALID_PARAMS naming optim.stepz and the valid keys".into()
     });
 
     // --- Cancel inside long steps; the align slot is freed ---------------------------------
-    s.case("cancel an align with 1e4 Sinkhorn iterations x 1e5 steps", &mut d, || {
-        let mut t = connect(&addr);
-        t.initialize("hostile-cancel", None).unwrap();
-        let long = |t: &mut TcpClient| {
-            t.call::<methods::Align>(AlignParams {
-                method: AlignMethod::Sotalign,
-                preset: None,
-                config: Some(json!({
-                    "optim": {"steps": 100_000}, "heads": {"dim": 64},
-                    "klot": {"iters": 10_000, "batch": 64}
-                })),
-                seed: Some(1),
-            })
-            .unwrap()
-        };
-        let r = long(&mut t);
-        std::thread::sleep(Duration::from_millis(1500));
-        let t0 = Instant::now();
-        t.call::<methods::Cancel>(CancelParams { job: r.job }).unwrap();
-        let f = wait_finished(&mut t, r.job);
-        let took = t0.elapsed();
-        assert_eq!(f.state, JobState::Cancelled, "{f:?}");
-        assert!(took < Duration::from_secs(10), "cancel took {took:?}");
-        // The slot is free again: a second align starts (then is cancelled too).
-        let r2 = long(&mut t);
-        t.call::<methods::Cancel>(CancelParams { job: r2.job }).unwrap();
-        let f2 = wait_finished(&mut t, r2.job);
-        assert_eq!(f2.state, JobState::Cancelled);
-        format!("cancelled in {} ms; slot free", took.as_millis())
-    });
+    s.case(
+        "cancel an align with 1e4 Sinkhorn iterations x 1e5 steps",
+        &mut d,
+        || {
+            let mut t = connect(&addr);
+            t.initialize("hostile-cancel", None).unwrap();
+            let long = |t: &mut TcpClient| {
+                t.call::<methods::Align>(AlignParams {
+                    method: AlignMethod::Sotalign,
+                    preset: None,
+                    config: Some(json!({
+                        "optim": {"steps": 100_000}, "heads": {"dim": 64},
+                        "klot": {"iters": 10_000, "batch": 64}
+                    })),
+                    seed: Some(1),
+                })
+                .unwrap()
+            };
+            let r = long(&mut t);
+            std::thread::sleep(Duration::from_millis(1500));
+            let t0 = Instant::now();
+            t.call::<methods::Cancel>(CancelParams { job: r.job })
+                .unwrap();
+            let f = wait_finished(&mut t, r.job);
+            let took = t0.elapsed();
+            assert_eq!(f.state, JobState::Cancelled, "{f:?}");
+            assert!(took < Duration::from_secs(10), "cancel took {took:?}");
+            // The slot is free again: a second align starts (then is cancelled too).
+            let r2 = long(&mut t);
+            t.call::<methods::Cancel>(CancelParams { job: r2.job })
+                .unwrap();
+            let f2 = wait_finished(&mut t, r2.job);
+            assert_eq!(f2.state, JobState::Cancelled);
+            format!("cancelled in {} ms; slot free", took.as_millis())
+        },
+    );
 
     // --- Unbounded reads and walks ---------------------------------------------------------
     let fifo = root.join("manifest.fifo");
@@ -324,13 +351,19 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
         ok_code(&e, codes::INVALID_INPUT, "FIFO")
     });
     s.case("ingest manifest = /dev/zero", &mut d, || {
-        let e = c.error("sotalign/ingest", json!({"source": {"manifest": "/dev/zero"}}));
+        let e = c.error(
+            "sotalign/ingest",
+            json!({"source": {"manifest": "/dev/zero"}}),
+        );
         ok_code(&e, codes::PATH_NOT_ALLOWED, "/dev/zero")
     });
     let zero_link = root.join("zero.jsonl");
     std::os::unix::fs::symlink("/dev/zero", &zero_link).unwrap();
     s.case("ingest folders.texts = link to /dev/zero", &mut d, || {
-        let e = c.error("sotalign/ingest", json!({"source": {"folders": {"texts": zero_link}}}));
+        let e = c.error(
+            "sotalign/ingest",
+            json!({"source": {"folders": {"texts": zero_link}}}),
+        );
         ok_code(&e, codes::PATH_NOT_ALLOWED, "link to /dev/zero")
     });
     let looped = root.join("looped");
@@ -338,13 +371,20 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
     std::os::unix::fs::symlink(".", looped.join("self")).unwrap();
     std::os::unix::fs::symlink("..", looped.join("sub/up")).unwrap();
     std::fs::write(looped.join("sub/a.png"), b"not really a png").unwrap();
-    s.case("ingest folders.images with symlinks to . and ..", &mut d, || {
-        // Answered at once: the walk ends (then NOT_READY without encoder weights, or a job).
-        match c.ask("sotalign/ingest", json!({"source": {"folders": {"images": looped}}})) {
-            Ok(v) => format!("answered: job {}", v["job"]),
-            Err(e) => format!("answered {}", codes::name(e.0).unwrap_or("?")),
-        }
-    });
+    s.case(
+        "ingest folders.images with symlinks to . and ..",
+        &mut d,
+        || {
+            // Answered at once: the walk ends (then NOT_READY without encoder weights, or a job).
+            match c.ask(
+                "sotalign/ingest",
+                json!({"source": {"folders": {"images": looped}}}),
+            ) {
+                Ok(v) => format!("answered: job {}", v["job"]),
+                Err(e) => format!("answered {}", codes::name(e.0).unwrap_or("?")),
+            }
+        },
+    );
     let npy_dir = root.join("npy");
     std::fs::create_dir_all(&npy_dir).unwrap();
     crafted_npy(&npy_dir.join("huge.npy"));
@@ -353,31 +393,54 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
         "{\"embeddings\": {\"image\": \"huge.npy\"}}\n{\"key\": \"x\", \"imageRow\": 0}\n",
     )
     .unwrap();
-    s.case("ingest a .npy whose header says 2^32 x 2^32", &mut d, || {
-        let e = c.error("sotalign/ingest", json!({"source": {"manifest": npy_dir.join("m.jsonl")}}));
-        ok_code(&e, codes::INVALID_INPUT, "crafted npy")
-    });
+    s.case(
+        "ingest a .npy whose header says 2^32 x 2^32",
+        &mut d,
+        || {
+            let e = c.error(
+                "sotalign/ingest",
+                json!({"source": {"manifest": npy_dir.join("m.jsonl")}}),
+            );
+            ok_code(&e, codes::INVALID_INPUT, "crafted npy")
+        },
+    );
 
     // --- Read scope --------------------------------------------------------------------------
     s.case("ingest folders.texts = /etc/passwd", &mut d, || {
-        let e = c.error("sotalign/ingest", json!({"source": {"folders": {"texts": "/etc/passwd"}}}));
+        let e = c.error(
+            "sotalign/ingest",
+            json!({"source": {"folders": {"texts": "/etc/passwd"}}}),
+        );
         ok_code(&e, codes::PATH_NOT_ALLOWED, "/etc/passwd")
     });
     s.case("ingest manifest = /etc/passwd", &mut d, || {
-        let e = c.error("sotalign/ingest", json!({"source": {"manifest": "/etc/passwd"}}));
+        let e = c.error(
+            "sotalign/ingest",
+            json!({"source": {"manifest": "/etc/passwd"}}),
+        );
         ok_code(&e, codes::PATH_NOT_ALLOWED, "/etc/passwd")
     });
     let passwd_link = root.join("passwd.txt");
     std::os::unix::fs::symlink("/etc/passwd", &passwd_link).unwrap();
-    s.case("ingest folders.texts = in-scope link to /etc/passwd", &mut d, || {
-        let e = c.error("sotalign/ingest", json!({"source": {"folders": {"texts": passwd_link}}}));
-        let out = ok_code(&e, codes::PATH_NOT_ALLOWED, "link to /etc/passwd");
-        let l = c
-            .ask("sotalign/listSamples", json!({"modality": "text", "filter": "root:", "limit": 5}))
-            .unwrap();
-        assert_eq!(l["total"], 0, "{l}");
-        out
-    });
+    s.case(
+        "ingest folders.texts = in-scope link to /etc/passwd",
+        &mut d,
+        || {
+            let e = c.error(
+                "sotalign/ingest",
+                json!({"source": {"folders": {"texts": passwd_link}}}),
+            );
+            let out = ok_code(&e, codes::PATH_NOT_ALLOWED, "link to /etc/passwd");
+            let l = c
+                .ask(
+                    "sotalign/listSamples",
+                    json!({"modality": "text", "filter": "root:", "limit": 5}),
+                )
+                .unwrap();
+            assert_eq!(l["total"], 0, "{l}");
+            out
+        },
+    );
     s.case("ingest manifest with ../ out of scope", &mut d, || {
         let p = format!("{}/../../../../../../../etc/passwd", root.display());
         let e = c.error("sotalign/ingest", json!({"source": {"manifest": p}}));
@@ -387,69 +450,119 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
     // --- Ids and offsets past i64 ------------------------------------------------------------
     let big = 1u64 << 63;
     s.case("ids >= 2^63 and offset >= 2^63", &mut d, || {
-        ok_code(&c.error("sotalign/getSample", json!({"id": big})), codes::UNKNOWN_SAMPLE, "get");
-        ok_code(&c.error("sotalign/getSample", json!({"id": u64::MAX})), codes::UNKNOWN_SAMPLE, "get max");
+        ok_code(
+            &c.error("sotalign/getSample", json!({"id": big})),
+            codes::UNKNOWN_SAMPLE,
+            "get",
+        );
+        ok_code(
+            &c.error("sotalign/getSample", json!({"id": u64::MAX})),
+            codes::UNKNOWN_SAMPLE,
+            "get max",
+        );
         ok_code(
             &c.error("sotalign/confirm", json!({"image": big, "text": big})),
             codes::UNKNOWN_SAMPLE,
             "confirm",
         );
-        ok_code(&c.error("sotalign/undo", json!({"decision": big})), codes::UNKNOWN_DECISION, "undo");
-        ok_code(&c.error("sotalign/evaluate", json!({"run": big})), codes::UNKNOWN_RUN, "evaluate");
+        ok_code(
+            &c.error("sotalign/undo", json!({"decision": big})),
+            codes::UNKNOWN_DECISION,
+            "undo",
+        );
+        ok_code(
+            &c.error("sotalign/evaluate", json!({"run": big})),
+            codes::UNKNOWN_RUN,
+            "evaluate",
+        );
         ok_code(
             &c.error("sotalign/suggestForSample", json!({"sample": big})),
             codes::UNKNOWN_SAMPLE,
             "suggest",
         );
         let l = c
-            .ask("sotalign/listSamples", json!({"modality": "image", "offset": big, "limit": 5}))
+            .ask(
+                "sotalign/listSamples",
+                json!({"modality": "image", "offset": big, "limit": 5}),
+            )
             .unwrap();
         assert_eq!(l["items"].as_array().unwrap().len(), 0, "{l}");
         let l = c
-            .ask("sotalign/listSamples", json!({"modality": "image", "offset": u64::MAX, "limit": 5}))
+            .ask(
+                "sotalign/listSamples",
+                json!({"modality": "image", "offset": u64::MAX, "limit": 5}),
+            )
             .unwrap();
         assert_eq!(l["items"].as_array().unwrap().len(), 0, "{l}");
-        let p = c.ask("sotalign/listPairs", json!({"offset": big, "limit": 5})).unwrap();
+        let p = c
+            .ask("sotalign/listPairs", json!({"offset": big, "limit": 5}))
+            .unwrap();
         assert_eq!(p["items"].as_array().unwrap().len(), 0, "{p}");
         "unknown-id codes; empty pages".into()
     });
-    s.case("k, limit = u32::MAX; negative and fractional sizes", &mut d, || {
-        let r = c
-            .ask("sotalign/suggestPairs", json!({"limit": u32::MAX}))
-            .expect("clamped");
-        assert!(r["suggestions"].as_array().unwrap().len() <= 1000);
-        let r = c
-            .ask("sotalign/search", json!({"query": {"sample": 1}, "k": u32::MAX}))
-            .expect("clamped");
-        assert!(r["hits"].as_array().unwrap().len() <= 100);
-        ok_code(
-            &c.error("sotalign/listSamples", json!({"modality": "image", "limit": -1})),
-            codes::INVALID_PARAMS,
-            "negative",
-        );
-        ok_code(
-            &c.error("sotalign/listSamples", json!({"modality": "image", "limit": 1.5})),
-            codes::INVALID_PARAMS,
-            "fractional",
-        );
-        "clamped / INVALID_PARAMS".into()
-    });
+    s.case(
+        "k, limit = u32::MAX; negative and fractional sizes",
+        &mut d,
+        || {
+            let r = c
+                .ask("sotalign/suggestPairs", json!({"limit": u32::MAX}))
+                .expect("clamped");
+            assert!(r["suggestions"].as_array().unwrap().len() <= 1000);
+            let r = c
+                .ask(
+                    "sotalign/search",
+                    json!({"query": {"sample": 1}, "k": u32::MAX}),
+                )
+                .expect("clamped");
+            assert!(r["hits"].as_array().unwrap().len() <= 100);
+            ok_code(
+                &c.error(
+                    "sotalign/listSamples",
+                    json!({"modality": "image", "limit": -1}),
+                ),
+                codes::INVALID_PARAMS,
+                "negative",
+            );
+            ok_code(
+                &c.error(
+                    "sotalign/listSamples",
+                    json!({"modality": "image", "limit": 1.5}),
+                ),
+                codes::INVALID_PARAMS,
+                "fractional",
+            );
+            "clamped / INVALID_PARAMS".into()
+        },
+    );
 
     // --- Framing -----------------------------------------------------------------------------
     s.case("Content-Length: abc, then a valid frame", &mut d, || {
         let mut r = Raw::initialized(&addr);
         let body = json!({"jsonrpc": "2.0", "id": 7001, "method": "sotalign/status"}).to_string();
         r.bytes(
-            format!("Content-Length: abc\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+            format!(
+                "Content-Length: abc\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
         );
         let (id, out) = r.response();
-        assert_eq!((id, out.as_ref().err().map(|e| e.0)), (None, Some(codes::PARSE_ERROR)));
+        assert_eq!(
+            (id, out.as_ref().err().map(|e| e.0)),
+            (None, Some(codes::PARSE_ERROR))
+        );
         let (id, out) = r.response();
         assert_eq!(id, Some(7001), "the valid frame was swallowed");
         out.unwrap();
         // The same with the bad header as a block of its own.
         let body = json!({"jsonrpc": "2.0", "id": 7002, "method": "sotalign/status"}).to_string();
-        r.bytes(format!("Content-Length: abc\r\n\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+        r.bytes(
+            format!(
+                "Content-Length: abc\r\n\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
         let (id, _) = r.response();
         assert_eq!(id, None);
         let (id, out) = r.response();
@@ -463,13 +576,19 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
         let t0 = Instant::now();
         r.bytes(format!("Content-Length: {}\n\n{body}", body.len()).as_bytes());
         let (id, out) = r.response();
-        assert_eq!((id, out.err().map(|e| e.0)), (None, Some(codes::PARSE_ERROR)));
+        assert_eq!(
+            (id, out.err().map(|e| e.0)),
+            (None, Some(codes::PARSE_ERROR))
+        );
         assert!(t0.elapsed() < Duration::from_secs(5));
         let id = r.call("sotalign/status", json!({}));
         let (rid, out) = r.response();
         assert_eq!(rid, Some(id));
         out.unwrap();
-        format!("PARSE_ERROR after {} ms, then served", t0.elapsed().as_millis())
+        format!(
+            "PARSE_ERROR after {} ms, then served",
+            t0.elapsed().as_millis()
+        )
     });
     s.case("charset=latin1 frame is refused and not executed", &mut d, || {
         let mut r = Raw::initialized(&addr);
@@ -493,28 +612,36 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
         assert_eq!(out.unwrap()["total"], 0, "the refused frame was executed");
         "PARSE_ERROR; not executed".into()
     });
-    s.case("framing abuse: huge / negative Content-Length, invalid UTF-8, 100k brackets", &mut d, || {
-        let mut r = Raw::initialized(&addr);
-        r.bytes(b"Content-Length: 99999999999999999999999\r\n\r\n");
-        assert_eq!(r.response().1.err().map(|e| e.0), Some(codes::PARSE_ERROR));
-        r.bytes(b"Content-Length: -5\r\n\r\n");
-        assert_eq!(r.response().1.err().map(|e| e.0), Some(codes::PARSE_ERROR));
-        r.bytes(format!("Content-Length: {}\r\n\r\n", 1u64 << 40).as_bytes());
-        assert_eq!(r.response().1.err().map(|e| e.0), Some(codes::BODY_TOO_LARGE));
-        // The skipped body never arrives; a fresh connection goes on.
-        let mut r = Raw::initialized(&addr);
-        r.bytes(b"Content-Length: 4\r\n\r\n\xff\xfe\xfd\xfc");
-        assert_eq!(r.response().1.err().map(|e| e.0), Some(codes::PARSE_ERROR));
-        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
-        r.frame(&deep);
-        assert!(r.response().1.is_err());
-        r.status();
-        "errors answered, connection kept".into()
-    });
+    s.case(
+        "framing abuse: huge / negative Content-Length, invalid UTF-8, 100k brackets",
+        &mut d,
+        || {
+            let mut r = Raw::initialized(&addr);
+            r.bytes(b"Content-Length: 99999999999999999999999\r\n\r\n");
+            assert_eq!(r.response().1.err().map(|e| e.0), Some(codes::PARSE_ERROR));
+            r.bytes(b"Content-Length: -5\r\n\r\n");
+            assert_eq!(r.response().1.err().map(|e| e.0), Some(codes::PARSE_ERROR));
+            r.bytes(format!("Content-Length: {}\r\n\r\n", 1u64 << 40).as_bytes());
+            assert_eq!(
+                r.response().1.err().map(|e| e.0),
+                Some(codes::BODY_TOO_LARGE)
+            );
+            // The skipped body never arrives; a fresh connection goes on.
+            let mut r = Raw::initialized(&addr);
+            r.bytes(b"Content-Length: 4\r\n\r\n\xff\xfe\xfd\xfc");
+            assert_eq!(r.response().1.err().map(|e| e.0), Some(codes::PARSE_ERROR));
+            let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+            r.frame(&deep);
+            assert!(r.response().1.is_err());
+            r.status();
+            "errors answered, connection kept".into()
+        },
+    );
 
     // --- Memory: short JSON values --------------------------------------------------------------
     let zeros = |id: i64| {
-        let mut b = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"sotalign/status","params":{{"pad":["#);
+        let mut b =
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"sotalign/status","params":{{"pad":["#);
         let n = 7_300_000;
         b.reserve(2 * n);
         for i in 0..n {
@@ -561,15 +688,19 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
     }
 
     // --- Idle connections ---------------------------------------------------------------------
-    s.case("connection that never initializes (--init-timeout-secs 2)", &mut d, || {
-        let mut t = TcpStream::connect(&addr).unwrap();
-        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let t0 = Instant::now();
-        assert_closed(&mut t);
-        let took = t0.elapsed();
-        assert!(took < Duration::from_secs(6), "{took:?}");
-        format!("closed after {} ms", took.as_millis())
-    });
+    s.case(
+        "connection that never initializes (--init-timeout-secs 2)",
+        &mut d,
+        || {
+            let mut t = TcpStream::connect(&addr).unwrap();
+            t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let t0 = Instant::now();
+            assert_closed(&mut t);
+            let took = t0.elapsed();
+            assert!(took < Duration::from_secs(6), "{took:?}");
+            format!("closed after {} ms", took.as_millis())
+        },
+    );
 
     // --- Raw SVG with a huge canvas (needs the encoder weights) ----------------------------------
     if let Some(assets) = assets_or_skip("hostile: huge SVG canvas") {
@@ -596,10 +727,14 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
             format!("job {:?}, image left unencoded", f.state)
         });
     }
-    s.case("2000 random requests to every method (seeded)", &mut d, || {
-        let n = random_requests(&addr, 2000, 14);
-        format!("{n} answered, each with its own id")
-    });
+    s.case(
+        "2000 random requests to every method (seeded)",
+        &mut d,
+        || {
+            let n = random_requests(&addr, 2000, 14);
+            format!("{n} answered, each with its own id")
+        },
+    );
     let name = "every case: daemon still serves".to_string();
     s.still_serves(&name, &addr);
     drop(c);
@@ -609,27 +744,34 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
     let _ = d.child.wait();
     let mut d2 = spawn_tcp(&data, &[]);
     let addr2 = d2.addr.clone().unwrap();
-    s.case("status and suggest while the model is restored", &mut d2, || {
-        let mut r = Raw::initialized(&addr2);
-        let t0 = Instant::now();
-        let mut seen_rebuilding = false;
-        loop {
-            let st = r.status();
-            if st["model"].is_null() {
-                assert_eq!(st["index"]["state"], "rebuilding", "{st}");
-                assert!(st["index"]["progress"].is_number(), "{st}");
-                seen_rebuilding = true;
-                if let Err(e) = r.ask("sotalign/suggestPairs", json!({"limit": 1})) {
-                    assert_eq!(e.1["reason"], "restoring", "{e:?}");
+    s.case(
+        "status and suggest while the model is restored",
+        &mut d2,
+        || {
+            let mut r = Raw::initialized(&addr2);
+            let t0 = Instant::now();
+            let mut seen_rebuilding = false;
+            loop {
+                let st = r.status();
+                if st["model"].is_null() {
+                    assert_eq!(st["index"]["state"], "rebuilding", "{st}");
+                    assert!(st["index"]["progress"].is_number(), "{st}");
+                    seen_rebuilding = true;
+                    if let Err(e) = r.ask("sotalign/suggestPairs", json!({"limit": 1})) {
+                        assert_eq!(e.1["reason"], "restoring", "{e:?}");
+                    }
+                } else if st["index"]["state"] == "ready" {
+                    break;
                 }
-            } else if st["index"]["state"] == "ready" {
-                break;
+                assert!(t0.elapsed() < Duration::from_secs(20), "never restored");
+                std::thread::sleep(Duration::from_millis(10));
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "never restored");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        format!("restored in {} ms (rebuilding seen: {seen_rebuilding})", t0.elapsed().as_millis())
-    });
+            format!(
+                "restored in {} ms (rebuilding seen: {seen_rebuilding})",
+                t0.elapsed().as_millis()
+            )
+        },
+    );
 
     // --- A daemon with 128 file descriptors and 200 clients ---------------------------------------
     emfile_case(&mut s, &root);
@@ -646,7 +788,11 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
     if let Ok(path) = std::env::var("SOTALIGN_HOSTILE_REPORT") {
         std::fs::write(path, &report).unwrap();
     }
-    assert!(s.failures.is_empty(), "failures:\n{}", s.failures.join("\n"));
+    assert!(
+        s.failures.is_empty(),
+        "failures:\n{}",
+        s.failures.join("\n")
+    );
 }
 
 /// Random requests: every `sotalign/*` method with params built from the real field names and
@@ -656,18 +802,62 @@ fn random_requests(addr: &str, n: usize, seed: u64) -> usize {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let methods = [
-        "sotalign/status", "sotalign/listSamples", "sotalign/getSample",
-        "sotalign/suggestForSample", "sotalign/suggestPairs", "sotalign/confirm",
-        "sotalign/reject", "sotalign/undo", "sotalign/listPairs", "sotalign/search",
-        "sotalign/align", "sotalign/cancel", "sotalign/jobs", "sotalign/evaluate",
-        "sotalign/runs", "sotalign/ingest", "sotalign/nope",
+        "sotalign/status",
+        "sotalign/listSamples",
+        "sotalign/getSample",
+        "sotalign/suggestForSample",
+        "sotalign/suggestPairs",
+        "sotalign/confirm",
+        "sotalign/reject",
+        "sotalign/undo",
+        "sotalign/listPairs",
+        "sotalign/search",
+        "sotalign/align",
+        "sotalign/cancel",
+        "sotalign/jobs",
+        "sotalign/evaluate",
+        "sotalign/runs",
+        "sotalign/ingest",
+        "sotalign/nope",
     ];
     let keys = [
-        "id", "image", "text", "limit", "offset", "k", "modality", "query", "source", "config",
-        "method", "job", "run", "decision", "filter", "state", "strategy", "seed", "sample",
-        "preset", "includeFinished", "target", "includeRejected", "manifest", "folders",
-        "embedded", "images", "texts", "vector", "values", "optim", "steps", "heads", "dim",
-        "klot", "iters", "batch",
+        "id",
+        "image",
+        "text",
+        "limit",
+        "offset",
+        "k",
+        "modality",
+        "query",
+        "source",
+        "config",
+        "method",
+        "job",
+        "run",
+        "decision",
+        "filter",
+        "state",
+        "strategy",
+        "seed",
+        "sample",
+        "preset",
+        "includeFinished",
+        "target",
+        "includeRejected",
+        "manifest",
+        "folders",
+        "embedded",
+        "images",
+        "texts",
+        "vector",
+        "values",
+        "optim",
+        "steps",
+        "heads",
+        "dim",
+        "klot",
+        "iters",
+        "batch",
     ];
     fn value(rng: &mut rand_chacha::ChaCha8Rng, keys: &[&str], depth: u32) -> Value {
         match rng.random_range(0..14) {
@@ -679,13 +869,32 @@ fn random_requests(addr: &str, n: usize, seed: u64) -> usize {
             5 => json!(rng.random_range(0..5)),
             6 => json!(1e308),
             7 => json!(-0.5),
-            8 => json!(["image", "text", "", "../../../../etc/passwd", "/dev/zero", "sotalign", "siglip", "mnn", "confirmed"][rng.random_range(0..9)]),
+            8 => json!(
+                [
+                    "image",
+                    "text",
+                    "",
+                    "../../../../etc/passwd",
+                    "/dev/zero",
+                    "sotalign",
+                    "siglip",
+                    "mnn",
+                    "confirmed"
+                ][rng.random_range(0..9)]
+            ),
             9 => json!("x".repeat(rng.random_range(0..3000))),
-            10 if depth < 4 => Value::Array((0..rng.random_range(0..5)).map(|_| value(rng, keys, depth + 1)).collect()),
+            10 if depth < 4 => Value::Array(
+                (0..rng.random_range(0..5))
+                    .map(|_| value(rng, keys, depth + 1))
+                    .collect(),
+            ),
             _ if depth < 4 => {
                 let mut m = serde_json::Map::new();
                 for _ in 0..rng.random_range(0..5) {
-                    m.insert(keys[rng.random_range(0..keys.len())].into(), value(rng, keys, depth + 1));
+                    m.insert(
+                        keys[rng.random_range(0..keys.len())].into(),
+                        value(rng, keys, depth + 1),
+                    );
                 }
                 Value::Object(m)
             }
@@ -744,10 +953,19 @@ fn spawn_fd_limited(data: &Path, log: &Path) -> (Daemon, String) {
         {
             break a.to_string();
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "no listen line: {text}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no listen line: {text}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
-    (Daemon { child, addr: Some(addr.clone()) }, addr)
+    (
+        Daemon {
+            child,
+            addr: Some(addr.clone()),
+        },
+        addr,
+    )
 }
 
 fn emfile_case(s: &mut Suite, root: &Path) {
@@ -819,7 +1037,9 @@ fn stdio_closed_stdout_case(s: &mut Suite, root: &Path) {
     // Not a `Suite::case`: the daemon exiting is the expected end here, not a crash.
     let t0 = Instant::now();
     let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"capabilities":{}}});
-    stdin.write_all(frame(&init.to_string()).as_bytes()).unwrap();
+    stdin
+        .write_all(frame(&init.to_string()).as_bytes())
+        .unwrap();
     stdin.flush().unwrap();
     let mut r = BufReader::new(stdout);
     let mut line = String::new();
@@ -848,8 +1068,9 @@ fn stdio_closed_stdout_case(s: &mut Suite, root: &Path) {
             format!("exited ({st}) without a panic")
         }
         other => {
-            s.failures
-                .push(format!("--stdio closed stdout: exit {other:?}, stderr: {log}"));
+            s.failures.push(format!(
+                "--stdio closed stdout: exit {other:?}, stderr: {log}"
+            ));
             format!("FAILED: exit {other:?}")
         }
     };
@@ -882,4 +1103,3 @@ fn max_connections_case(s: &mut Suite, root: &Path) {
         "4th closed at once; served after the others left".into()
     });
 }
-

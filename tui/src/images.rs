@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use image::DynamicImage;
-use ratatui::layout::Size;
 use image::imageops::FilterType;
+use ratatui::layout::Size;
 use ratatui_image::Resize;
 use ratatui_image::picker::Picker;
 use ratatui_image::protocol::Protocol;

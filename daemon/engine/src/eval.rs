@@ -118,7 +118,11 @@ pub fn ranks(
 /// against, as in [`ranks`]. This is the annotator's effort in `sotalign simulate`: captions read
 /// before (and including) the right one. `None` when no item carries `target`; a non-finite
 /// score is an error.
-pub fn distinct_rank(scores: &[f64], labels: &[u32], target: u32) -> Result<Option<usize>, AlignError> {
+pub fn distinct_rank(
+    scores: &[f64],
+    labels: &[u32],
+    target: u32,
+) -> Result<Option<usize>, AlignError> {
     if scores.len() != labels.len() {
         return Err(AlignError::DimensionMismatch {
             what: "scores vs labels".into(),
@@ -141,7 +145,10 @@ pub fn distinct_rank(scores: &[f64], labels: &[u32], target: u32) -> Result<Opti
         return Ok(None);
     };
     Ok(Some(
-        1 + best.iter().filter(|(g, s)| **g != target && **s >= t).count(),
+        1 + best
+            .iter()
+            .filter(|(g, s)| **g != target && **s >= t)
+            .count(),
     ))
 }
 

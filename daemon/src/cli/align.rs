@@ -9,9 +9,9 @@ use serde_json::json;
 
 use super::data_args::{ConfigArgs, DataArgs};
 use super::eval::print_report;
+use crate::io::write_checkpoint;
 use sotalign_engine::eval::evaluate;
 use sotalign_engine::methods::{self, Method, Progress};
-use crate::io::write_checkpoint;
 
 #[derive(Debug, Args)]
 pub struct AlignArgs {

@@ -3,14 +3,14 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use sotalign_engine::config::HeadInit;
 use sotalign_engine::synthetic::{Platonic, PlatonicSpec, mean_r1};
 use sotalign_engine::teacher::CcaTeacher;
 use sotalign_engine::train::fit_student;
 use sotalign_engine::{AlignConfig, AlignData, Aligned, Matrix};
-use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {

@@ -95,7 +95,12 @@ fn measure_all(a: &RealignArgs, work: &Path, method: AlignMethod) -> Result<Vec<
                 demo.display()
             );
         }
-        rows.push(measure("Tux Paint (demo)", &manifest, &work.join("demo-store"), method)?);
+        rows.push(measure(
+            "Tux Paint (demo)",
+            &manifest,
+            &work.join("demo-store"),
+            method,
+        )?);
     }
     if let Some(dir) = &a.reference {
         let manifest = reference_manifest(dir, a.pairs, &work.join("reference"))?;
@@ -153,7 +158,10 @@ fn print_rows(rows: &[Row]) {
 fn reference_manifest(dir: &Path, pairs: usize, out: &Path) -> Result<PathBuf> {
     let r = crate::io::reference::Reference::load(dir)?;
     if pairs >= r.nontest.len() {
-        bail!("--pairs {pairs}: the reference has {} non-test rows", r.nontest.len());
+        bail!(
+            "--pairs {pairs}: the reference has {} non-test rows",
+            r.nontest.len()
+        );
     }
     std::fs::create_dir_all(out)?;
     let abs = std::fs::canonicalize(dir)?;
@@ -205,9 +213,8 @@ fn synthetic_manifest(a: &RealignArgs, n: usize, dir: &Path) -> Result<PathBuf> 
     };
     crate::io::write_npy(&dir.join("img.npy"), &stack(&xp, &xu))?;
     crate::io::write_npy(&dir.join("txt.npy"), &stack(&yp, &yu))?;
-    let mut out = String::from(
-        "{\"embeddings\": {\"image\": \"img.npy\", \"text\": \"txt.npy\"}}\n",
-    );
+    let mut out =
+        String::from("{\"embeddings\": {\"image\": \"img.npy\", \"text\": \"txt.npy\"}}\n");
     let np = a.pairs + a.test;
     for i in 0..np {
         let split = if i < a.pairs { "train" } else { "test" };
@@ -280,7 +287,11 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
     })?;
     let first_s = t0.elapsed().as_secs_f64();
     if s.run != job.run {
-        bail!("{name}: suggestions came from run {}, not the new run {}", s.run, job.run);
+        bail!(
+            "{name}: suggestions came from run {}, not the new run {}",
+            s.run,
+            job.run
+        );
     }
     eprintln!("{name}: new suggestions after {first_s:.1} s; waiting for the trained stage");
     let status = c.call::<methods::Status>(Empty {})?;
@@ -310,7 +321,10 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
     })
 }
 
-fn wait_finished<R: std::io::Read, W: std::io::Write>(c: &mut Client<R, W>, job: JobId) -> Result<()> {
+fn wait_finished<R: std::io::Read, W: std::io::Write>(
+    c: &mut Client<R, W>,
+    job: JobId,
+) -> Result<()> {
     let n = c.wait_for(|n| matches!(n, ServerNotification::JobFinished(f) if f.job == job))?;
     if let ServerNotification::JobFinished(f) = n
         && f.state != JobState::Succeeded
@@ -323,4 +337,3 @@ fn wait_finished<R: std::io::Read, W: std::io::Write>(c: &mut Client<R, W>, job:
     }
     Ok(())
 }
-

@@ -26,11 +26,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::plot::{PlotSpec, Scale, Series, line_plot};
+use crate::index::{BackendKind, Filter, IndexConfig, VectorIndex};
 use sotalign_engine::synthetic::{Platonic, PlatonicSpec};
 use sotalign_engine::teacher::CcaTeacher;
 use sotalign_engine::train::fit_student;
 use sotalign_engine::{AlignConfig, AlignData, Aligned, Matrix};
-use crate::index::{BackendKind, Filter, IndexConfig, VectorIndex};
 
 #[derive(Debug, Args)]
 pub struct ScalingArgs {

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use sotalign_engine::{AlignConfig, AlignData};
 use crate::io::manifest::{EvalSet, Manifest};
 use crate::io::read_embeddings;
 use crate::io::reference::Reference;
+use sotalign_engine::{AlignConfig, AlignData};
 
 /// Input data: either embeddings + manifest, or one cell of the reference splits.
 #[derive(Debug, Clone, Args)]

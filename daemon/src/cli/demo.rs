@@ -33,11 +33,11 @@ use sotalign_protocol::types::{
 };
 
 use super::encoders::{ModelArgs, encode_with_bars};
+use crate::assets;
+use crate::ingest::{self, EncodeOptions, sources};
 use sotalign_engine::eval::{RetrievalReport, evaluate};
 use sotalign_engine::methods::{Method, fit};
 use sotalign_engine::{AlignConfig, AlignData, Matrix};
-use crate::assets;
-use crate::ingest::{self, EncodeOptions, sources};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -491,7 +491,12 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     /// `allow`: the folder whose manifest and embeddings the daemon ingests.
-    pub(crate) fn spawn(listen: &str, data_dir: &Path, allow: &Path, device: &str) -> Result<Daemon> {
+    pub(crate) fn spawn(
+        listen: &str,
+        data_dir: &Path,
+        allow: &Path,
+        device: &str,
+    ) -> Result<Daemon> {
         let exe = std::env::current_exe().context("locating the sotalign binary")?;
         let mut child = Command::new(exe)
             .args([

@@ -5,9 +5,9 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::data_args::DataArgs;
+use crate::io::read_checkpoint;
 use sotalign_engine::eval::{RetrievalReport, evaluate};
 use sotalign_engine::methods;
-use crate::io::read_checkpoint;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {

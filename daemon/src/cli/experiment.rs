@@ -18,13 +18,13 @@ use clap::Args;
 use serde::Serialize;
 
 use super::data_args::ConfigArgs;
+use crate::io::reference::{Reference, ReferenceResults, load_tuning};
 use sotalign_engine::csa::Csa;
 use sotalign_engine::eval::evaluate;
 use sotalign_engine::methods::{self, Method, Progress};
 use sotalign_engine::teacher::CcaTeacher;
 use sotalign_engine::validation::Holdout;
 use sotalign_engine::{AlignConfig, Aligned};
-use crate::io::reference::{Reference, ReferenceResults, load_tuning};
 
 #[derive(Debug, Args)]
 pub struct ExperimentArgs {
@@ -233,7 +233,14 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         std::fs::write(j, serde_json::to_string_pretty(&cells)?)
             .with_context(|| format!("writing {}", j.display()))?;
     }
-    let mut section = render(&args, &cells, &chosen_s, ref_results.as_ref(), test.x.rows, wall);
+    let mut section = render(
+        &args,
+        &cells,
+        &chosen_s,
+        ref_results.as_ref(),
+        test.x.rows,
+        wall,
+    );
     if !chosen_alpha.is_empty() {
         section.push_str(&format!(
             "\nSOTAlign alpha ({}; the reference's validation chose): {}.\n",

@@ -28,14 +28,14 @@ use serde::Serialize;
 
 use super::data_args::ConfigArgs;
 use super::plot::{PlotSpec, Scale, Series, line_plot};
+use crate::io::reference::Reference;
 use sotalign_engine::AlignData;
-use sotalign_engine::data::Negatives;
 use sotalign_engine::acquire::{AcquireConfig, Decisions, Strategy, propose};
+use sotalign_engine::data::Negatives;
 use sotalign_engine::eval::{distinct_rank, evaluate};
 use sotalign_engine::methods::{Method, fit_quiet};
 use sotalign_engine::select::{Hybrid, HybridConfig, Mode, TypiclustConfig, typiclust};
 use sotalign_engine::{Aligned, Matrix};
-use crate::io::reference::Reference;
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -288,16 +288,15 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                     break;
                 }
                 // Effort of a caption label: the rank of the image's true caption.
-                let mut caption_effort =
-                    |k: usize, dec: &Decisions| -> Result<()> {
-                        if let Some((m, st)) =
-                            effort_ranks(&scores, k, &text_groups, r.groups[pool[k]], dec)?
-                        {
-                            paid.push(m);
-                            paid_store.push(st);
-                        }
-                        Ok(())
-                    };
+                let mut caption_effort = |k: usize, dec: &Decisions| -> Result<()> {
+                    if let Some((m, st)) =
+                        effort_ranks(&scores, k, &text_groups, r.groups[pool[k]], dec)?
+                    {
+                        paid.push(m);
+                        paid_store.push(st);
+                    }
+                    Ok(())
+                };
                 let mode = match strat {
                     Strat::Typiclust => Some(Mode::Caption),
                     Strat::Hybrid => Some(hybrid.mode()),
@@ -458,12 +457,14 @@ pub fn run(args: SimulateArgs) -> Result<()> {
                     .collect(),
             })
         })
-        .chain(curves.get("random-pairs").map(|c| Series {
-            name: "store order".into(),
-            points: effort_curve(c, &args)
-                .iter()
-                .filter_map(|&(l, _, s)| Some((l, s?.max(1.0))))
-                .collect(),
+        .chain(curves.get("random-pairs").map(|c| {
+            Series {
+                name: "store order".into(),
+                points: effort_curve(c, &args)
+                    .iter()
+                    .filter_map(|&(l, _, s)| Some((l, s?.max(1.0))))
+                    .collect(),
+            }
         }))
         .collect();
     line_plot(
@@ -557,8 +558,10 @@ fn build_data(
     let pt: Vec<usize> = pairs.iter().map(|p| p.1).collect();
     let rejected = dec.negatives();
     let negatives = (negatives && !rejected.is_empty()).then(|| Negatives {
-        x: r.img.select_rows(&rejected.iter().map(|p| pool[p.0]).collect::<Vec<_>>()),
-        y: r.txt.select_rows(&rejected.iter().map(|p| pool_t[p.1]).collect::<Vec<_>>()),
+        x: r.img
+            .select_rows(&rejected.iter().map(|p| pool[p.0]).collect::<Vec<_>>()),
+        y: r.txt
+            .select_rows(&rejected.iter().map(|p| pool_t[p.1]).collect::<Vec<_>>()),
     });
     AlignData {
         xp: r.img.select_rows(&pi),
@@ -845,7 +848,12 @@ fn render_effort(
         let store: Vec<usize> = c.iter().flat_map(|v| v[last].paid_store.clone()).collect();
         let rem: Vec<usize> = c
             .iter()
-            .flat_map(|v| v[rounds - 1].remaining.iter().map(|&r| effort_cost(r, args)))
+            .flat_map(|v| {
+                v[rounds - 1]
+                    .remaining
+                    .iter()
+                    .map(|&r| effort_cost(r, args))
+            })
             .collect();
         let rem_store: Vec<usize> = c
             .iter()
@@ -854,7 +862,10 @@ fn render_effort(
         let mean = if cost.is_empty() {
             "–".to_string()
         } else {
-            format!("{:.1}", cost.iter().sum::<usize>() as f64 / cost.len() as f64)
+            format!(
+                "{:.1}",
+                cost.iter().sum::<usize>() as f64 / cost.len() as f64
+            )
         };
         let searched = if raw.is_empty() {
             "–".to_string()

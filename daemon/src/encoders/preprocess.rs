@@ -28,7 +28,9 @@ pub enum ImageError {
     #[error("degenerate image size {0}x{1}")]
     Size(u32, u32),
     /// Over the pixel cap (`--max-image-pixels`), checked before any pixel is allocated.
-    #[error("image of {width}x{height} pixels exceeds the cap of {max} pixels (sotalign serve --max-image-pixels)")]
+    #[error(
+        "image of {width}x{height} pixels exceeds the cap of {max} pixels (sotalign serve --max-image-pixels)"
+    )]
     TooManyPixels { width: u64, height: u64, max: u64 },
     /// The file itself could not be read under the daemon's rules (size cap, scope, not a file).
     #[error(transparent)]

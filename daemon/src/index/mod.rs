@@ -32,8 +32,8 @@ pub use hnsw::HnswParams;
 pub use set::{BuildPhase, IndexSet, Modality, RebuildHandle, RebuildOutcome, Served};
 pub use store::VectorStore;
 
-use sotalign_engine::Matrix;
 use hnsw::HnswGraph;
+use sotalign_engine::Matrix;
 
 /// Collections with fewer items than this are served by exact search.
 ///

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::IngestError;
-use sotalign_engine::Matrix;
 use crate::io::npy::{NpyF32, write_npy};
+use sotalign_engine::Matrix;
 
 /// Environment variable overriding the embedding cache root.
 pub const ENV_VAR: &str = "SOTALIGN_CACHE";

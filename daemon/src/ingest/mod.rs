@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use sotalign_engine::Matrix;
 use crate::encoders::{EncoderError, ImageEncoder, Report, Skipped, TextEncoder};
 pub use cache::{ModelCache, content_hash};
+use sotalign_engine::Matrix;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

@@ -51,65 +51,65 @@ struct Walk<'l> {
 }
 
 impl Walk<'_> {
-fn at(
-    &mut self,
-    dir: &Path,
-    depth: usize,
-    out: &mut Vec<PathBuf>,
-    skipped: &mut Vec<Skipped>,
-) -> Result<(), IngestError> {
-    let l = self.l;
-    crate::limits::check(
-        &format!("folder depth at {}", dir.display()),
-        depth as u64,
-        l.max_walk_depth as u64,
-        "max-walk-depth",
-    )?;
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) => {
-            skipped.push(skip(
-                skipped.len(),
-                dir.display().to_string(),
-                format!("cannot list directory: {e}"),
-            ));
-            return Ok(());
-        }
-    };
-    let mut entries = Vec::new();
-    for e in rd.flatten() {
-        self.visited += 1;
+    fn at(
+        &mut self,
+        dir: &Path,
+        depth: usize,
+        out: &mut Vec<PathBuf>,
+        skipped: &mut Vec<Skipped>,
+    ) -> Result<(), IngestError> {
+        let l = self.l;
         crate::limits::check(
-            "entries visited in one folder walk",
-            self.visited as u64,
-            l.max_walk_entries as u64,
-            "max-walk-entries",
+            &format!("folder depth at {}", dir.display()),
+            depth as u64,
+            l.max_walk_depth as u64,
+            "max-walk-depth",
         )?;
-        let p = e.path();
-        let is_dir = match e.file_type() {
-            Ok(t) if t.is_dir() => true,
-            Ok(t) if t.is_symlink() => p.is_dir(),
-            _ => false,
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                skipped.push(skip(
+                    skipped.len(),
+                    dir.display().to_string(),
+                    format!("cannot list directory: {e}"),
+                ));
+                return Ok(());
+            }
         };
-        entries.push((p, is_dir));
-    }
-    entries.sort();
-    for (p, is_dir) in entries {
-        if !is_dir {
-            out.push(p);
-            continue;
+        let mut entries = Vec::new();
+        for e in rd.flatten() {
+            self.visited += 1;
+            crate::limits::check(
+                "entries visited in one folder walk",
+                self.visited as u64,
+                l.max_walk_entries as u64,
+                "max-walk-entries",
+            )?;
+            let p = e.path();
+            let is_dir = match e.file_type() {
+                Ok(t) if t.is_dir() => true,
+                Ok(t) if t.is_symlink() => p.is_dir(),
+                _ => false,
+            };
+            entries.push((p, is_dir));
         }
-        match std::fs::canonicalize(&p) {
-            Ok(c) if !self.seen.insert(c.clone()) => skipped.push(skip(
-                skipped.len(),
-                p.display().to_string(),
-                "directory already walked (a symbolic link loop or a second link to it)",
-            )),
-            _ => self.at(&p, depth + 1, out, skipped)?,
+        entries.sort();
+        for (p, is_dir) in entries {
+            if !is_dir {
+                out.push(p);
+                continue;
+            }
+            match std::fs::canonicalize(&p) {
+                Ok(c) if !self.seen.insert(c.clone()) => skipped.push(skip(
+                    skipped.len(),
+                    p.display().to_string(),
+                    "directory already walked (a symbolic link loop or a second link to it)",
+                )),
+                _ => self.at(&p, depth + 1, out, skipped)?,
+            }
         }
+        Ok(())
     }
-    Ok(())
-}
 }
 
 /// A client-named text file (manifest, captions): in scope, regular, at most

@@ -88,7 +88,8 @@ impl Reference {
             }
             captions[r.row] = r.caption;
         }
-        let groups = sotalign_engine::groups::caption_groups(captions.iter().map(|c| Some(c.as_str())));
+        let groups =
+            sotalign_engine::groups::caption_groups(captions.iter().map(|c| Some(c.as_str())));
         let all = splits
             .test
             .iter()

@@ -21,9 +21,9 @@ use super::jobs::{JobHandle, Outcome, Report};
 use super::model::Served;
 use super::publish;
 use super::state::Shared;
+use crate::store::{TrainingSnapshot, now_ms};
 use sotalign_engine::progress::Phase;
 use sotalign_engine::{AlignConfig, AlignData, AlignError, Matrix};
-use crate::store::{TrainingSnapshot, now_ms};
 
 /// At most this many progress notifications per second during training.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
@@ -334,21 +334,59 @@ fn run_job(
             if p.step >= p.total || last.elapsed() >= REPORT_EVERY {
                 last = Instant::now();
                 let msg = match p.loss {
-                    Some(l) => format!("{} {}/{}, {} {l:.4}", p.stage, p.step, p.total, if p.phase == Phase::Train { "loss" } else { "score" }),
+                    Some(l) => format!(
+                        "{} {}/{}, {} {l:.4}",
+                        p.stage,
+                        p.step,
+                        p.total,
+                        if p.phase == Phase::Train {
+                            "loss"
+                        } else {
+                            "score"
+                        }
+                    ),
                     None => format!("{} {}/{}", p.stage, p.step, p.total),
                 };
                 let loss = (p.phase == Phase::Train).then_some(p.loss).flatten();
-                report(part, ms, fit::job_stage(p.phase), p.step as u64, p.total as u64, loss, msg);
+                report(
+                    part,
+                    ms,
+                    fit::job_stage(p.phase),
+                    p.step as u64,
+                    p.total as u64,
+                    loss,
+                    msg,
+                );
             }
             ControlFlow::Continue(())
         }
     };
 
     // Stage 1: the method itself, or auto's closed-form choice for a trained method.
-    let first = if plan.two_stage { AlignMethod::Auto } else { method };
-    let fitted = fit::fit(first, &data, cfg, &mut forward(Part::Fit, ModelStage::ClosedForm))?;
+    let first = if plan.two_stage {
+        AlignMethod::Auto
+    } else {
+        method
+    };
+    let fitted = fit::fit(
+        first,
+        &data,
+        cfg,
+        &mut forward(Part::Fit, ModelStage::ClosedForm),
+    )?;
     check_cancel(h)?;
-    let metrics = serve(shared, h, &plan, run, method, fitted, &snap, &data, ModelStage::ClosedForm, report)?;
+    let metrics = serve(
+        shared,
+        h,
+        &plan,
+        run,
+        method,
+        fitted,
+        &snap,
+        &data,
+        ModelStage::ClosedForm,
+        report,
+    )?;
     if !plan.two_stage {
         return Ok(metrics);
     }
@@ -360,19 +398,57 @@ fn run_job(
     let verdict = match sotalign_engine::validation::Holdout::new(&data) {
         Err(e) => Err(format!("too few pairs to validate trained heads ({e})")),
         Ok(hold) => {
-            report(Part::Validate, ms, JobStage::Validate, 0, 2, None, "validating: closed-form model without the validation pairs".into());
+            report(
+                Part::Validate,
+                ms,
+                JobStage::Validate,
+                0,
+                2,
+                None,
+                "validating: closed-form model without the validation pairs".into(),
+            );
             let cf = fit::fit(AlignMethod::Auto, &hold.train, cfg, &mut |p| {
-                if h.is_cancelled() { ControlFlow::Break(()) } else { let _ = p; ControlFlow::Continue(()) }
+                if h.is_cancelled() {
+                    ControlFlow::Break(())
+                } else {
+                    let _ = p;
+                    ControlFlow::Continue(())
+                }
             })?;
             let cf_score = hold.evaluate(cf.model.as_ref())?.mean_mrr();
-            report(Part::ValidateHeads, ms, JobStage::Validate, 0, 1, Some(cf_score), format!("closed-form validation MRR {cf_score:.4}; training heads without the validation pairs"));
-            let heads = fit::fit(method, &hold.train, cfg, &mut forward(Part::ValidateHeads, ms))?;
+            report(
+                Part::ValidateHeads,
+                ms,
+                JobStage::Validate,
+                0,
+                1,
+                Some(cf_score),
+                format!(
+                    "closed-form validation MRR {cf_score:.4}; training heads without the validation pairs"
+                ),
+            );
+            let heads = fit::fit(
+                method,
+                &hold.train,
+                cfg,
+                &mut forward(Part::ValidateHeads, ms),
+            )?;
             let heads_score = hold.evaluate(heads.model.as_ref())?.mean_mrr();
-            report(Part::ValidateHeads, ms, JobStage::Validate, 1, 1, None, format!("validation MRR: heads {heads_score:.4}, closed-form {cf_score:.4}"));
+            report(
+                Part::ValidateHeads,
+                ms,
+                JobStage::Validate,
+                1,
+                1,
+                None,
+                format!("validation MRR: heads {heads_score:.4}, closed-form {cf_score:.4}"),
+            );
             if heads_score > cf_score {
                 Ok((heads_score, cf_score))
             } else {
-                Err(format!("the closed-form model stays: validation MRR heads {heads_score:.4} <= closed-form {cf_score:.4}"))
+                Err(format!(
+                    "the closed-form model stays: validation MRR heads {heads_score:.4} <= closed-form {cf_score:.4}"
+                ))
             }
         }
     };
@@ -385,8 +461,18 @@ fn run_job(
         Ok((hs, cs)) => {
             let fitted = fit::fit(method, &data, cfg, &mut forward(Part::Train, ms))?;
             check_cancel(h)?;
-            let m = serve(shared, h, &plan, run, method, fitted, &snap, &data, ms, report)?;
-            report(Part::Evaluate2, ms, JobStage::Evaluate, 1, 1, None, format!("the trained heads serve: validation MRR {hs:.4} > closed-form {cs:.4}"));
+            let m = serve(
+                shared, h, &plan, run, method, fitted, &snap, &data, ms, report,
+            )?;
+            report(
+                Part::Evaluate2,
+                ms,
+                JobStage::Evaluate,
+                1,
+                1,
+                None,
+                format!("the trained heads serve: validation MRR {hs:.4} > closed-form {cs:.4}"),
+            );
             Ok(m)
         }
     }
@@ -426,7 +512,15 @@ fn serve(
     let ck = path.display().to_string();
     let Fitted { model, fitted, .. } = fitted_model;
     let n_items = (snap.images.ids.len() + snap.texts.ids.len()) as u64;
-    report(pi, ms, JobStage::Index, 0, n_items, None, "embedding all samples".into());
+    report(
+        pi,
+        ms,
+        JobStage::Index,
+        0,
+        n_items,
+        None,
+        "embedding all samples".into(),
+    );
     let mut served = Served::new(
         run,
         method,
@@ -444,17 +538,45 @@ fn serve(
     if h.is_cancelled() {
         return Err(JobError::Cancelled);
     }
-    let published = publish::publish(shared, served, snap, publish::When::Always, &mut |m, d, _| {
-        done[(m == sotalign_protocol::types::Modality::Text) as usize] = d;
-        if last_index.elapsed() >= REPORT_EVERY {
-            last_index = Instant::now();
-            let step = (done[0] + done[1]) as u64;
-            report(pi, ms, JobStage::Index, step, n_items, None, format!("indexed {step}/{n_items}"));
-        }
-    })
+    let published = publish::publish(
+        shared,
+        served,
+        snap,
+        publish::When::Always,
+        &mut |m, d, _| {
+            done[(m == sotalign_protocol::types::Modality::Text) as usize] = d;
+            if last_index.elapsed() >= REPORT_EVERY {
+                last_index = Instant::now();
+                let step = (done[0] + done[1]) as u64;
+                report(
+                    pi,
+                    ms,
+                    JobStage::Index,
+                    step,
+                    n_items,
+                    None,
+                    format!("indexed {step}/{n_items}"),
+                );
+            }
+        },
+    )
     .map_err(|e| JobError::Failed(internal(format!("publishing the model: {e}"))))?;
     let metrics = published.and_then(|m| m.metrics);
-    report(pe, ms, JobStage::Evaluate, 1, 1, None, format!("{} model serving", match ms { ModelStage::ClosedForm => "closed-form", ModelStage::Trained => "trained" }));
+    report(
+        pe,
+        ms,
+        JobStage::Evaluate,
+        1,
+        1,
+        None,
+        format!(
+            "{} model serving",
+            match ms {
+                ModelStage::ClosedForm => "closed-form",
+                ModelStage::Trained => "trained",
+            }
+        ),
+    );
     shared.store_blocking(|s| {
         s.finish_run(
             run,

@@ -10,11 +10,11 @@ use serde_json::json;
 use sotalign_protocol::types::*;
 use sotalign_protocol::{ErrorObject, Message, PROTOCOL_VERSION, codes, methods, names};
 
-use super::transport::NoteSender;
 #[allow(unused_imports)] // `on_note`: client -> server notifications (none registered yet)
 use super::dispatch::{Router, on, on_note};
 use super::errors::{HResult, not_ready};
 use super::state::Shared;
+use super::transport::NoteSender;
 use super::{align_job, ingest_job};
 use crate::store::now_ms;
 
@@ -55,7 +55,11 @@ impl ConnState {
     /// Send a message to this connection alone (e.g. diagnostics for a document it opened);
     /// false if it is closed.
     pub async fn send(&self, msg: Message) -> bool {
-        let sender = self.outgoing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sender = self
+            .outgoing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         match sender {
             Some(s) => s.send(msg).await,
             None => false,

@@ -52,34 +52,76 @@ pub fn check_align_config(cfg: &AlignConfig, l: &Limits) -> Result<(), limits::L
     let c = |what: &str, got: usize, limit: usize, flag: &'static str| {
         limits::check(what, got as u64, limit as u64, flag)
     };
-    c("config.optim.steps", cfg.optim.steps, l.max_steps, "max-steps")?;
-    c("config.heads.dim", cfg.heads.dim, l.max_head_dim, "max-head-dim")?;
-    c("config.klot.batch", cfg.klot.batch, l.max_batch, "max-batch")?;
+    c(
+        "config.optim.steps",
+        cfg.optim.steps,
+        l.max_steps,
+        "max-steps",
+    )?;
+    c(
+        "config.heads.dim",
+        cfg.heads.dim,
+        l.max_head_dim,
+        "max-head-dim",
+    )?;
+    c(
+        "config.klot.batch",
+        cfg.klot.batch,
+        l.max_batch,
+        "max-batch",
+    )?;
     c(
         "config.klot.iters",
         cfg.klot.iters,
         l.max_sinkhorn_iters,
         "max-sinkhorn-iters",
     )?;
-    c("config.auto.splits", cfg.auto.splits, l.max_grid, "max-grid")?;
+    c(
+        "config.auto.splits",
+        cfg.auto.splits,
+        l.max_grid,
+        "max-grid",
+    )?;
     if let Some(m) = cfg.teacher.max_components {
-        c("config.teacher.max_components", m, l.max_head_dim, "max-head-dim")?;
+        c(
+            "config.teacher.max_components",
+            m,
+            l.max_head_dim,
+            "max-head-dim",
+        )?;
     }
     if let Some(s) = cfg.csa.s {
         c("config.csa.s", s, l.max_head_dim, "max-head-dim")?;
     }
     for (what, len) in [
-        ("length of config.auto.ridge_grid", cfg.auto.ridge_grid.len()),
-        ("length of config.auto.asif_p_grid", cfg.auto.asif_p_grid.len()),
-        ("length of config.auto.blend_weights", cfg.auto.blend_weights.len()),
+        (
+            "length of config.auto.ridge_grid",
+            cfg.auto.ridge_grid.len(),
+        ),
+        (
+            "length of config.auto.asif_p_grid",
+            cfg.auto.asif_p_grid.len(),
+        ),
+        (
+            "length of config.auto.blend_weights",
+            cfg.auto.blend_weights.len(),
+        ),
         ("length of config.auto.eps_grid", cfg.auto.eps_grid.len()),
-        ("length of config.klot.alpha_grid", cfg.klot.alpha_grid.len()),
+        (
+            "length of config.klot.alpha_grid",
+            cfg.klot.alpha_grid.len(),
+        ),
         ("length of config.csa.s_grid", cfg.csa.s_grid.len()),
     ] {
         c(what, len, l.max_grid, "max-grid")?;
     }
     for &s in &cfg.csa.s_grid {
-        c("an entry of config.csa.s_grid", s, l.max_head_dim, "max-head-dim")?;
+        c(
+            "an entry of config.csa.s_grid",
+            s,
+            l.max_head_dim,
+            "max-head-dim",
+        )?;
     }
     Ok(())
 }

@@ -42,7 +42,8 @@ use super::errors::{HResult, internal};
 /// A boxed, sendable future: what every handler becomes in the table.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-type RequestHandler = Box<dyn Fn(Arc<Backend>, Option<Value>) -> BoxFuture<HResult<Value>> + Send + Sync>;
+type RequestHandler =
+    Box<dyn Fn(Arc<Backend>, Option<Value>) -> BoxFuture<HResult<Value>> + Send + Sync>;
 type NoteHandler = Box<dyn Fn(Arc<Backend>, Option<Value>) -> BoxFuture<HResult<()>> + Send + Sync>;
 
 /// The typed method table. Built once per daemon, shared by every connection.
@@ -65,8 +66,10 @@ impl Router {
         let previous = self.requests.insert(
             M::NAME,
             Box::new(move |backend, params| {
-                match sotalign_protocol::jsonrpc::parse_params::<M::Params>(M::NAME, params.as_ref())
-                {
+                match sotalign_protocol::jsonrpc::parse_params::<M::Params>(
+                    M::NAME,
+                    params.as_ref(),
+                ) {
                     Err(e) => Box::pin(std::future::ready(Err(e))),
                     Ok(p) => {
                         let fut = f(backend, p);
@@ -95,8 +98,10 @@ impl Router {
         let previous = self.notes.insert(
             N::NAME,
             Box::new(move |backend, params| {
-                match sotalign_protocol::jsonrpc::parse_params::<N::Params>(N::NAME, params.as_ref())
-                {
+                match sotalign_protocol::jsonrpc::parse_params::<N::Params>(
+                    N::NAME,
+                    params.as_ref(),
+                ) {
                     Err(e) => Box::pin(std::future::ready(Err(e))),
                     Ok(p) => Box::pin(f(backend, p)),
                 }
@@ -190,7 +195,12 @@ impl Connection {
 
     /// Abort every request in flight (the connection is closing).
     pub fn abort_pending(&self) {
-        for (_, h) in self.pending.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+        for (_, h) in self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
             h.abort();
         }
     }
@@ -209,13 +219,15 @@ impl Connection {
                 Some(id),
                 ErrorObject::new(codes::INVALID_REQUEST, "initialize was already received"),
             ))),
-            (_, Phase::Uninitialized | Phase::Initializing) => ready(Outcome::Respond(Response::error(
-                Some(id),
-                ErrorObject::new(
-                    codes::SERVER_NOT_INITIALIZED,
-                    format!("{method}: send initialize first"),
-                ),
-            ))),
+            (_, Phase::Uninitialized | Phase::Initializing) => {
+                ready(Outcome::Respond(Response::error(
+                    Some(id),
+                    ErrorObject::new(
+                        codes::SERVER_NOT_INITIALIZED,
+                        format!("{method}: send initialize first"),
+                    ),
+                )))
+            }
             (_, Phase::ShutDown) => ready(Outcome::Respond(Response::error(
                 Some(id),
                 ErrorObject::new(
@@ -282,16 +294,22 @@ impl Connection {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
             Outcome::Respond(match joined {
-            Ok(Ok(value)) => Response { id: Some(id), outcome: Ok(value) },
-            Ok(Err(e)) => Response::error(Some(id), e),
-            Err(e) if e.is_cancelled() => Response::error(
-                Some(id),
-                ErrorObject::new(codes::REQUEST_CANCELLED, format!("{method}: cancelled")),
-            ),
-            Err(e) => {
-                tracing::error!("{method}: handler panicked: {e}");
-                Response::error(Some(id), internal(format!("{method}: the handler failed unexpectedly")))
-            }
+                Ok(Ok(value)) => Response {
+                    id: Some(id),
+                    outcome: Ok(value),
+                },
+                Ok(Err(e)) => Response::error(Some(id), e),
+                Err(e) if e.is_cancelled() => Response::error(
+                    Some(id),
+                    ErrorObject::new(codes::REQUEST_CANCELLED, format!("{method}: cancelled")),
+                ),
+                Err(e) => {
+                    tracing::error!("{method}: handler panicked: {e}");
+                    Response::error(
+                        Some(id),
+                        internal(format!("{method}: the handler failed unexpectedly")),
+                    )
+                }
             })
         })
     }
@@ -304,7 +322,12 @@ impl Connection {
                 let id = params.as_ref().and_then(|p| p.get("id")).cloned();
                 match id.map(serde_json::from_value::<Id>) {
                     Some(Ok(id)) => {
-                        if let Some(h) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                        if let Some(h) = self
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&id)
+                        {
                             h.abort();
                         }
                     }
@@ -439,7 +462,9 @@ mod tests {
 
     fn error_code(o: &Outcome) -> Option<i64> {
         match o {
-            Outcome::Respond(r) | Outcome::RespondAndClose(r) => r.outcome.as_ref().err().map(|e| e.code),
+            Outcome::Respond(r) | Outcome::RespondAndClose(r) => {
+                r.outcome.as_ref().err().map(|e| e.code)
+            }
             _ => None,
         }
     }
@@ -451,17 +476,41 @@ mod tests {
         // Before initialize: -32002; notifications other than exit are dropped.
         let o = call(&mut c, request(1, names::STATUS, json!({}))).await;
         assert_eq!(error_code(&o), Some(codes::SERVER_NOT_INITIALIZED));
-        assert_eq!(call(&mut c, note("$/progress", json!({}))).await, Outcome::None);
+        assert_eq!(
+            call(&mut c, note("$/progress", json!({}))).await,
+            Outcome::None
+        );
         // initialize once; its result lists the methods of the table.
-        let o = call(&mut c, request(2, names::INITIALIZE, json!({"capabilities": {}}))).await;
-        let Outcome::Respond(r) = o else { panic!("{o:?}") };
+        let o = call(
+            &mut c,
+            request(2, names::INITIALIZE, json!({"capabilities": {}})),
+        )
+        .await;
+        let Outcome::Respond(r) = o else {
+            panic!("{o:?}")
+        };
         let caps = r.outcome.expect("initialize works");
         let methods = &caps["capabilities"]["experimental"]["sotalign"]["methods"];
-        assert!(methods.as_array().unwrap().iter().any(|m| m == names::STATUS), "{caps}");
+        assert!(
+            methods
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m == names::STATUS),
+            "{caps}"
+        );
         let o = call(&mut c, request(3, names::INITIALIZE, json!({}))).await;
         assert_eq!(error_code(&o), Some(codes::INVALID_REQUEST));
         // Absent params read as {}.
-        let o = call(&mut c, Message::Request(Request { id: Id::Number(4), method: names::STATUS.into(), params: None })).await;
+        let o = call(
+            &mut c,
+            Message::Request(Request {
+                id: Id::Number(4),
+                method: names::STATUS.into(),
+                params: None,
+            }),
+        )
+        .await;
         assert_eq!(error_code(&o), None, "{o:?}");
         // Unknown method, bad params.
         let o = call(&mut c, request(5, "sotalign/nope", json!({}))).await;
@@ -470,7 +519,10 @@ mod tests {
         assert_eq!(error_code(&o), Some(codes::INVALID_PARAMS));
         // $/cancelRequest aborts a running handler: -32800.
         let pending = c.call(request(7, Sleep::NAME, json!(null)));
-        assert_eq!(call(&mut c, note(names::CANCEL_REQUEST, json!({"id": 7}))).await, Outcome::None);
+        assert_eq!(
+            call(&mut c, note(names::CANCEL_REQUEST, json!({"id": 7}))).await,
+            Outcome::None
+        );
         let Ok(o) = tokio::time::timeout(std::time::Duration::from_secs(10), pending)
             .await
             .expect("cancelled within 10 s");
@@ -485,6 +537,9 @@ mod tests {
         assert_eq!(error_code(&o), None);
         let o = call(&mut c, request(11, names::STATUS, json!({}))).await;
         assert_eq!(error_code(&o), Some(codes::INVALID_REQUEST));
-        assert_eq!(call(&mut c, note(names::EXIT, json!(null))).await, Outcome::Exit);
+        assert_eq!(
+            call(&mut c, note(names::EXIT, json!(null))).await,
+            Outcome::Exit
+        );
     }
 }

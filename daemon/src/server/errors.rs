@@ -29,7 +29,10 @@ impl From<crate::limits::LimitError> for ErrorObject {
         let msg = e.to_string();
         match e {
             L::Exceeded {
-                what, got, limit, flag,
+                what,
+                got,
+                limit,
+                flag,
             } => ErrorObject::new(codes::LIMIT_EXCEEDED, msg)
                 .with_data(json!({ "cap": flag, "limit": limit, "got": got, "what": what })),
             L::OutsideScope { path, .. } => {

@@ -42,8 +42,8 @@ use super::encode;
 use super::errors::{HResult, internal, invalid_input};
 use super::jobs::{Outcome, Report};
 use super::state::Shared;
-use sotalign_engine::Matrix;
 use crate::store::{NewPair, NewSample};
+use sotalign_engine::Matrix;
 
 /// A validated batch, ready to insert.
 pub struct Batch {

@@ -17,8 +17,7 @@ use std::time::Instant;
 
 use sotalign_protocol::types::{
     JobFinishedParams, JobId, JobInfo, JobKind, JobProgress, JobStage, JobState, ModelStage,
-    ProgressKind,
-    ProgressParams, ProgressToken, RetrievalMetrics, RunId,
+    ProgressKind, ProgressParams, ProgressToken, RetrievalMetrics, RunId,
 };
 use sotalign_protocol::{ErrorObject, Message, Notification, names};
 use tokio::sync::broadcast;

@@ -410,12 +410,26 @@ fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), St
         shared.opts.index,
     );
     served.stage = stage;
-    publish::publish(shared, served, &snap, publish::When::IfNoneServing, &mut |m, done, total| {
-        // Images then texts, each half of the remaining 0.2..1.
-        let f = if total > 0 { done as f64 / total as f64 } else { 1.0 };
-        let base = if m == sotalign_protocol::types::Modality::Image { 0.2 } else { 0.6 };
-        shared.restore_progress(base + 0.4 * f);
-    })
+    publish::publish(
+        shared,
+        served,
+        &snap,
+        publish::When::IfNoneServing,
+        &mut |m, done, total| {
+            // Images then texts, each half of the remaining 0.2..1.
+            let f = if total > 0 {
+                done as f64 / total as f64
+            } else {
+                1.0
+            };
+            let base = if m == sotalign_protocol::types::Modality::Image {
+                0.2
+            } else {
+                0.6
+            };
+            shared.restore_progress(base + 0.4 * f);
+        },
+    )
     .map_err(|e| e.to_string())?;
     Ok(())
 }

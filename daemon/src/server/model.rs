@@ -22,10 +22,10 @@ use sotalign_protocol::types::{
     Strategy,
 };
 
-use sotalign_engine::acquire::{self, AcquireConfig, Decisions};
-use sotalign_engine::{AlignError, Aligned, Matrix, eval};
 use crate::index::{self, BackendKind, BuildPhase, Filter, IndexConfig, IndexError, IndexSet};
 use crate::store::Embeddings;
+use sotalign_engine::acquire::{self, AcquireConfig, Decisions};
+use sotalign_engine::{AlignError, Aligned, Matrix, eval};
 
 /// Why a model could not be served or queried.
 #[derive(Debug, thiserror::Error)]
@@ -277,8 +277,10 @@ impl Served {
         if kept.is_empty() {
             return None;
         }
-        let labels =
-            sotalign_engine::groups::caption_groups(kept.iter().map(|(_, t)| captions.get(t).map(String::as_str)));
+        let labels = sotalign_engine::groups::caption_groups(
+            kept.iter()
+                .map(|(_, t)| captions.get(t).map(String::as_str)),
+        );
         let x = self.rows(
             Modality::Image,
             &kept.iter().map(|p| p.0).collect::<Vec<_>>(),
@@ -322,7 +324,11 @@ impl Served {
         e.check_finite("aligned embeddings of new samples")?;
         let cur = self.index.current(slot(m));
         let old = cur.index.ids();
-        let dim = if old.is_empty() { e.cols } else { cur.index.dim() };
+        let dim = if old.is_empty() {
+            e.cols
+        } else {
+            cur.index.dim()
+        };
         if e.cols != dim {
             return Err(ServeError::Align(AlignError::DimensionMismatch {
                 what: "new samples' aligned embeddings".into(),

@@ -104,7 +104,11 @@ fn ranked(
     query: Option<SampleId>,
     keep: &(dyn Fn(u64) -> bool + Sync),
 ) -> HResult<Vec<Ranked>> {
-    let mut want = if target == Modality::Text { k * 4 + 16 } else { k };
+    let mut want = if target == Modality::Text {
+        k * 4 + 16
+    } else {
+        k
+    };
     let mut out: Vec<Ranked> = Vec::new();
     for _ in 0..3 {
         let hits = model.search(target, q, want, keep).map_err(index_err)?;
@@ -121,7 +125,11 @@ fn ranked(
             out.push(Ranked {
                 id,
                 score,
-                duplicates: if target == Modality::Text { v.open_twins(id) } else { 0 },
+                duplicates: if target == Modality::Text {
+                    v.open_twins(id)
+                } else {
+                    0
+                },
                 mutual: false,
             });
             if out.len() == k {
@@ -191,7 +199,8 @@ pub async fn suggest_for_sample(
         let k = p.k.clamp(1, max_k()) as usize;
         let hits = {
             let v = sh.view();
-            let keep = |c: u64| v.is_open(c) && (p.include_rejected || !rejected_with(&v, qm, id, c));
+            let keep =
+                |c: u64| v.is_open(c) && (p.include_rejected || !rejected_with(&v, qm, id, c));
             ranked(&model, &v, qm.other(), &q, k, Some(id), &keep)?
         };
         let (sample, candidates) = with_samples(&sh, Some(id), hits)?;
@@ -217,9 +226,8 @@ pub async fn search(shared: &Arc<Shared>, p: SearchParams) -> HResult<SearchResu
                 let target = p.target.unwrap_or(qm.other());
                 let hits = {
                     let v = sh.view();
-                    let keep = |c: u64| {
-                        v.is_open(c) && (target == qm || !rejected_with(&v, qm, id, c))
-                    };
+                    let keep =
+                        |c: u64| v.is_open(c) && (target == qm || !rejected_with(&v, qm, id, c));
                     ranked(&model, &v, target, &q, k, Some(id), &keep)?
                 };
                 let (_, hits) = with_samples(&sh, None, hits)?;
@@ -366,7 +374,11 @@ pub async fn suggest_pairs(
     blocking(move || {
         let (hidden, confirmed, rejected) = {
             let v = sh.view();
-            (v.hidden().clone(), v.confirmed().to_vec(), v.rejected_pairs())
+            (
+                v.hidden().clone(),
+                v.confirmed().to_vec(),
+                v.rejected_pairs(),
+            )
         };
         let limit = p.limit.clamp(1, max_page()) as usize;
         let picks = model

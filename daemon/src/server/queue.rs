@@ -41,7 +41,10 @@ fn subset(ids: &mut Vec<SampleId>) {
     }
 }
 
-fn rows_of(get: impl Fn(SampleId) -> Option<Vec<f32>>, ids: &[SampleId]) -> (Vec<SampleId>, Matrix) {
+fn rows_of(
+    get: impl Fn(SampleId) -> Option<Vec<f32>>,
+    ids: &[SampleId],
+) -> (Vec<SampleId>, Matrix) {
     let mut kept = Vec::new();
     let mut data = Vec::new();
     let mut cols = 0;
@@ -60,7 +63,10 @@ fn rows_of(get: impl Fn(SampleId) -> Option<Vec<f32>>, ids: &[SampleId]) -> (Vec
     (kept, m)
 }
 
-pub async fn next_to_label(shared: &Arc<Shared>, p: NextToLabelParams) -> HResult<NextToLabelResult> {
+pub async fn next_to_label(
+    shared: &Arc<Shared>,
+    p: NextToLabelParams,
+) -> HResult<NextToLabelResult> {
     let sh = shared.clone();
     tokio::task::spawn_blocking(move || build(&sh, p))
         .await
@@ -99,7 +105,11 @@ fn build(shared: &Arc<Shared>, p: NextToLabelParams) -> HResult<NextToLabelResul
         (Some(m), _) => {
             let (ids, pool) = rows_of(|id| m.vector(Modality::Image, id), &open);
             let (_, lab) = rows_of(|id| m.vector(Modality::Image, id), &covered);
-            let lab = if lab.cols == pool.cols { lab } else { Matrix::zeros(0, pool.cols) };
+            let lab = if lab.cols == pool.cols {
+                lab
+            } else {
+                Matrix::zeros(0, pool.cols)
+            };
             let k = lab.rows + limit;
             for r in typical(&pool, &lab, limit)? {
                 picks.push((
@@ -122,7 +132,11 @@ fn build(shared: &Arc<Shared>, p: NextToLabelParams) -> HResult<NextToLabelResul
             let get = |id: SampleId| pos.get(&id).map(|&r| emb.matrix.row(r).to_vec());
             let (ids, pool) = rows_of(get, &open);
             let (_, lab) = rows_of(get, &covered);
-            let lab = if lab.cols == pool.cols { lab } else { Matrix::zeros(0, pool.cols) };
+            let lab = if lab.cols == pool.cols {
+                lab
+            } else {
+                Matrix::zeros(0, pool.cols)
+            };
             let k = lab.rows + limit;
             for r in typical(&pool, &lab, limit)? {
                 picks.push((
@@ -185,16 +199,14 @@ fn judge(
 ) {
     let (hidden, confirmed, rejected) = {
         let v = shared.view();
-        (v.hidden().clone(), v.confirmed().to_vec(), v.rejected_pairs())
+        (
+            v.hidden().clone(),
+            v.confirmed().to_vec(),
+            v.rejected_pairs(),
+        )
     };
-    let Ok(found) = m.suggest_pairs(
-        &hidden,
-        &confirmed,
-        &rejected,
-        Strategy::MutualNn,
-        limit,
-        0,
-    ) else {
+    let Ok(found) = m.suggest_pairs(&hidden, &confirmed, &rejected, Strategy::MutualNn, limit, 0)
+    else {
         return;
     };
     for pk in found {

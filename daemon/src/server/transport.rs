@@ -57,7 +57,13 @@ pub async fn serve_connection<R, W>(
     let mut service = Connection::new(router, backend);
 
     let notifications = shared.notify.subscribe();
-    let mut writer_task = tokio::spawn(write_loop(writer, out_rx, notifications, conn.clone(), max_body));
+    let mut writer_task = tokio::spawn(write_loop(
+        writer,
+        out_rx,
+        notifications,
+        conn.clone(),
+        max_body,
+    ));
     let mut writer_done = false;
 
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -77,7 +83,11 @@ pub async fn serve_connection<R, W>(
             }
             Some(Ok(Err(bad))) => {
                 tracing::debug!("connection {}: bad frame: {bad}", conn.id);
-                if out_tx.send(Outgoing::Response(bad.to_response())).await.is_err() {
+                if out_tx
+                    .send(Outgoing::Response(bad.to_response()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;
@@ -193,9 +203,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 if let Message::Response(r) = &msg {
                     let e = ErrorObject::new(
                         codes::INTERNAL_ERROR,
-                        format!("the result is {length} bytes, over the {max}-byte body cap; ask for less"),
+                        format!(
+                            "the result is {length} bytes, over the {max}-byte body cap; ask for less"
+                        ),
                     );
-                    if sink.send(Message::Response(Response::error(r.id.clone(), e))).await.is_err() {
+                    if sink
+                        .send(Message::Response(Response::error(r.id.clone(), e)))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

@@ -100,7 +100,11 @@ impl CurationView {
                 v.add_sample(s.id, m, &s.key, s.path.as_deref(), s.text.as_deref());
             }
         }
-        for st in [PairState::Confirmed, PairState::HeldOut, PairState::Rejected] {
+        for st in [
+            PairState::Confirmed,
+            PairState::HeldOut,
+            PairState::Rejected,
+        ] {
             for (i, t) in store.pair_ids(st)? {
                 v.pair_state.insert((i.0, t.0), st);
             }
@@ -178,7 +182,12 @@ impl CurationView {
 
     /// Bring the pairs of `a` and `b` (a decided or undone pair's two samples) up to date from
     /// the store: call it inside the store's critical section, right after the commit.
-    pub fn refresh_pairs(&mut self, store: &Store, a: SampleId, b: SampleId) -> Result<(), StoreError> {
+    pub fn refresh_pairs(
+        &mut self,
+        store: &Store,
+        a: SampleId,
+        b: SampleId,
+    ) -> Result<(), StoreError> {
         let mut fresh: Vec<Pair> = store.pairs_of(a)?;
         fresh.extend(store.pairs_of(b)?);
         self.pair_state
@@ -261,7 +270,9 @@ impl CurationView {
         let mut out: Vec<SampleId> = self
             .samples
             .iter()
-            .filter(|(id, e)| e.modality == m && self.is_open(**id) && matches_words(&e.words, query))
+            .filter(|(id, e)| {
+                e.modality == m && self.is_open(**id) && matches_words(&e.words, query)
+            })
             .map(|(id, _)| SampleId(*id))
             .collect();
         out.sort_unstable();
@@ -301,7 +312,13 @@ mod tests {
     #[test]
     fn twins_and_group_rejections() {
         let mut v = CurationView::empty();
-        v.add_sample(SampleId(1), Modality::Image, "img", Some("/d/cat_black.png"), None);
+        v.add_sample(
+            SampleId(1),
+            Modality::Image,
+            "img",
+            Some("/d/cat_black.png"),
+            None,
+        );
         for (id, c) in [(11, "A pineapple."), (12, "A pineapple. "), (13, "A pear.")] {
             v.add_sample(SampleId(id), Modality::Text, "t", None, Some(c));
         }

@@ -685,7 +685,13 @@ impl Store {
             "SELECT {SAMPLE_COLS} FROM samples WHERE {cond} ORDER BY id LIMIT ?4 OFFSET ?5"
         ))?;
         let rows = stmt.query_map(
-            params![modality_str(m), state, pattern, limit as i64, sql_offset(offset)],
+            params![
+                modality_str(m),
+                state,
+                pattern,
+                limit as i64,
+                sql_offset(offset)
+            ],
             row_to_sample,
         )?;
         let mut items = Vec::new();

@@ -195,7 +195,10 @@ pub fn spawn_tcp(data: &Path, extra: &[&str]) -> Daemon {
 
 /// `spawn_tcp`, plus the rest of the daemon's stderr, returned by the thread once the daemon
 /// exits (for tests that read its log, e.g. to count panics).
-pub fn spawn_tcp_capturing(data: &Path, extra: &[&str]) -> (Daemon, std::thread::JoinHandle<String>) {
+pub fn spawn_tcp_capturing(
+    data: &Path,
+    extra: &[&str],
+) -> (Daemon, std::thread::JoinHandle<String>) {
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)

@@ -27,9 +27,7 @@ use crate::keys::{self, Action, Scope};
 use crate::rpc::{Call, CallError, NetEvent, Reply};
 
 pub use browse::{Browse, Hit, Listing};
-pub use dashboard::{
-    JobView, MIN_RATE_WINDOW_SECS, StageView, job_label, percent, stage_name,
-};
+pub use dashboard::{JobView, MIN_RATE_WINDOW_SECS, StageView, job_label, percent, stage_name};
 pub use review::{PendingDecision, Queue, SessionStats, UndoEntry, caption_of, group_captions};
 
 /// How often to ask the daemon for its status while no model is served (a daemon restores its

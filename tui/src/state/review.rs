@@ -165,7 +165,10 @@ pub fn group_captions(cands: Vec<Candidate>) -> Vec<Candidate> {
         match key.as_ref().and_then(|k| by_caption.get(k)) {
             Some(&i) => {
                 let kept = &mut out[i];
-                let merged = kept.duplicates.saturating_add(c.duplicates).saturating_add(1);
+                let merged = kept
+                    .duplicates
+                    .saturating_add(c.duplicates)
+                    .saturating_add(1);
                 if c.score > kept.score {
                     *kept = c;
                 }

@@ -570,7 +570,12 @@ fn score_holdout(
                 // validation step, which keeps the counter monotone and lets a cancel through.
                 let at = *step;
                 fit_candidate_with(c, &h.train, &mut |_| match report(
-                    progress, Phase::Validate, "validate", at, total, None,
+                    progress,
+                    Phase::Validate,
+                    "validate",
+                    at,
+                    total,
+                    None,
                 ) {
                     Ok(()) => ControlFlow::Continue(()),
                     Err(_) => ControlFlow::Break(()),
@@ -654,7 +659,14 @@ pub fn fit_auto(
     let choice = cands[best].clone();
     let stage = format!("fit {}", choice.label);
     let steps = val.steps.max(1);
-    report(progress, Phase::Fit, &stage, steps - 1, steps, Some(scores[best]))?;
+    report(
+        progress,
+        Phase::Fit,
+        &stage,
+        steps - 1,
+        steps,
+        Some(scores[best]),
+    )?;
     let inner = fit_candidate_with(&choice, data, &mut |_| match report(
         progress,
         Phase::Fit,
@@ -666,7 +678,14 @@ pub fn fit_auto(
         Ok(()) => ControlFlow::Continue(()),
         Err(_) => ControlFlow::Break(()),
     })?;
-    report(progress, Phase::Fit, &stage, steps, steps, Some(scores[best]))?;
+    report(
+        progress,
+        Phase::Fit,
+        &stage,
+        steps,
+        steps,
+        Some(scores[best]),
+    )?;
     let scores = cands
         .iter()
         .zip(stats)

@@ -332,8 +332,7 @@ mod tests {
                 assert!((got[(i, j)] - want[(i, j)]).abs() < 1e-9);
             }
         }
-        let back =
-            Blend::from_state(&f.export_state().unwrap(), &crate::methods::restore).unwrap();
+        let back = Blend::from_state(&f.export_state().unwrap(), &crate::methods::restore).unwrap();
         assert_eq!(back.parts(), vec!["procrustes", "cca", "asif_c"]);
         let (s1, s2) = (f.score(&xt, &yt).unwrap(), back.score(&xt, &yt).unwrap());
         for (u, v) in s1.data.iter().zip(&s2.data) {

@@ -553,7 +553,12 @@ mod tests {
         let images = Matrix::from_vec(4, 2, vec![1.0, 0.0, 0.9, 0.1, 0.8, 0.2, 0.7, 0.3]).unwrap();
         let texts = Matrix::from_vec(3, 2, vec![1.0, 0.05, -1.0, 0.0, 0.0, -1.0]).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        for strategy in [Strategy::Confidence, Strategy::Mnn, Strategy::Ot, Strategy::MnnOt] {
+        for strategy in [
+            Strategy::Confidence,
+            Strategy::Mnn,
+            Strategy::Ot,
+            Strategy::MnnOt,
+        ] {
             let p = propose_embedded(
                 &images,
                 &texts,
@@ -568,7 +573,10 @@ mod tests {
             assert!(p.iter().all(|q| q.key.is_finite()), "{strategy}: {p:?}");
             if matches!(strategy, Strategy::Confidence | Strategy::Mnn) {
                 // One ranked pick (text 0), then fallbacks below it.
-                assert!(p[1].key < p[0].key && p[2].key < p[0].key, "{strategy}: {p:?}");
+                assert!(
+                    p[1].key < p[0].key && p[2].key < p[0].key,
+                    "{strategy}: {p:?}"
+                );
             }
         }
     }

@@ -124,7 +124,10 @@ mod tests {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap() as f64;
-        assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
     }
 
     #[test]

@@ -747,7 +747,9 @@ mod tests {
         });
         let mean_wrong = |h: &StudentHeads| -> f64 {
             let s = h.score(&xt, &yt).unwrap();
-            rows.iter().map(|&i| s.data[i * s.cols + wrong[i]] as f64).sum::<f64>()
+            rows.iter()
+                .map(|&i| s.data[i * s.cols + wrong[i]] as f64)
+                .sum::<f64>()
                 / rows.len() as f64
         };
         let neg = fit_student::<LinearTeacher>(&with, None, &cfg, &mut progress::ignore).unwrap();

@@ -108,4 +108,3 @@ fn free_text_search_without_a_text_encoder_falls_back_to_name_matches_and_says_w
     assert!(matches!(app.browse.results, Loadable::Failed(_)));
     assert_eq!(app.error_count, 1);
 }
-

@@ -149,14 +149,25 @@ fn the_eta_is_measured_from_the_stage_rate_and_stages_are_named_as_they_come() {
     );
     // 100 of 300 steps in 10 s of the job clock: 200 left at that rate is 20 s.
     app.handle(p(4, JobStage::Refine, 100, 300, 13.0));
-    let eta = app.latest_job().unwrap().stage_eta_secs(app.now_ms).unwrap();
+    let eta = app
+        .latest_job()
+        .unwrap()
+        .stage_eta_secs(app.now_ms)
+        .unwrap();
     assert!((eta - 20.0).abs() < 1e-9, "{eta}");
     // Counted down by the UI clock between notifications, never below 0.
     app.handle(Event::Tick { now_ms: 15_000 });
-    let eta = app.latest_job().unwrap().stage_eta_secs(app.now_ms).unwrap();
+    let eta = app
+        .latest_job()
+        .unwrap()
+        .stage_eta_secs(app.now_ms)
+        .unwrap();
     assert!((eta - 15.0).abs() < 1e-9, "{eta}");
     app.handle(Event::Tick { now_ms: 60_000 });
-    assert_eq!(app.latest_job().unwrap().stage_eta_secs(app.now_ms), Some(0.0));
+    assert_eq!(
+        app.latest_job().unwrap().stage_eta_secs(app.now_ms),
+        Some(0.0)
+    );
     let j = app.latest_job().unwrap();
     let names: Vec<String> = j.stages.iter().map(StageView::name).collect();
     assert_eq!(names, vec!["teacher", "refine"]);
@@ -182,7 +193,10 @@ fn stage_names_are_the_wire_names_and_metrics_read_as_percent() {
     }
     assert_eq!(percent(0.081), "8.1%");
     assert_eq!(percent(1.0), "100.0%");
-    assert_eq!(job_label(JobKind::Align, JobId(3), Some(RunId(2))), "re-align #2");
+    assert_eq!(
+        job_label(JobKind::Align, JobId(3), Some(RunId(2))),
+        "re-align #2"
+    );
     assert_eq!(job_label(JobKind::Ingest, JobId(3), None), "ingest #3");
     let mut app = ready_app();
     app.handle(Event::Net(NetEvent::Notification(
@@ -200,5 +214,8 @@ fn stage_names_are_the_wire_names_and_metrics_read_as_percent() {
     )));
     let text = app.message.unwrap().text;
     assert!(text.contains("re-align #2 finished"), "{text}");
-    assert!(text.contains("image->text 8.1%") && text.contains("text->image 6.2%"), "{text}");
+    assert!(
+        text.contains("image->text 8.1%") && text.contains("text->image 6.2%"),
+        "{text}"
+    );
 }

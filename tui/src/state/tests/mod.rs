@@ -119,4 +119,3 @@ fn help_is_modal() {
     app.handle(key('q'));
     assert!(app.should_quit);
 }
-

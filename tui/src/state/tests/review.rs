@@ -372,7 +372,6 @@ fn a_model_restored_after_the_daemon_started_is_picked_up_without_a_key() {
     assert!(calls.is_empty());
 }
 
-
 /// Issue 12: after `r`, the pane said "run 2" while the list still held run 1's scores and
 /// order. Candidates follow the model the daemon serves: an answer scored by the replaced model
 /// that arrives after `status` named the new one is refetched, and the title names the run that
@@ -520,7 +519,10 @@ fn identical_captions_are_listed_once_and_a_reject_applies_to_the_caption() {
     let shown = app.review().candidates.ready().unwrap().clone();
     let captions: Vec<_> = shown.iter().map(|c| caption_of(c).unwrap()).collect();
     assert_eq!(captions, vec!["A pineapple.", "A seal on ice."]);
-    assert_eq!((shown[0].sample.id, shown[0].duplicates), (SampleId(110), 2));
+    assert_eq!(
+        (shown[0].sample.id, shown[0].duplicates),
+        (SampleId(110), 2)
+    );
     assert_eq!((shown[0].rank, shown[1].rank), (1, 2));
     assert_eq!(shown[0].score, 0.61, "the best score of the group is kept");
     // Reject the pineapple: its twins go with it, the seal is next.
@@ -586,6 +588,12 @@ fn grouping_keeps_the_daemons_counts_and_never_merges_images_or_different_text()
     let g = group_captions(vec![a, b, c, i1, i2]);
     let ids: Vec<u64> = g.iter().map(|c| c.sample.id.0).collect();
     assert_eq!(ids, vec![3, 2, 4, 5]);
-    assert_eq!(g[0].duplicates, 4, "3 from the daemon + the one folded here");
-    assert_eq!(g.iter().map(|c| c.rank).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        g[0].duplicates, 4,
+        "3 from the daemon + the one folded here"
+    );
+    assert_eq!(
+        g.iter().map(|c| c.rank).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
 }
