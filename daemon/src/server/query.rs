@@ -213,6 +213,16 @@ pub async fn suggest_for_sample(
     .await
 }
 
+/// A search answer: the ranked hits with their sample records, and what served them.
+fn search_result(sh: &Shared, model: &Served, hits: Vec<Ranked>) -> HResult<SearchResult> {
+    let (_, hits) = with_samples(sh, None, hits)?;
+    Ok(SearchResult {
+        hits,
+        run: model.run,
+        index: model.index_kind(),
+    })
+}
+
 pub async fn search(shared: &Arc<Shared>, p: SearchParams) -> HResult<SearchResult> {
     let model = require_model(shared)?;
     let k = p.k.clamp(1, max_k()) as usize;
@@ -230,12 +240,7 @@ pub async fn search(shared: &Arc<Shared>, p: SearchParams) -> HResult<SearchResu
                         |c: u64| v.is_open(c) && (target == qm || !rejected_with(&v, qm, id, c));
                     ranked(&model, &v, target, &q, k, Some(id), &keep)?
                 };
-                let (_, hits) = with_samples(&sh, None, hits)?;
-                Ok(SearchResult {
-                    hits,
-                    run: model.run,
-                    index: model.index_kind(),
-                })
+                search_result(&sh, &model, hits)
             })
             .await
         }
@@ -254,12 +259,7 @@ pub async fn search(shared: &Arc<Shared>, p: SearchParams) -> HResult<SearchResu
                     let v = sh.view();
                     ranked(&model, &v, target, &q, k, None, &|c| v.is_open(c))?
                 };
-                let (_, hits) = with_samples(&sh, None, hits)?;
-                Ok(SearchResult {
-                    hits,
-                    run: model.run,
-                    index: model.index_kind(),
-                })
+                search_result(&sh, &model, hits)
             })
             .await
         }
@@ -355,12 +355,7 @@ async fn search_text(
             }
             out
         };
-        let (_, hits) = with_samples(&sh, None, hits)?;
-        Ok(SearchResult {
-            hits,
-            run: model.run,
-            index: model.index_kind(),
-        })
+        search_result(&sh, &model, hits)
     })
     .await
 }
