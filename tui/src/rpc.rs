@@ -153,11 +153,15 @@ impl Call {
                 image: *image,
                 text: *text,
                 source: None,
+                annotator: None,
+                shown_revision: None,
             }),
             Call::Reject { image, text } => params::<methods::Reject>(DecideParams {
                 image: *image,
                 text: *text,
                 source: None,
+                annotator: None,
+                shown_revision: None,
             }),
             Call::Undo { decision } => params::<methods::Undo>(UndoParams {
                 decision: Some(*decision),

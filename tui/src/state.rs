@@ -828,7 +828,7 @@ impl App {
                 job.progress_at_ms = now;
             }
             ServerNotification::JobFinished(f) => self.on_job_finished(f, calls),
-            ServerNotification::Other(_) => {}
+            ServerNotification::DecisionsChanged(_) | ServerNotification::Other(_) => {}
         }
     }
 

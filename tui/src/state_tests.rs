@@ -697,6 +697,8 @@ fn jobs_that_ended_while_disconnected_are_not_shown_as_running_forever() {
                 run: None,
             },
             jobs: vec![],
+            annotators: vec![],
+            revision: 0,
         }),
     ));
     assert!(app.running_align().is_none());

@@ -115,6 +115,7 @@ async fn handshake_calls_errors_notifications_timeouts_and_reconnect() {
             text: SampleId(4),
             at_ms: 1,
             source: "tui:test".into(),
+            annotator: None,
             undone_at_ms: None,
         },
         changed: true,

@@ -253,6 +253,8 @@ impl Backend {
             }),
             index,
             jobs: self.shared.jobs.active(),
+            annotators: Vec::new(),
+            revision: 0,
         })
     }
 

@@ -258,6 +258,7 @@ fn to_decision(raw: RawDecision) -> Result<Decision, StoreError> {
         text: SampleId(text),
         at_ms,
         source,
+        annotator: None,
         undone_at_ms,
     })
 }
@@ -816,6 +817,7 @@ impl Store {
                 text,
                 at_ms: now,
                 source: source.to_owned(),
+                annotator: None,
                 undone_at_ms: None,
             },
             changed,
