@@ -4,6 +4,7 @@ pub mod align;
 pub mod bench;
 pub mod bench_encoders;
 pub mod bench_scaling;
+pub mod data;
 pub mod data_args;
 pub mod demo;
 pub mod encoders;

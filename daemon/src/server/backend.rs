@@ -45,8 +45,8 @@ impl ConnState {
 }
 
 pub struct Backend {
-    shared: Arc<Shared>,
-    conn: Arc<ConnState>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) conn: Arc<ConnState>,
 }
 
 /// Page sizes are capped so one answer stays well under the body cap.
@@ -74,6 +74,8 @@ pub fn build_service(
         .custom_method(names::EVALUATE, Backend::evaluate)
         .custom_method(names::RUNS, Backend::runs)
         .custom_method(names::INGEST, Backend::ingest)
+        .custom_method(names::EXPORT, Backend::export)
+        .custom_method(names::GET_IMAGE, Backend::get_image)
         .finish()
 }
 
@@ -192,6 +194,8 @@ impl Backend {
     rpc!(evaluate, EvaluateParams, EvaluateResult, Self::do_evaluate);
     rpc!(runs, RunsParams, RunsResult, Self::do_runs);
     rpc!(ingest, IngestParams, IngestResult, Self::do_ingest);
+    rpc!(export, ExportParams, ExportResult, Self::do_export);
+    rpc!(get_image, GetImageParams, GetImageResult, Self::do_get_image);
 
     async fn do_status(&self, _: Empty) -> HResult<StatusResult> {
         let (counts, dims) = self
@@ -234,6 +238,7 @@ impl Backend {
                 run: Some(m.run),
             },
         };
+        let (annotators, revision) = self.annotators().await?;
         Ok(StatusResult {
             version: env!("CARGO_PKG_VERSION").into(),
             protocol_version: PROTOCOL_VERSION,
@@ -253,8 +258,8 @@ impl Backend {
             }),
             index,
             jobs: self.shared.jobs.active(),
-            annotators: Vec::new(),
-            revision: 0,
+            annotators,
+            revision,
         })
     }
 
@@ -453,11 +458,9 @@ impl Backend {
     }
 
     async fn decide(&self, kind: DecisionKind, p: DecideParams) -> HResult<DecisionResult> {
-        let source = self.source(p.source);
+        let source = self.source(p.source.clone());
         // Answered only after the transaction committed (synchronous=FULL): durable when acked.
-        self.shared
-            .store(move |s| s.decide(kind, p.image, p.text, &source))
-            .await
+        self.decide_shared(kind, p, source).await
     }
 
     async fn do_confirm(&self, p: DecideParams) -> HResult<DecisionResult> {
@@ -469,7 +472,7 @@ impl Backend {
     }
 
     async fn do_undo(&self, p: UndoParams) -> HResult<UndoResult> {
-        self.shared.store(move |s| s.undo(p.decision)).await
+        self.undo_shared(p).await
     }
 
     async fn do_list_pairs(&self, p: ListPairsParams) -> HResult<ListPairsResult> {
