@@ -906,7 +906,13 @@ pub struct ExportResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GetImageParams {
-    pub sample: SampleId,
+    /// The image sample; or give `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<SampleId>,
+    /// The stored path of an image sample (as `getSample` / `listSamples` return it); only
+    /// paths of stored samples are served, never arbitrary files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Bounding box in pixels; the image is downscaled to fit (never upscaled), capped at 1024.
     pub max_width: u32,
     pub max_height: u32,

@@ -180,6 +180,15 @@ async fn run(
         ImageMode::Halfblocks => Picker::halfblocks(),
     };
     let mut images = Images::new(picker);
+    let token = args.token.clone().or_else(|| {
+        std::env::var("SOTALIGN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    if let Some(addr) = &args.connect {
+        // The daemon may be on another machine: fetch pictures it has and we cannot read.
+        images.set_remote(sotalign_tui::images::Remote::new(addr.clone(), token.clone()));
+    }
 
     let mut cfg = NetConfig::new(endpoint);
     cfg.token = args.token.clone().or_else(|| {

@@ -573,20 +573,19 @@ pub fn from_imagefolder(dir: &Path) -> Result<Batch, BatchError> {
             bad.push(line, "no file_name");
             continue;
         }
-        let mut wrong = None;
-        let cell = |k: usize| match obj.get(&names[k]) {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(v) => {
-                wrong.get_or_insert_with(|| format!("{:?} must be a string, got {v}", names[k]));
-                None
-            }
-        };
-        let row = table_row(&cols, &cell, dir, line);
+        let wrong = [cols.image, cols.caption, cols.key, cols.split]
+            .into_iter()
+            .flatten()
+            .find_map(|k| match &obj[&names[k]] {
+                serde_json::Value::Null | serde_json::Value::String(_) => None,
+                v => Some(format!("{:?} must be a string, got {v}", names[k])),
+            });
         if let Some(msg) = wrong {
             bad.push(line, msg);
             continue;
         }
+        let cell = |k: usize| obj.get(&names[k]).and_then(|v| v.as_str()).map(str::to_string);
+        let row = table_row(&cols, &cell, dir, line);
         match row {
             Ok(row) => {
                 if let Some(p) = &row.image_path

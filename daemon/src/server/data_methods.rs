@@ -194,17 +194,34 @@ impl Backend {
             return Err(ErrorObject::invalid_params("maxWidth and maxHeight must be at least 1"));
         }
         let (w, h) = (p.max_width.min(MAX_IMAGE_SIDE), p.max_height.min(MAX_IMAGE_SIDE));
-        let sample = self.shared.store(move |s| s.sample(p.sample)).await?;
+        let id = match (p.sample, p.path) {
+            (Some(id), None) => id,
+            (None, Some(path)) => {
+                let q = path.clone();
+                self.shared
+                    .store(move |s| s.image_by_path(&q))
+                    .await?
+                    .ok_or_else(|| {
+                        ErrorObject::invalid_params(format!("no image sample has the path {path:?}"))
+                    })?
+            }
+            _ => {
+                return Err(ErrorObject::invalid_params(
+                    "give exactly one of `sample` and `path`",
+                ));
+            }
+        };
+        let sample = self.shared.store(move |s| s.sample(id)).await?;
         if sample.modality != Modality::Image {
             return Err(ErrorObject::new(
                 codes::WRONG_MODALITY,
-                format!("sample {} is a text, not an image", p.sample),
+                format!("sample {id} is a text, not an image"),
             )
-            .with_data(json!({ "sample": p.sample, "expected": "image" })));
+            .with_data(json!({ "sample": id, "expected": "image" })));
         }
         let Some(path) = sample.path else {
             return Err(invalid_input(
-                format!("image sample {} has no file (ingested as a vector only)", p.sample),
+                format!("image sample {id} has no file (ingested as a vector only)"),
                 None,
             ));
         };

@@ -23,7 +23,7 @@ use super::encode;
 use super::errors::{HResult, internal};
 use super::jobs::{Outcome, Report};
 use super::state::Shared;
-use crate::ingest::batch::{self, Batch, BatchError};
+use crate::ingest::batch::{self, Batch};
 
 /// Run one source's `source -> batch` function on a blocking thread.
 async fn read_source(

@@ -317,3 +317,28 @@ fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), St
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn empty_or_blank_tokens_are_refused_from_every_source() {
+        for t in ["", "   ", "\t\n"] {
+            assert!(resolve_token(Some(t), None, None).is_err(), "{t:?}");
+            assert!(resolve_token(None, None, Some(t.into())).is_err(), "{t:?}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("tok");
+        std::fs::write(&f, " \n").unwrap();
+        assert!(resolve_token(None, Some(&f), None).unwrap_err().to_string().contains("empty"));
+        std::fs::write(&f, "s3cret\n").unwrap();
+        assert_eq!(resolve_token(None, Some(&f), Some("env".into())).unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(resolve_token(None, None, Some("env".into())).unwrap().as_deref(), Some("env"));
+        assert_eq!(resolve_token(Some("flag"), None, Some("env".into())).unwrap().as_deref(), Some("flag"));
+        assert_eq!(resolve_token(None, None, None).unwrap(), None);
+        assert!(resolve_token(None, Some(&d.path().join("missing")), None).is_err());
+        std::fs::write(&f, vec![b'x'; 5000]).unwrap();
+        assert!(resolve_token(None, Some(&f), None).is_err());
+    }
+}

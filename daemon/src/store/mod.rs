@@ -797,6 +797,18 @@ impl Store {
             .map(|(r, _)| r)
     }
 
+    /// The image sample stored with this path (the lowest id if several).
+    pub fn image_by_path(&self, path: &str) -> Result<Option<SampleId>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(id) FROM samples WHERE modality = 'image' AND path = ?1",
+                [path],
+                |r| r.get::<_, Option<u64>>(0),
+            )?
+            .map(SampleId))
+    }
+
     /// The store's decision revision (bumped by every decision and undo).
     pub fn revision(&self) -> Result<u64, StoreError> {
         revision_in(&self.conn)
