@@ -71,7 +71,10 @@ pub fn export(
         })?
         .to_string_lossy()
         .into_owned();
-    let tmp = dest.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    // Unique per export, so two clients exporting at once never share a temporary.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dest.with_file_name(format!(".{name}.partial-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_file(&tmp);
     let r = match format {

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Each entry upgrades the schema by one version. Append only; never edit a released entry.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // v1: samples with their encoder-space embeddings, pairs, decisions, runs, key/value meta.
     r#"
     CREATE TABLE meta (
