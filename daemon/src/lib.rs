@@ -11,6 +11,7 @@
 pub mod assets;
 pub mod cli;
 pub mod encoders;
+pub mod export;
 pub mod index;
 pub mod ingest;
 pub mod io;

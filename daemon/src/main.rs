@@ -24,6 +24,11 @@ enum Cmd {
     Encode(sotalign::cli::encoders::EncodeArgs),
     /// The newcomer's tour: fetch, encode Tux Paint, compare methods at 100 pairs, serve for the TUI.
     Demo(sotalign::cli::demo::DemoArgs),
+    /// Add one's own data to a data dir or a running daemon: a manifest, folders, a Hugging
+    /// Face imagefolder, a CSV or parquet table.
+    Ingest(sotalign::cli::data::IngestArgs),
+    /// Write the decided pairs (who decided, when) as JSONL, CSV, imagefolder or WebDataset.
+    Export(sotalign::cli::data::ExportArgs),
     /// Fit an alignment method on embeddings (+ manifest) or a reference split; write a checkpoint.
     Align(sotalign::cli::align::AlignArgs),
     /// Print the retrieval metrics of a checkpoint on a test split.
@@ -50,6 +55,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fetch(a) => sotalign::cli::encoders::fetch(a),
         Cmd::Encode(a) => sotalign::cli::encoders::encode(a),
         Cmd::Demo(a) => sotalign::cli::demo::run(a),
+        Cmd::Ingest(a) => sotalign::cli::data::ingest(a),
+        Cmd::Export(a) => sotalign::cli::data::export(a),
         Cmd::Align(a) => sotalign::cli::align::run(a),
         Cmd::Eval(a) => sotalign::cli::eval::run(a),
         Cmd::Experiment(a) => sotalign::cli::experiment::run(a),

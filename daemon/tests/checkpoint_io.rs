@@ -25,20 +25,20 @@ fn files_to_checkpoint_and_back() {
         None,
     )
     .unwrap();
-    let mut manifest = String::new();
+    let mut manifest = String::from("{\"sotalign_manifest\": 1}\n");
     for i in 0..100 {
         let split = if i < 60 { "train" } else { "test" };
         let cap = serde_json::to_string(&r.captions[i]).unwrap();
         manifest.push_str(&format!(
-            "{{\"image\": {i}, \"text\": {i}, \"caption\": {cap}, \"split\": \"{split}\"}}\n"
+            "{{\"imageRow\": {i}, \"textRow\": {i}, \"caption\": {cap}, \"split\": \"{split}\"}}\n"
         ));
     }
     for i in 100..130 {
-        manifest.push_str(&format!("{{\"image\": {i}}}\n"));
+        manifest.push_str(&format!("{{\"imageRow\": {i}}}\n"));
     }
     for i in 130..160 {
         let cap = serde_json::to_string(&r.captions[i]).unwrap();
-        manifest.push_str(&format!("{{\"text\": {i}, \"caption\": {cap}}}\n"));
+        manifest.push_str(&format!("{{\"textRow\": {i}, \"caption\": {cap}}}\n"));
     }
     std::fs::write(dir.path().join("m.jsonl"), manifest).unwrap();
     let args = DataArgs {

@@ -52,6 +52,10 @@ pub const NOT_READY: i64 = 1021;
 /// The decision contradicts the store's state: deciding on a held-out pair, undoing a decision
 /// that was already undone. Nothing was written. `data: {"reason": ...}`.
 pub const DECISION_CONFLICT: i64 = 1022;
+/// The pair changed since the client showed it (a decision or undo touching either sample
+/// committed after `shownRevision`). Nothing was written; fetch the next item.
+/// `data: {"revision": current}`.
+pub const STALE_DECISION: i64 = 1023;
 /// Input the daemon could read but not accept: a manifest line that does not parse, a corrupt
 /// image, a missing folder. `data: {"path": ..., "line": n}` where known.
 pub const INVALID_INPUT: i64 = 1030;
@@ -90,6 +94,7 @@ pub const ALL: &[(i64, &str)] = &[
     (JOB_CONFLICT, "JOB_CONFLICT"),
     (NOT_READY, "NOT_READY"),
     (DECISION_CONFLICT, "DECISION_CONFLICT"),
+    (STALE_DECISION, "STALE_DECISION"),
     (INVALID_INPUT, "INVALID_INPUT"),
     (BODY_TOO_LARGE, "BODY_TOO_LARGE"),
     (LIMIT_EXCEEDED, "LIMIT_EXCEEDED"),

@@ -34,9 +34,12 @@ pub mod names {
     pub const RUNS: &str = "sotalign/runs";
     pub const INGEST: &str = "sotalign/ingest";
     pub const NEXT_TO_LABEL: &str = "sotalign/nextToLabel";
+    pub const EXPORT: &str = "sotalign/export";
+    pub const GET_IMAGE: &str = "sotalign/getImage";
 
     pub const PROGRESS: &str = "$/progress";
     pub const JOB_FINISHED: &str = "sotalign/jobFinished";
+    pub const DECISIONS_CHANGED: &str = "sotalign/decisionsChanged";
 }
 
 /// A request/response method.
@@ -124,6 +127,12 @@ methods! {
     Ingest = INGEST: IngestParams => IngestResult;
     /// What to label next, each image with the reason it is queued.
     NextToLabel = NEXT_TO_LABEL: NextToLabelParams => NextToLabelResult;
+    /// Write the decided pairs (with who decided and when) as JSONL, CSV, imagefolder or
+    /// WebDataset shards on the daemon's machine.
+    Export = EXPORT: ExportParams => ExportResult;
+    /// An image sample downscaled to fit a box, as base64 PNG (for clients that cannot read
+    /// the daemon's paths, e.g. over an SSH tunnel).
+    GetImage = GET_IMAGE: GetImageParams => GetImageResult;
 }
 
 notifications! {
@@ -135,6 +144,8 @@ notifications! {
     Progress = PROGRESS: ProgressParams;
     /// Server -> client: a job ended; sent once, after its last progress notification.
     JobFinished = JOB_FINISHED: JobFinishedParams;
+    /// Server -> client: a decision or undo committed (any connection's).
+    DecisionsChanged = DECISIONS_CHANGED: DecisionsChangedParams;
 }
 
 /// A server -> client notification, typed. Clients match on this instead of method strings.
@@ -142,6 +153,7 @@ notifications! {
 pub enum ServerNotification {
     Progress(ProgressParams),
     JobFinished(JobFinishedParams),
+    DecisionsChanged(DecisionsChangedParams),
     /// Anything else (e.g. `window/logMessage`), kept raw.
     Other(crate::jsonrpc::Notification),
 }
@@ -153,6 +165,7 @@ impl ServerNotification {
         Ok(match n.method.as_str() {
             names::PROGRESS => ServerNotification::Progress(n.parse_params()?),
             names::JOB_FINISHED => ServerNotification::JobFinished(n.parse_params()?),
+            names::DECISIONS_CHANGED => ServerNotification::DecisionsChanged(n.parse_params()?),
             _ => ServerNotification::Other(n),
         })
     }

@@ -241,6 +241,22 @@ pub struct StatusResult {
     pub index: IndexInfo,
     /// Jobs queued or running now.
     pub jobs: Vec<JobInfo>,
+    /// Decisions per annotator (undone ones not counted), most active first.
+    #[serde(default)]
+    pub annotators: Vec<AnnotatorCount>,
+    /// The store's decision revision: bumped by every committed decision and undo. A client
+    /// passes the revision it showed a pair at as `DecideParams::shownRevision`.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// How many standing decisions one annotator made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnnotatorCount {
+    pub annotator: String,
+    pub confirmed: u64,
+    pub rejected: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -603,6 +619,15 @@ pub struct DecideParams {
     /// Who decided (e.g. `tui:alice`); default: the client name given at `initialize`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The person who decided (the TUI's `--annotator`, default the login name); stored with
+    /// the decision and counted per annotator in `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotator: Option<String>,
+    /// The store revision (`status.revision` / `decisionsChanged.revision`) at which the client
+    /// showed this pair. If a decision or undo touching either sample committed after it, the
+    /// decision is refused with `STALE_DECISION` and nothing is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown_revision: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -614,6 +639,9 @@ pub struct Decision {
     pub text: SampleId,
     pub at_ms: u64,
     pub source: String,
+    /// The person who decided, when the client named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotator: Option<String>,
     /// Set once the decision was undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undone_at_ms: Option<u64>,
@@ -908,6 +936,14 @@ pub enum IngestSource {
     },
     /// Samples with their embeddings, validated before the call returns.
     Embedded(Vec<EmbeddedSample>),
+    /// A Hugging Face `imagefolder` directory: images plus `metadata.jsonl` with `file_name`
+    /// and a caption column (`text`, `caption`); rows without a caption are unpaired images.
+    Imagefolder(String),
+    /// A CSV table (header row: `image`/`image_path`/`file_name`, `caption`/`text`, optional
+    /// `key`, `split`); an empty cell leaves that side out (unpaired).
+    Csv(String),
+    /// A parquet table with the same columns as `csv`.
+    Parquet(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -925,7 +961,91 @@ pub struct IngestResult {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Export
+
+/// What `sotalign/export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// A sotalign manifest (version 1), re-ingestable as is.
+    Jsonl,
+    /// One row per pair with a header.
+    Csv,
+    /// A Hugging Face `imagefolder` directory (`metadata.jsonl` + the images).
+    Imagefolder,
+    /// WebDataset tar shards: `KEY.png|jpg` + `KEY.txt` + `KEY.json`.
+    Webdataset,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportParams {
+    pub format: ExportFormat,
+    /// Where to write, on the daemon's machine: a file (`jsonl`, `csv`) or a directory
+    /// (`imagefolder`, `webdataset`) that must not exist yet or be empty.
+    pub dest: String,
+    /// Rejected pairs too (marked `"state": "rejected"`); default: confirmed only.
+    #[serde(default)]
+    pub include_rejected: bool,
+    /// WebDataset: pairs per shard (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_size: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportResult {
+    /// Pairs written.
+    pub pairs: u64,
+    /// Files written (the manifest, the table, each shard, each image).
+    pub files: u64,
+    pub dest: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pictures over the wire
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetImageParams {
+    /// The image sample; or give `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<SampleId>,
+    /// The stored path of an image sample (as `getSample` / `listSamples` return it); only
+    /// paths of stored samples are served, never arbitrary files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Bounding box in pixels; the image is downscaled to fit (never upscaled), capped at 1024.
+    pub max_width: u32,
+    pub max_height: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetImageResult {
+    /// `image/png`.
+    pub mime: String,
+    pub width: u32,
+    pub height: u32,
+    /// The encoded image, base64 (standard alphabet, padded).
+    pub data: String,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Notifications
+
+/// `sotalign/decisionsChanged`: broadcast to every connection after a decision or undo
+/// committed, so several annotators see each other's work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionsChangedParams {
+    /// The store revision after this change.
+    pub revision: u64,
+    pub decision: Decision,
+    /// True when the change was an undo of `decision`.
+    pub undone: bool,
+    pub counts: Counts,
+}
 
 /// `$/progress` token: LSP allows an integer or a string; sotalign sends `"job-<id>"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -168,8 +168,8 @@ fn every_doc_example_parses_into_the_types() {
         dispatch!(ex, &msg;
             methods: Initialize, Shutdown, Status, ListSamples, GetSample, SuggestForSample,
                 SuggestPairs, Confirm, Reject, Undo, ListPairs, Search, Align, Cancel, Jobs,
-                Evaluate, Runs, Ingest, NextToLabel;
-            notifications: Initialized, Exit, Progress, JobFinished);
+                Evaluate, Runs, Ingest, NextToLabel, Export, GetImage;
+            notifications: Initialized, Exit, Progress, JobFinished, DecisionsChanged);
     }
 }
 

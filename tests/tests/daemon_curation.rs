@@ -138,6 +138,8 @@ fn twins_once_group_rejects_word_search_and_the_queue() {
             image: image.id,
             text: twin.id,
             source: None,
+            annotator: None,
+            shown_revision: None,
         })
         .unwrap();
     let after = suggest(&mut c, image.id);
@@ -211,6 +213,8 @@ fn twins_once_group_rejects_word_search_and_the_queue() {
                 image: it.image.id,
                 text: t.sample.id,
                 source: None,
+                annotator: None,
+                shown_revision: None,
             })
             .unwrap();
             fed = true;

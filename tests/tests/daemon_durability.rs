@@ -98,6 +98,8 @@ fn acknowledged_confirms_survive_kill_minus_nine() {
                 image: pair.0,
                 text: pair.1,
                 source: None,
+                annotator: None,
+                shown_revision: None,
             }) {
                 Ok(_) => {
                     acked.insert(pair);

@@ -56,13 +56,13 @@ fn raw_stamps_are_encoded_in_the_background_and_text_search_uses_minilm() {
     let rows = pick_rows(&index, N);
     let stamps = assets.tuxpaint_stamps();
     // Raw manifest: image paths and captions, no embeddings.
-    let mut lines = Vec::new();
+    let mut lines = vec![json!({"sotalign_manifest": 1}).to_string()];
     for (k, &r) in rows.iter().enumerate() {
         let file = index["rows"][r]["file"].as_str().unwrap();
         let caption = index["rows"][r]["caption"].as_str().unwrap();
         let split = if k < N_PAIRS { "train" } else { "unpaired" };
         lines.push(
-            json!({"key": format!("row-{r}"), "image": stamps.join(file).display().to_string(), "text": caption, "split": split})
+            json!({"key": format!("row-{r}"), "imagePath": stamps.join(file).display().to_string(), "caption": caption, "split": split})
                 .to_string(),
         );
     }
@@ -320,7 +320,10 @@ fn without_assets_text_search_and_raw_ingest_say_run_sotalign_fetch() {
     let raw = dir.path().join("raw.jsonl");
     std::fs::write(
         &raw,
-        json!({"key": "x", "image": "x.png", "text": "An x."}).to_string() + "\n",
+        json!({"sotalign_manifest": 1}).to_string()
+            + "\n"
+            + &json!({"key": "x", "imagePath": "x.png", "caption": "An x."}).to_string()
+            + "\n",
     )
     .unwrap();
     let e = c

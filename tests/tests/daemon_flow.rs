@@ -150,6 +150,8 @@ fn flow<R: Read, W: Write>(c: &mut Client<R, W>, fx: &Fixture) {
         image: img.id,
         text: top,
         source: None,
+        annotator: None,
+        shown_revision: None,
     })
     .unwrap();
     let again = c
@@ -213,6 +215,8 @@ fn flow<R: Read, W: Write>(c: &mut Client<R, W>, fx: &Fixture) {
                 image: im.id,
                 text: t.id,
                 source: Some("test:oracle".into()),
+                annotator: None,
+                shown_revision: None,
             })
             .unwrap();
         assert!(d.changed);
@@ -228,6 +232,8 @@ fn flow<R: Read, W: Write>(c: &mut Client<R, W>, fx: &Fixture) {
         image: u.undone.image,
         text: u.undone.text,
         source: None,
+        annotator: None,
+        shown_revision: None,
     })
     .unwrap();
     let pairs = c

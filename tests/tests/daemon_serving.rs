@@ -163,6 +163,8 @@ fn confirmed_held_out_and_rejected_are_never_offered() {
             image: p.image.id,
             text: p.text.id,
             source: None,
+            annotator: None,
+            shown_revision: None,
         })
         .unwrap();
         confirmed.extend([p.image.id, p.text.id]);
@@ -174,6 +176,8 @@ fn confirmed_held_out_and_rejected_are_never_offered() {
             image: im.id,
             text: best,
             source: None,
+            annotator: None,
+            shown_revision: None,
         })
         .unwrap();
         rejected.insert((im.id, best));

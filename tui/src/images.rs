@@ -8,7 +8,9 @@
 //! iTerm2 or unicode half-blocks, whatever ratatui-image's `Picker` chose for this terminal).
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::TcpStream;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use image::DynamicImage;
 use image::imageops::FilterType;
@@ -53,10 +55,73 @@ pub enum ImageError {
     Svg(String),
     #[error("cannot encode for the terminal: {0}")]
     Encode(String),
+    #[error("cannot fetch it from the daemon: {0}")]
+    Remote(String),
+}
+
+/// Pictures the TUI cannot read locally (the daemon runs on another machine, e.g. behind
+/// `ssh -L`) are asked of the daemon (`sotalign/getImage`, downscaled PNG) over a second
+/// connection of their own, so big answers never delay the review queue's calls.
+pub struct Remote {
+    addr: String,
+    token: Option<String>,
+    client: Mutex<Option<sotalign_protocol::Client<TcpStream, TcpStream>>>,
+}
+
+impl Remote {
+    pub fn new(addr: String, token: Option<String>) -> Self {
+        Remote {
+            addr,
+            token,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// The picture at `path` (a path on the daemon's machine) fitting `w` x `h` pixels.
+    pub fn fetch(&self, path: &str, w: u32, h: u32) -> Result<DynamicImage, String> {
+        use base64::Engine as _;
+        use sotalign_protocol::methods::GetImage;
+        use sotalign_protocol::types::GetImageParams;
+        let mut guard = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let s = TcpStream::connect(&self.addr).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            let mut c =
+                sotalign_protocol::Client::new(s.try_clone().map_err(|e| e.to_string())?, s);
+            c.initialize("sotalign-tui-images", self.token.clone())
+                .map_err(|e| e.to_string())?;
+            *guard = Some(c);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err("no connection".into());
+        };
+        let r = c.call::<GetImage>(GetImageParams {
+            sample: None,
+            path: Some(path.to_owned()),
+            max_width: w,
+            max_height: h,
+        });
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                if e.code().is_none() {
+                    // Transport trouble: reconnect next time.
+                    *guard = None;
+                }
+                return Err(e.to_string());
+            }
+        };
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r.data)
+            .map_err(|e| e.to_string())?;
+        image::load_from_memory(&png).map_err(|e| e.to_string())
+    }
 }
 
 pub struct Images {
     picker: Picker,
+    remote: Option<Arc<Remote>>,
     slots: HashMap<ImageKey, Slot>,
     order: Vec<ImageKey>,
     wanted: RefCell<Vec<ImageKey>>,
@@ -69,12 +134,18 @@ impl Images {
         let (tx, rx) = unbounded_channel();
         Self {
             picker,
+            remote: None,
             slots: HashMap::new(),
             order: Vec::new(),
             wanted: RefCell::new(Vec::new()),
             tx,
             rx,
         }
+    }
+
+    /// Ask the daemon for pictures whose path cannot be read here.
+    pub fn set_remote(&mut self, remote: Remote) {
+        self.remote = Some(Arc::new(remote));
     }
 
     /// Which terminal graphics protocol is in use (for the title bar).
@@ -116,8 +187,9 @@ impl Images {
             self.insert(key.clone(), Slot::Loading);
             let picker = self.picker.clone();
             let tx = self.tx.clone();
+            let remote = self.remote.clone();
             tokio::task::spawn_blocking(move || {
-                let result = encode(&picker, &key).map_err(|e| e.to_string());
+                let result = encode(&picker, &key, remote.as_deref()).map_err(|e| e.to_string());
                 let _ = tx.send((key, result));
             });
         }
@@ -128,7 +200,7 @@ impl Images {
     pub fn load_wanted_now(&mut self) {
         let wanted = std::mem::take(&mut *self.wanted.borrow_mut());
         for key in wanted {
-            let slot = match encode(&self.picker, &key) {
+            let slot = match encode(&self.picker, &key, self.remote.as_deref()) {
                 Ok(p) => Slot::Ready(p),
                 Err(e) => Slot::Failed(e.to_string()),
             };
@@ -237,8 +309,22 @@ pub fn flatten(img: DynamicImage) -> DynamicImage {
 /// Decode, flatten, and encode for the terminal at the largest size that fits the cell area
 /// with the aspect ratio kept: small pictures (128-px stamps) are scaled up to fill the panel,
 /// large ones down (`Resize::Scale`; `Fit` would leave a 128-px stamp at a few cells).
-fn encode(picker: &Picker, key: &ImageKey) -> Result<Protocol, ImageError> {
-    let img = flatten(decode(Path::new(&key.path))?);
+fn encode(
+    picker: &Picker,
+    key: &ImageKey,
+    remote: Option<&Remote>,
+) -> Result<Protocol, ImageError> {
+    let img = match (decode(Path::new(&key.path)), remote) {
+        (Err(ImageError::Read { .. }), Some(r)) => {
+            // Not readable here: the daemon's machine has it. Ask for the cell box in pixels.
+            let fs = picker.font_size();
+            let w = (u32::from(key.width) * u32::from(fs.width.max(1))).clamp(1, 1024);
+            let h = (u32::from(key.height) * u32::from(fs.height.max(1))).clamp(1, 1024);
+            r.fetch(&key.path, w, h).map_err(ImageError::Remote)?
+        }
+        (r, _) => r?,
+    };
+    let img = flatten(img);
     picker
         .new_protocol(
             img,

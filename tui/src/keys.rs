@@ -25,6 +25,8 @@ pub enum Action {
     ShowReview,
     ShowBrowse,
     ShowDashboard,
+    /// Dashboard: write the confirmed pairs to a JSONL manifest on the daemon's machine.
+    Export,
 }
 
 /// Where a binding is active.
@@ -199,6 +201,14 @@ pub const BINDINGS: &[Binding] = &[
         CancelJob,
         "cancel job",
         "cancel running alignment",
+        true
+    ),
+    b!(
+        Dashboard,
+        [k('e')],
+        Export,
+        "export",
+        "export confirmed pairs (JSONL manifest in the daemon's data dir)",
         true
     ),
     b!(

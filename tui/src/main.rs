@@ -34,8 +34,11 @@ struct Args {
     connect: Option<String>,
     /// Auth token, when the daemon was started with `--token` (default: $SOTALIGN_TOKEN, which
     /// keeps it out of the process list).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
+    /// Read the auth token from this file (surrounding whitespace trimmed).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Data directory for a spawned daemon (default: the daemon's own default).
     #[arg(long, value_name = "DIR", conflicts_with = "connect")]
     data_dir: Option<PathBuf>,
@@ -59,6 +62,10 @@ struct Args {
     /// Name recorded as the source of your decisions (default: tui:$USER).
     #[arg(long)]
     source: Option<String>,
+    /// Who you are, recorded with each decision and counted per annotator on the dashboard
+    /// (default: your login name).
+    #[arg(long, value_name = "NAME")]
+    annotator: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -214,17 +221,42 @@ async fn run(
         ImageMode::Halfblocks => Picker::halfblocks(),
     };
     let mut images = Images::new(picker);
+    let token = match &args.token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?;
+            let t = t.trim();
+            if t.is_empty() {
+                bail!("the token file {} is empty", f.display());
+            }
+            Some(t.to_owned())
+        }
+        None => args.token.clone().or_else(|| {
+            std::env::var("SOTALIGN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        }),
+    };
+    if let Some(addr) = &args.connect {
+        // The daemon may be on another machine: fetch pictures it has and we cannot read.
+        images.set_remote(sotalign_tui::images::Remote::new(
+            addr.clone(),
+            token.clone(),
+        ));
+    }
 
     let mut cfg = NetConfig::new(endpoint);
-    cfg.token = args.token.clone().or_else(|| {
-        std::env::var("SOTALIGN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-    });
+    cfg.token = token;
     cfg.client_name = args.source.clone().unwrap_or_else(|| {
         let user = std::env::var("USER").unwrap_or_else(|_| "user".to_owned());
         format!("tui:{user}")
     });
+    cfg.annotator = args
+        .annotator
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .filter(|a| !a.trim().is_empty());
     let (call_tx, call_rx) = unbounded_channel();
     let (net_tx, mut net_rx) = unbounded_channel();
     let net_task = tokio::spawn(net::run(cfg, call_rx, net_tx));

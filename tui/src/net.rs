@@ -52,6 +52,8 @@ pub struct NetConfig {
     pub token: Option<String>,
     /// Sent as `clientInfo.name`; the daemon records it as the decisions' default source.
     pub client_name: String,
+    /// Recorded with every confirm / reject as `annotator` (the TUI's `--annotator`).
+    pub annotator: Option<String>,
     /// A call with no answer after this long fails (its frame may have been lost).
     pub request_timeout: Duration,
     /// First reconnect delay; doubles per failed attempt up to `backoff_max`.
@@ -65,6 +67,7 @@ impl NetConfig {
             endpoint,
             token: None,
             client_name: "sotalign-tui".to_owned(),
+            annotator: None,
             request_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
@@ -359,7 +362,14 @@ async fn session(
                     return SessionEnd::Quit;
                 }
                 Some(call) => {
-                    let (method, params) = call.encode();
+                    let (method, mut params) = call.encode();
+                    if let (Some(a), true, Some(obj)) = (
+                        &cfg.annotator,
+                        method == names::CONFIRM || method == names::REJECT,
+                        params.as_object_mut(),
+                    ) {
+                        obj.insert("annotator".into(), serde_json::Value::String(a.clone()));
+                    }
                     let id = next_id;
                     next_id += 1;
                     let msg = match Request::new(Id::Number(id), method, &params) {

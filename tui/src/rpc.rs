@@ -35,13 +35,17 @@ pub enum Call {
     Suggest {
         sample: SampleId,
     },
+    /// `shown`: the decision revision the candidates were fetched at (`STALE_DECISION` if the
+    /// pair changed since).
     Confirm {
         image: SampleId,
         text: SampleId,
+        shown: Option<u64>,
     },
     Reject {
         image: SampleId,
         text: SampleId,
+        shown: Option<u64>,
     },
     Undo {
         decision: DecisionId,
@@ -65,6 +69,10 @@ pub enum Call {
     CancelJob {
         job: JobId,
     },
+    /// Write the confirmed pairs to `dest` on the daemon's machine, as a JSONL manifest.
+    Export {
+        dest: String,
+    },
 }
 
 /// A successful answer, typed.
@@ -82,6 +90,7 @@ pub enum Reply {
     Captions(SuggestForSampleResult),
     Align(AlignResult),
     CancelJob(CancelResult),
+    Export(ExportResult),
 }
 
 /// A failed call: the daemon's error object, or a transport problem (no code).
@@ -149,15 +158,19 @@ impl Call {
                     include_rejected: false,
                 })
             }
-            Call::Confirm { image, text } => params::<methods::Confirm>(DecideParams {
+            Call::Confirm { image, text, shown } => params::<methods::Confirm>(DecideParams {
                 image: *image,
                 text: *text,
                 source: None,
+                annotator: None,
+                shown_revision: *shown,
             }),
-            Call::Reject { image, text } => params::<methods::Reject>(DecideParams {
+            Call::Reject { image, text, shown } => params::<methods::Reject>(DecideParams {
                 image: *image,
                 text: *text,
                 source: None,
+                annotator: None,
+                shown_revision: *shown,
             }),
             Call::Undo { decision } => params::<methods::Undo>(UndoParams {
                 decision: Some(*decision),
@@ -176,6 +189,12 @@ impl Call {
             }),
             Call::Align(p) => params::<methods::Align>(p.clone()),
             Call::CancelJob { job } => params::<methods::Cancel>(CancelParams { job: *job }),
+            Call::Export { dest } => params::<methods::Export>(ExportParams {
+                format: ExportFormat::Jsonl,
+                dest: dest.clone(),
+                include_rejected: false,
+                shard_size: None,
+            }),
         }
     }
 
@@ -194,6 +213,7 @@ impl Call {
             Call::ListImages { .. } => Reply::ListImages(parse::<methods::ListSamples>(result)?),
             Call::Align(_) => Reply::Align(parse::<methods::Align>(result)?),
             Call::CancelJob { .. } => Reply::CancelJob(parse::<methods::Cancel>(result)?),
+            Call::Export { .. } => Reply::Export(parse::<methods::Export>(result)?),
         })
     }
 }
@@ -236,6 +256,7 @@ mod tests {
         let (m, p) = Call::Confirm {
             image: SampleId(17),
             text: SampleId(802),
+            shown: None,
         }
         .encode();
         assert_eq!(m, names::CONFIRM);

@@ -101,6 +101,7 @@ async fn handshake_calls_errors_notifications_timeouts_and_reconnect() {
     let call = Call::Confirm {
         image: SampleId(1),
         text: SampleId(4),
+        shown: None,
     };
     call_tx.send(call.clone()).unwrap();
     let req = next_request(&mut rd).await.unwrap();
@@ -115,6 +116,7 @@ async fn handshake_calls_errors_notifications_timeouts_and_reconnect() {
             text: SampleId(4),
             at_ms: 1,
             source: "tui:test".into(),
+            annotator: None,
             undone_at_ms: None,
         },
         changed: true,

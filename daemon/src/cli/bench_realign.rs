@@ -165,7 +165,7 @@ fn reference_manifest(dir: &Path, pairs: usize, out: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(out)?;
     let abs = std::fs::canonicalize(dir)?;
-    let mut text = serde_json::json!({"embeddings": {
+    let mut text = serde_json::json!({"sotalign_manifest": 1, "embeddings": {
         "image": abs.join("tuxpaint_img.npy").display().to_string(),
         "text": abs.join("tuxpaint_txt.npy").display().to_string()}})
     .to_string();
@@ -179,7 +179,7 @@ fn reference_manifest(dir: &Path, pairs: usize, out: &Path) -> Result<PathBuf> {
     for (row, split) in lines {
         text.push_str(
             &serde_json::json!({"key": format!("row-{row}"), "imageRow": row,
-                "text": r.captions[row], "textRow": row, "split": split})
+                "caption": r.captions[row], "textRow": row, "split": split})
             .to_string(),
         );
         text.push('\n');
@@ -213,19 +213,20 @@ fn synthetic_manifest(a: &RealignArgs, n: usize, dir: &Path) -> Result<PathBuf> 
     };
     crate::io::write_npy(&dir.join("img.npy"), &stack(&xp, &xu))?;
     crate::io::write_npy(&dir.join("txt.npy"), &stack(&yp, &yu))?;
-    let mut out =
-        String::from("{\"embeddings\": {\"image\": \"img.npy\", \"text\": \"txt.npy\"}}\n");
+    let mut out = String::from(
+        "{\"sotalign_manifest\": 1, \"embeddings\": {\"image\": \"img.npy\", \"text\": \"txt.npy\"}}\n",
+    );
     let np = a.pairs + a.test;
     for i in 0..np {
         let split = if i < a.pairs { "train" } else { "test" };
         out.push_str(&format!(
-            "{{\"key\": \"p{i}\", \"imageRow\": {i}, \"text\": \"synthetic caption {i}\", \"textRow\": {i}, \"split\": \"{split}\"}}\n"
+            "{{\"key\": \"p{i}\", \"imageRow\": {i}, \"caption\": \"synthetic caption {i}\", \"textRow\": {i}, \"split\": \"{split}\"}}\n"
         ));
     }
     for j in 0..n {
         let r = np + j;
         out.push_str(&format!(
-            "{{\"key\": \"u{j}\", \"imageRow\": {r}, \"text\": \"synthetic caption {r}\", \"textRow\": {r}, \"split\": \"unpaired\"}}\n"
+            "{{\"key\": \"u{j}\", \"imageRow\": {r}, \"caption\": \"synthetic caption {r}\", \"textRow\": {r}, \"split\": \"unpaired\"}}\n"
         ));
     }
     let m = dir.join("manifest.jsonl");

@@ -20,8 +20,9 @@ pub struct DataArgs {
     /// Text embeddings (same formats).
     #[arg(long)]
     pub texts: Option<String>,
-    /// JSONL manifest: pairs `{"image": i, "text": j, "caption": .., "split": "train"|"test"}`,
-    /// unpaired `{"image": i}` / `{"text": j, "caption": ..}`.
+    /// A sotalign manifest (version 1, docs/MANIFEST.md) whose entries give embedding rows:
+    /// pairs `{"imageRow": i, "textRow": j, "caption": .., "split": "train"|"test"}`, unpaired
+    /// `{"imageRow": i}` / `{"textRow": j, "caption": ..}`.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// Directory of the reference fixtures (tests/fixtures/reference): use its exact splits.

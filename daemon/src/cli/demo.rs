@@ -395,7 +395,7 @@ fn render_table(
     Ok(s)
 }
 
-/// The daemon's manifest format (see `server/ingest_job.rs`): paired rows as confirmed seed
+/// A sotalign manifest (`io::manifest`, version 1): paired rows as confirmed seed
 /// pairs, test rows held out, the pool stored unpaired.
 fn write_daemon_manifest(
     dir: &Path,
@@ -404,42 +404,47 @@ fn write_daemon_manifest(
     sp: &Split,
 ) -> Result<PathBuf> {
     let abs = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
-    let mut out = String::new();
-    let header = serde_json::json!({
-        "embeddings": {"image": "embeddings/images.npy", "text": "embeddings/texts.npy"},
-        "encoders": {"image": "efficientnet-lite0", "text": "all-MiniLM-L6-v2"},
-    });
-    out.push_str(&header.to_string());
-    out.push('\n');
-    let parts: [(&[usize], &str); 3] = [
-        (&sp.paired, "train"),
-        (&sp.test, "test"),
-        (&sp.pool, "unpaired"),
+    use crate::io::manifest::{self, Entry, Header, Sides, Split as MSplit};
+    let header = Header {
+        embeddings: Some(Sides {
+            image: Some("embeddings/images.npy".into()),
+            text: Some("embeddings/texts.npy".into()),
+        }),
+        encoders: Some(Sides {
+            image: Some("efficientnet-lite0".into()),
+            text: Some("all-MiniLM-L6-v2".into()),
+        }),
+        ..Header::v1()
+    };
+    let parts: [(&[usize], MSplit); 3] = [
+        (&sp.paired, MSplit::Train),
+        (&sp.test, MSplit::Test),
+        (&sp.pool, MSplit::Unpaired),
     ];
+    let mut entries = Vec::new();
     for (idx, split) in parts {
         for &k in idx {
             let r = &rows[k];
             let item = &enc.items[r.item];
-            let line = serde_json::json!({
-                "key": item.source,
-                "image": item.image.as_ref().map(|p| p.display().to_string()),
-                "imageRow": r.image_row,
-                "text": item.text,
-                "textRow": r.text_row,
-                "split": split,
+            entries.push(Entry {
+                key: Some(item.source.clone()),
+                image_path: item.image.as_ref().map(|p| p.display().to_string()),
+                image_row: Some(r.image_row),
+                caption: item.text.clone(),
+                text_row: Some(r.text_row),
+                split: Some(split),
+                ..Default::default()
             });
-            out.push_str(&line.to_string());
-            out.push('\n');
         }
     }
     let p = abs.join("daemon-manifest.jsonl");
-    std::fs::write(&p, out).with_context(|| format!("writing {}", p.display()))?;
+    manifest::write(&p, &header, &entries).with_context(|| format!("writing {}", p.display()))?;
     Ok(p)
 }
 
 /// Wait for a job's `jobFinished`, drawing its `$/progress` as a bar; an unsuccessful end is an
 /// error carrying the daemon's message.
-fn wait_job<R: std::io::Read, W: std::io::Write>(
+pub(crate) fn wait_job<R: std::io::Read, W: std::io::Write>(
     client: &mut Client<R, W>,
     job: sotalign_protocol::types::JobId,
     what: &str,

@@ -85,7 +85,8 @@ pub struct EncodeArgs {
     /// A built-in dataset: `tuxpaint` (the fetched Tux Paint stamps).
     #[arg(long, conflicts_with_all = ["manifest", "images", "texts"])]
     pub dataset: Option<String>,
-    /// JSONL manifest: {"image": path, "text": caption, "label"?: str, "split"?: str} per line.
+    /// A sotalign manifest (version 1, docs/MANIFEST.md): entries with `imagePath` and/or
+    /// `caption` (`label`, `split` carried to the output).
     #[arg(long, conflicts_with_all = ["images", "texts"])]
     pub manifest: Option<PathBuf>,
     /// A folder of (unpaired) images, scanned recursively.

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_encoders;
 pub mod bench_realign;
 pub mod bench_scaling;
+pub mod data;
 pub mod data_args;
 pub mod demo;
 pub mod encoders;

@@ -4,6 +4,7 @@
 //! This is a plain synchronous library API (no tokio): the daemon calls [`encode_dataset`] from
 //! a background job and forwards the progress callback; the CLI draws progress bars from it.
 //! Invariant: every input item ends up either as a row or in the [`Report`]'s skipped list.
+pub mod batch;
 pub mod cache;
 pub mod sources;
 

@@ -123,65 +123,43 @@ fn read_text_file(path: &Path) -> Result<Vec<u8>, IngestError> {
     )?)
 }
 
-/// A JSONL manifest: one `{"image": path, "text": caption, "label"?: str, "split"?: str}` per
-/// line; either of image/text may be absent (unpaired), not both. Relative image paths are
-/// resolved against the manifest's folder.
+/// A sotalign manifest (version 1, `io::manifest`): entries with `imagePath` and/or `caption`
+/// become items (`label`, `split` carried); entries that give only embedding rows have
+/// nothing to encode and are skipped, as are bad lines, each with its reason. A file that is
+/// not a version-1 manifest is an error.
 pub fn manifest(path: &Path) -> Result<Dataset, IngestError> {
-    let bytes = read_text_file(path)?;
-    let base = path.parent().unwrap_or(Path::new("."));
+    use crate::io::manifest::{ManifestFile, Split};
+    let f = ManifestFile::read(path).map_err(|e| IngestError::Format {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    })?;
     let mut ds = Dataset::new(format!("manifest:{}", path.display()));
-    for (n, raw) in split_lines(&bytes).into_iter().enumerate() {
-        let lineno = n + 1;
-        let where_ = format!("{}:{lineno}", path.display());
-        let Ok(line) = std::str::from_utf8(raw) else {
-            ds.skipped.push(skip(n, where_, "line is not valid UTF-8"));
-            continue;
-        };
-        if line.trim().is_empty() {
+    let where_ = |line: usize| format!("{}:{line}", path.display());
+    for b in &f.bad.rows {
+        ds.skipped
+            .push(skip(b.line - 1, where_(b.line), b.msg.clone()));
+    }
+    for (line, e) in &f.entries {
+        if e.image_path.is_none() && e.caption.is_none() {
+            ds.skipped.push(skip(
+                line - 1,
+                where_(*line),
+                "only embedding rows: nothing to encode (give imagePath and/or caption)",
+            ));
             continue;
         }
-        let v: serde_json::Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => {
-                ds.skipped
-                    .push(skip(n, where_, format!("invalid JSON: {e}")));
-                continue;
-            }
+        let split = match e.split() {
+            Split::Train => "train",
+            Split::Test => "test",
+            Split::Unpaired => "unpaired",
         };
-        let Some(obj) = v.as_object() else {
-            ds.skipped.push(skip(n, where_, "not a JSON object"));
-            continue;
-        };
-        let field = |k: &str| -> Result<Option<String>, String> {
-            match obj.get(k) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(format!("`{k}` must be a string, got {other}")),
-            }
-        };
-        let parsed = (|| -> Result<Item, String> {
-            let image = field("image")?.map(|p| base.join(p));
-            let text = field("text")?;
-            if let Some(t) = &text {
-                if t.trim().is_empty() {
-                    return Err("empty caption".into());
-                }
-            }
-            if image.is_none() && text.is_none() {
-                return Err("neither `image` nor `text` given".into());
-            }
-            Ok(Item {
-                image,
-                text,
-                label: field("label")?,
-                split: field("split")?,
-                source: where_.clone(),
-            })
-        })();
-        match parsed {
-            Ok(item) => ds.items.push(item),
-            Err(reason) => ds.skipped.push(skip(n, where_, reason)),
-        }
+        ds.items.push(Item {
+            image: e.image_path.as_deref().map(|p| f.resolve(p)),
+            text: e.caption.clone(),
+            label: e.label.clone(),
+            split: e.split.map(|_| split.to_string()),
+            source: where_(*line),
+        });
     }
     Ok(ds)
 }
@@ -328,12 +306,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.jsonl");
         let mut body = Vec::new();
-        body.extend_from_slice(b"{\"image\": \"a.png\", \"text\": \"A cat.\", \"label\": \"animal\", \"split\": \"train\"}\n");
-        body.extend_from_slice(b"{\"text\": \"only text\"}\n");
+        body.extend_from_slice(b"{\"sotalign_manifest\": 1}\n");
+        body.extend_from_slice(b"{\"imagePath\": \"a.png\", \"caption\": \"A cat.\", \"label\": \"animal\", \"split\": \"train\"}\n");
+        body.extend_from_slice(b"{\"caption\": \"only text\"}\n");
         body.extend_from_slice(b"not json\n");
-        body.extend_from_slice(b"{\"image\": \"b.png\", \"text\": \"  \"}\n");
-        body.extend_from_slice(b"{\"text\": \"bad \xff utf8\"}\n");
+        body.extend_from_slice(b"{\"imagePath\": \"b.png\", \"caption\": \"  \"}\n");
+        body.extend_from_slice(b"{\"caption\": \"bad \xff utf8\"}\n");
         body.extend_from_slice(b"{\"label\": \"x\"}\n");
+        body.extend_from_slice(b"{\"imageRow\": 3}\n");
         body.extend_from_slice(b"\n");
         fs::write(&p, body).unwrap();
         let ds = manifest(&p).unwrap();
@@ -346,12 +326,21 @@ mod tests {
         assert_eq!(ds.items[0].split.as_deref(), Some("train"));
         assert!(ds.items[1].image.is_none());
         let reasons: Vec<&str> = ds.skipped.iter().map(|s| s.reason.as_str()).collect();
-        assert_eq!(ds.skipped.len(), 4, "{reasons:?}");
-        assert!(reasons[0].starts_with("invalid JSON"));
+        assert_eq!(ds.skipped.len(), 5, "{reasons:?}");
+        assert!(reasons[0].starts_with("expected"), "{reasons:?}");
         assert_eq!(reasons[1], "empty caption");
         assert_eq!(reasons[2], "line is not valid UTF-8");
-        assert!(reasons[3].contains("neither"));
-        assert!(ds.skipped[0].item.ends_with("m.jsonl:3"));
+        assert!(reasons[3].contains("needs an image"));
+        assert!(reasons[4].contains("only embedding rows"));
+        assert!(ds.skipped[0].item.ends_with("m.jsonl:4"));
+        // An old (unversioned) manifest is an error, not a pile of skipped lines.
+        fs::write(&p, "{\"image\": \"a.png\", \"text\": \"A cat.\"}\n").unwrap();
+        assert!(
+            manifest(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("sotalign_manifest")
+        );
     }
 
     #[test]

@@ -106,6 +106,8 @@ impl Backend {
         on!(r, methods::Runs => do_runs);
         on!(r, methods::Ingest => do_ingest);
         on!(r, methods::NextToLabel => do_next_to_label);
+        on!(r, methods::Export => do_export);
+        on!(r, methods::GetImage => do_get_image);
         r
     }
 
@@ -214,6 +216,7 @@ impl Backend {
                 progress: None,
             },
         };
+        let (annotators, revision) = self.annotators().await?;
         Ok(StatusResult {
             version: env!("CARGO_PKG_VERSION").into(),
             protocol_version: PROTOCOL_VERSION,
@@ -234,6 +237,8 @@ impl Backend {
             }),
             index,
             jobs: self.shared.jobs.active(),
+            annotators,
+            revision,
         })
     }
 
@@ -288,10 +293,10 @@ impl Backend {
     }
 
     async fn decide(&self, kind: DecisionKind, p: DecideParams) -> HResult<DecisionResult> {
-        let source = self.source(p.source);
+        let source = self.source(p.source.clone());
         // Answered only after the transaction committed (synchronous=FULL): durable when acked;
         // the curation view is updated in the same critical section.
-        super::query::decide(&self.shared, kind, p.image, p.text, source).await
+        super::query::decide(&self.shared, kind, p, source).await
     }
 
     async fn do_confirm(&self, p: DecideParams) -> HResult<DecisionResult> {

@@ -70,6 +70,8 @@ impl From<StoreError> for ErrorObject {
                 expected, actual, ..
             } => ErrorObject::new(codes::DIMENSION_MISMATCH, msg)
                 .with_data(json!({ "expected": expected, "actual": actual })),
+            StoreError::Stale { current, .. } => ErrorObject::new(codes::STALE_DECISION, msg)
+                .with_data(json!({ "revision": current })),
             StoreError::Sqlite(_)
             | StoreError::Io { .. }
             | StoreError::SchemaTooNew { .. }
@@ -77,6 +79,38 @@ impl From<StoreError> for ErrorObject {
                 codes::STORAGE_ERROR,
                 format!("{msg}; the operation was not recorded"),
             ),
+        }
+    }
+}
+
+impl From<crate::ingest::batch::BatchError> for ErrorObject {
+    fn from(e: crate::ingest::batch::BatchError) -> Self {
+        use crate::ingest::batch::BatchError;
+        use crate::io::manifest::ManifestError;
+        let msg = e.to_string();
+        let path = e.path().map(|p| p.display().to_string());
+        match e {
+            BatchError::Dimension {
+                expected, actual, ..
+            } => ErrorObject::new(codes::DIMENSION_MISMATCH, msg)
+                .with_data(json!({ "expected": expected, "actual": actual })),
+            BatchError::NonFinite { index, .. } => {
+                ErrorObject::new(codes::NON_FINITE_VECTOR, msg).with_data(json!({ "index": index }))
+            }
+            BatchError::Params(_) => ErrorObject::invalid_params(msg),
+            BatchError::Limit(l) | BatchError::Manifest(ManifestError::Limit(l)) => l.into(),
+            BatchError::BadRows { bad, .. } => ErrorObject::new(codes::INVALID_INPUT, msg)
+                .with_data(json!({
+                    "path": path,
+                    "line": bad.rows.first().map(|r| r.line),
+                    "rows": bad.rows,
+                    "total": bad.total,
+                })),
+            BatchError::Manifest(m) => ErrorObject::new(codes::INVALID_INPUT, msg)
+                .with_data(json!({ "path": path, "line": m.line() })),
+            BatchError::Read { .. } | BatchError::Empty { .. } | BatchError::File(_) => {
+                ErrorObject::new(codes::INVALID_INPUT, msg).with_data(json!({ "path": path }))
+            }
         }
     }
 }

@@ -1,413 +1,53 @@
-//! The ingest job: validate the source before answering, then write it to the store (and, when
-//! a model is served, map the new samples into it) in the background.
+//! The ingest job: turn the source into a batch before answering (the one door,
+//! `ingest::batch`: manifest, folders, imagefolder, CSV, parquet, inline embeddings), then
+//! write it to the store in one transaction (and, when a model is served, map the new samples
+//! into it) in the background.
 //!
-//! Sources:
-//! - `embedded`: samples with encoder-space vectors in the request (unpaired);
-//! - `manifest`: the daemon's JSONL manifest (format below), whose embeddings come from `.npy`
-//!   files it names; pairs in it become seed pairs (`train`) or held-out pairs (`test`);
-//! - `folders`: a folder of images (recursive) and/or a caption file (one caption per line),
-//!   stored unpaired and encoded in the background.
-//!
-//! Items given as raw image paths or captions (no `imageRow`/`textRow`) are stored at once,
+//! Items given as raw image paths or captions (no embedding rows) are stored at once,
 //! unencoded, then encoded by the job with EfficientNet-Lite0 / all-MiniLM-L6-v2 (loaded on
 //! first need, kept resident), reusing the on-disk embedding cache (`ingest::cache`, under
 //! `$SOTALIGN_CACHE`), with `encode` progress. An item that cannot be decoded stays stored
 //! unencoded and is named in the job's last progress message. Without the encoder weights the
 //! request is refused with `NOT_READY` naming `sotalign fetch`, before anything is stored.
-//!
-//! Manifest format (one JSON object per line; blank lines and `#` lines are skipped):
-//! ```text
-//! {"embeddings": {"image": "img.npy", "text": "txt.npy"}, "encoders": {"image": "efficientnet-lite0", "text": "all-MiniLM-L6-v2"}}
-//! {"key": "penguin", "image": "stamps/penguin.png", "imageRow": 17, "text": "A penguin.", "textRow": 17, "split": "train"}
-//! {"key": "frog", "image": "stamps/frog.png", "imageRow": 3}
-//! ```
-//! The optional first line names the `.npy` files (2-D little-endian f32, paths relative to the
-//! manifest) and the encoders that produced them. An item with an image and a text is a pair:
-//! `split` `train` (default) makes it a confirmed seed pair, `test` a held-out evaluation pair,
-//! `unpaired` stores both sides unpaired. `key` names the samples (default: the image file stem,
-//! or `text-<line>`); re-ingesting a key that exists leaves the stored sample unchanged.
-use std::collections::HashMap;
+//! A source with any bad row is refused (`INVALID_INPUT`, every bad row listed with its line
+//! in `data.rows`) before anything is stored.
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::json;
-use sotalign_protocol::types::{
-    EmbeddedSample, IngestResult, IngestSource, JobKind, JobStage, Modality, SampleId,
-};
-use sotalign_protocol::vector::Vector;
+use sotalign_protocol::types::{IngestResult, IngestSource, JobKind, JobStage, Modality, SampleId};
 use sotalign_protocol::{ErrorObject, codes};
 
 use super::encode;
-use super::errors::{HResult, internal, invalid_input};
+use super::errors::{HResult, internal};
 use super::jobs::{Outcome, Report};
 use super::state::Shared;
-use crate::store::{NewPair, NewSample};
-use sotalign_engine::Matrix;
+use crate::ingest::batch::{self, Batch};
 
-/// A validated batch, ready to insert.
-pub struct Batch {
-    pub samples: Vec<NewSample>,
-    pub pairs: Vec<NewPair>,
-    pub encoders: (Option<String>, Option<String>),
-    /// Indices into `samples` stored without a vector, to encode in the background.
-    pub pending: Vec<usize>,
-}
-
-impl Batch {
-    fn needs(&self, m: Modality) -> bool {
-        self.pending.iter().any(|&i| self.samples[i].modality == m)
-    }
-}
-
-/// Check a vector against the modality's dimension (the stored one, else the first in the
-/// batch) and for finiteness; errors name the item.
-fn check_vector(v: &Vector, item: &str, dims: &mut [Option<usize>; 2], m: Modality) -> HResult<()> {
-    let slot = if m == Modality::Image { 0 } else { 1 };
-    let expected = *dims[slot].get_or_insert(v.0.len());
-    v.validate(expected).map_err(|mut e| {
-        e.message = format!("{item}: {}", e.message);
-        e
+/// Run one source's `source -> batch` function on a blocking thread.
+async fn read_source(source: IngestSource, dims: [Option<usize>; 2]) -> HResult<Batch> {
+    let r = tokio::task::spawn_blocking(move || match source {
+        IngestSource::Embedded(items) => batch::from_embedded(items, dims),
+        IngestSource::Manifest(p) => batch::from_manifest(Path::new(&p), dims),
+        IngestSource::Folders { images, texts } => batch::from_folders(
+            images.as_deref().map(Path::new),
+            texts.as_deref().map(Path::new),
+        ),
+        IngestSource::Imagefolder(p) => batch::from_imagefolder(Path::new(&p)),
+        IngestSource::Csv(p) => batch::from_csv(Path::new(&p)),
+        IngestSource::Parquet(p) => batch::from_parquet(Path::new(&p)),
     })
-}
-
-fn embedded_batch(items: Vec<EmbeddedSample>, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
-    if items.is_empty() {
-        return Err(ErrorObject::invalid_params("`embedded` holds no samples"));
-    }
-    check_items(items.len())?;
-    let mut samples = Vec::with_capacity(items.len());
-    for (n, it) in items.into_iter().enumerate() {
-        check_vector(
-            &it.vector,
-            &format!("sample {n} ({:?})", it.key),
-            &mut dims,
-            it.modality,
-        )?;
-        if it.key.is_empty() {
-            return Err(ErrorObject::invalid_params(format!(
-                "sample {n}: empty key"
-            )));
-        }
-        samples.push(NewSample {
-            modality: it.modality,
-            key: it.key,
-            path: it.path,
-            text: it.text,
-            vector: Some(it.vector.0),
-        });
-    }
-    Ok(Batch {
-        samples,
-        pairs: Vec::new(),
-        encoders: (None, None),
-        pending: Vec::new(),
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Header {
-    embeddings: Option<HeaderFiles>,
-    encoders: Option<HeaderFiles>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeaderFiles {
-    image: Option<String>,
-    text: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Line {
-    key: Option<String>,
-    image: Option<String>,
-    image_row: Option<usize>,
-    text: Option<String>,
-    text_row: Option<usize>,
-    split: Option<String>,
-}
-
-/// A 2-D little-endian float `.npy` named by a manifest: in scope, a regular file, at most
-/// `--max-array-file-bytes`, header validated against the data (`io::npy`, overflow-checked).
-fn read_embeddings_npy(path: &Path) -> HResult<Matrix> {
-    let l = crate::limits::current();
-    let bytes = crate::limits::read_file(path, l.max_array_file_bytes, "max-array-file-bytes")?;
-    crate::io::npy::parse_npy(&bytes).map_err(|e| {
-        invalid_input(
-            format!("{}: not a supported .npy file: {e}", path.display()),
-            Some(&path.display().to_string()),
-        )
-    })
-}
-
-/// The number of items of one ingest against `--max-ingest-items`.
-fn check_items(n: usize) -> HResult<()> {
-    let l = crate::limits::current();
-    crate::limits::check(
-        "items in one ingest",
-        n as u64,
-        l.max_ingest_items as u64,
-        "max-ingest-items",
-    )?;
-    Ok(())
-}
-
-fn manifest_batch(path: &Path, mut dims: [Option<usize>; 2]) -> HResult<Batch> {
-    let where_ = path.display().to_string();
-    let l = crate::limits::current();
-    let bytes = crate::limits::read_file(path, l.max_text_file_bytes, "max-text-file-bytes")?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        invalid_input(
-            format!("cannot read manifest: not UTF-8 ({e})"),
-            Some(&where_),
-        )
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let line_err = |n: usize, msg: String| {
-        ErrorObject::new(codes::INVALID_INPUT, format!("{where_}:{n}: {msg}"))
-            .with_data(json!({ "path": where_, "line": n }))
-    };
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-        .peekable();
-    let mut mats: [Option<Matrix>; 2] = [None, None];
-    let mut encoders = (None, None);
-    if let Some((n, first)) = lines.peek().copied()
-        && (first.contains("\"embeddings\"") || first.contains("\"encoders\""))
-    {
-        lines.next();
-        let h: Header =
-            serde_json::from_str(first).map_err(|e| line_err(n, format!("bad header: {e}")))?;
-        if let Some(f) = h.embeddings {
-            for (slot, file) in [(0, f.image), (1, f.text)] {
-                if let Some(file) = file {
-                    let p: PathBuf = base.join(&file);
-                    mats[slot] = Some(read_embeddings_npy(&p)?);
-                }
-            }
-        }
-        if let Some(e) = h.encoders {
-            encoders = (e.image, e.text);
-        }
-    }
-    let mut samples = Vec::new();
-    let mut pairs = Vec::new();
-    let mut pending = Vec::new();
-    for (n, raw) in lines {
-        let l: Line =
-            serde_json::from_str(raw).map_err(|e| line_err(n, format!("bad item: {e}")))?;
-        let mut side =
-            |slot: usize, m: Modality, row: Option<usize>| -> HResult<Option<Vec<f32>>> {
-                let Some(r) = row else { return Ok(None) };
-                let mat = mats[slot].as_ref().ok_or_else(|| {
-                    line_err(
-                        n,
-                        format!("{m:?} row given but the header names no {m:?} embeddings file")
-                            .to_lowercase(),
-                    )
-                })?;
-                if r >= mat.rows {
-                    return Err(line_err(
-                        n,
-                        format!("row {r} is out of range (the file has {} rows)", mat.rows),
-                    ));
-                }
-                let v = Vector(mat.row(r).to_vec());
-                check_vector(&v, &format!("{where_}:{n}"), &mut dims, m).map_err(|mut e| {
-                    if let Some(serde_json::Value::Object(d)) = &mut e.data {
-                        d.insert("line".into(), json!(n));
-                    }
-                    e
-                })?;
-                Ok(Some(v.0))
-            };
-        check_items(samples.len() + 2)?;
-        let ivec = side(0, Modality::Image, l.image_row)?;
-        let tvec = side(1, Modality::Text, l.text_row)?;
-        let has_image = l.image.is_some() || ivec.is_some();
-        let has_text = l.text.is_some() || tvec.is_some();
-        if !has_image && !has_text {
-            return Err(line_err(n, "an item needs an image or a text".into()));
-        }
-        let image_raw = has_image && ivec.is_none();
-        let text_raw = has_text && tvec.is_none();
-        if image_raw && l.image.is_none() {
-            return Err(line_err(n, "an image needs a path or an imageRow".into()));
-        }
-        let key = l.key.clone().or_else(|| {
-            l.image
-                .as_deref()
-                .and_then(|p| Path::new(p).file_stem())
-                .map(|s| s.to_string_lossy().into_owned())
-        });
-        let img_idx = has_image.then(|| {
-            if image_raw {
-                pending.push(samples.len());
-            }
-            samples.push(NewSample {
-                modality: Modality::Image,
-                key: key.clone().unwrap_or_else(|| format!("image-{n}")),
-                path: l.image.as_ref().map(|p| base.join(p).display().to_string()),
-                text: None,
-                vector: ivec,
-            });
-            samples.len() - 1
-        });
-        let txt_idx = has_text.then(|| {
-            if text_raw {
-                pending.push(samples.len());
-            }
-            samples.push(NewSample {
-                modality: Modality::Text,
-                key: key.clone().unwrap_or_else(|| format!("text-{n}")),
-                path: None,
-                text: l.text.clone(),
-                vector: tvec,
-            });
-            samples.len() - 1
-        });
-        if let (Some(i), Some(t)) = (img_idx, txt_idx) {
-            match l.split.as_deref().unwrap_or("train") {
-                "train" => pairs.push(NewPair {
-                    image: i,
-                    text: t,
-                    held_out: false,
-                }),
-                "test" => pairs.push(NewPair {
-                    image: i,
-                    text: t,
-                    held_out: true,
-                }),
-                "unpaired" => {}
-                other => {
-                    return Err(line_err(
-                        n,
-                        format!("unknown split {other:?} (train, test, unpaired)"),
-                    ));
-                }
-            }
-        }
-    }
-    if samples.is_empty() {
-        return Err(invalid_input(
-            format!("{where_}: the manifest holds no items"),
-            Some(&where_),
-        ));
-    }
-    Ok(Batch {
-        samples,
-        pairs,
-        encoders,
-        pending,
-    })
-}
-
-/// A folder of images and/or a caption file, unpaired, everything to encode.
-fn folders_batch(images: Option<&str>, texts: Option<&str>) -> HResult<Batch> {
-    use crate::ingest::sources;
-    if images.is_none() && texts.is_none() {
-        return Err(ErrorObject::invalid_params(
-            "`folders` needs `images` (a folder) and/or `texts` (a caption file)",
-        ));
-    }
-    let bad = |p: &str, e: crate::ingest::IngestError| invalid_input(e.to_string(), Some(p));
-    let mut samples = Vec::new();
-    if let Some(dir) = images {
-        let root = Path::new(dir);
-        // In scope (links resolved) before anything under it is listed.
-        crate::limits::scope().resolve(root)?;
-        let ds = sources::image_dir(root).map_err(|e| match e {
-            crate::ingest::IngestError::Limit(l) => ErrorObject::from(l),
-            e => bad(dir, e),
-        })?;
-        for it in ds.items {
-            let Some(path) = it.image else { continue };
-            // Key: the path under the folder, so equal stems in sub-folders stay distinct.
-            let key = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .with_extension("")
-                .to_string_lossy()
-                .replace('\\', "/");
-            samples.push(NewSample {
-                modality: Modality::Image,
-                key,
-                path: Some(path.display().to_string()),
-                text: None,
-                vector: None,
-            });
-        }
-    }
-    if let Some(file) = texts {
-        let p = Path::new(file);
-        if p.is_dir() {
-            return Err(invalid_input(
-                format!(
-                    "{file}: `texts` must be a caption file (one caption per line), not a folder"
-                ),
-                Some(file),
-            ));
-        }
-        let ds = sources::text_file(p).map_err(|e| match e {
-            crate::ingest::IngestError::Limit(l) => ErrorObject::from(l),
-            e => bad(file, e),
-        })?;
-        for it in ds.items {
-            let Some(text) = it.text else { continue };
-            // Key: the caption's content hash, so re-ingesting the file adds nothing twice.
-            let key = format!(
-                "text-{}",
-                &crate::ingest::content_hash("text", text.as_bytes())[..16]
-            );
-            samples.push(NewSample {
-                modality: Modality::Text,
-                key,
-                path: None,
-                text: Some(text),
-                vector: None,
-            });
-        }
-    }
-    if samples.is_empty() {
-        return Err(invalid_input(
-            "the folders hold no images or captions",
-            images.or(texts),
-        ));
-    }
-    check_items(samples.len())?;
-    let pending = (0..samples.len()).collect();
-    Ok(Batch {
-        samples,
-        pairs: Vec::new(),
-        encoders: (None, None),
-        pending,
-    })
+    .await
+    .map_err(|e| internal(format!("reading the source failed: {e}")))?;
+    r.map_err(ErrorObject::from)
 }
 
 pub async fn start(shared: Arc<Shared>, source: IngestSource) -> HResult<IngestResult> {
     let dims = shared
         .store(|s| Ok([s.dim(Modality::Image)?, s.dim(Modality::Text)?]))
         .await?;
-    let mut batch = match source {
-        IngestSource::Embedded(items) => embedded_batch(items, dims)?,
-        IngestSource::Manifest(path) => {
-            let p = PathBuf::from(path);
-            tokio::task::spawn_blocking(move || manifest_batch(&p, dims))
-                .await
-                .map_err(|e| internal(format!("manifest task failed: {e}")))??
-        }
-        IngestSource::Folders { images, texts } => {
-            tokio::task::spawn_blocking(move || folders_batch(images.as_deref(), texts.as_deref()))
-                .await
-                .map_err(|e| internal(format!("folder scan failed: {e}")))??
-        }
-    };
+    let mut batch = read_source(source, dims).await?;
     // Raw items: the weights must be there and the stored vectors must come from the same
     // encoders, checked before anything is stored.
     let stored = shared
@@ -666,6 +306,3 @@ fn encode_pending(
     );
     Ok((summary, n))
 }
-
-#[allow(dead_code)]
-fn _unused(_: HashMap<(), ()>) {}

@@ -424,7 +424,9 @@ mod tests {
             match ServerNotification::parse(n).unwrap() {
                 ServerNotification::Progress(p) => seqs.push((p.value.seq, p.value.kind)),
                 ServerNotification::JobFinished(f) => finished = Some(f),
-                ServerNotification::Other(_) => panic!("unexpected"),
+                ServerNotification::Other(_) | ServerNotification::DecisionsChanged(_) => {
+                    panic!("unexpected")
+                }
             }
         }
         assert_eq!(

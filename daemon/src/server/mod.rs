@@ -30,6 +30,7 @@ use sotalign_protocol::framing::DEFAULT_MAX_BODY;
 pub mod align_job;
 pub mod backend;
 pub mod caps;
+pub mod data_methods;
 pub mod dispatch;
 pub mod encode;
 pub mod errors;
@@ -58,8 +59,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Shared secret TCP clients must send in `initialize` (initializationOptions.token).
-    #[arg(long)]
+    /// Visible in `ps`: prefer --token-file or $SOTALIGN_TOKEN. Empty or blank is refused.
+    #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
+    /// Read the token from this file (surrounding whitespace trimmed).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Where the database, checkpoints and logs live (default: the user's data directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -115,11 +120,60 @@ fn parse_device(d: &str) -> anyhow::Result<String> {
     }
 }
 
+/// Largest token file read.
+const MAX_TOKEN_FILE: u64 = 4096;
+
+/// A token from a file: trimmed, refused when empty or blank.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("token file {}", path.display()))?
+        .len();
+    if len > MAX_TOKEN_FILE {
+        bail!(
+            "token file {} is {len} bytes; a token is at most {MAX_TOKEN_FILE}",
+            path.display()
+        );
+    }
+    let t =
+        std::fs::read_to_string(path).with_context(|| format!("token file {}", path.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok(t.to_string())
+}
+
+/// The daemon's token: --token, else --token-file, else $SOTALIGN_TOKEN. An empty or blank
+/// token is an error (it would let anyone in), never "no token".
+pub fn resolve_token(
+    token: Option<&str>,
+    file: Option<&std::path::Path>,
+    env: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let (t, from) = match (token, file, env) {
+        (Some(t), _, _) => (t.to_string(), "--token"),
+        (None, Some(f), _) => return read_token_file(f).map(Some),
+        (None, None, Some(e)) => (e, "SOTALIGN_TOKEN"),
+        (None, None, None) => return Ok(None),
+    };
+    if t.trim().is_empty() {
+        bail!(
+            "{from} is empty or blank: an empty token would let anyone in; give a secret or no token"
+        );
+    }
+    Ok(Some(t))
+}
+
 /// Entry point of `sotalign serve`.
-pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run_cli(mut args: ServeArgs) -> anyhow::Result<()> {
     if args.stdio == args.listen.is_some() {
         bail!("give exactly one of --stdio or --listen ADDR");
     }
+    args.token = resolve_token(
+        args.token.as_deref(),
+        args.token_file.as_deref(),
+        std::env::var("SOTALIGN_TOKEN").ok(),
+    )?;
     if let Some(addr) = args.listen
         && !addr.ip().is_loopback()
         && args.token.is_none()
@@ -432,4 +486,49 @@ fn load_run(shared: &Arc<Shared>, run: crate::store::StoredRun) -> Result<(), St
     )
     .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn empty_or_blank_tokens_are_refused_from_every_source() {
+        for t in ["", "   ", "\t\n"] {
+            assert!(resolve_token(Some(t), None, None).is_err(), "{t:?}");
+            assert!(resolve_token(None, None, Some(t.into())).is_err(), "{t:?}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("tok");
+        std::fs::write(&f, " \n").unwrap();
+        assert!(
+            resolve_token(None, Some(&f), None)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        std::fs::write(&f, "s3cret\n").unwrap();
+        assert_eq!(
+            resolve_token(None, Some(&f), Some("env".into()))
+                .unwrap()
+                .as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(
+            resolve_token(None, None, Some("env".into()))
+                .unwrap()
+                .as_deref(),
+            Some("env")
+        );
+        assert_eq!(
+            resolve_token(Some("flag"), None, Some("env".into()))
+                .unwrap()
+                .as_deref(),
+            Some("flag")
+        );
+        assert_eq!(resolve_token(None, None, None).unwrap(), None);
+        assert!(resolve_token(None, Some(&d.path().join("missing")), None).is_err());
+        std::fs::write(&f, vec![b'x'; 5000]).unwrap();
+        assert!(resolve_token(None, Some(&f), None).is_err());
+    }
 }

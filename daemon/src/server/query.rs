@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sotalign_protocol::ErrorObject;
+use sotalign_protocol::jsonrpc::{Message, Notification};
 use sotalign_protocol::types::*;
+use sotalign_protocol::{ErrorObject, names};
 
 use super::errors::{HResult, internal, not_ready};
 use super::model::Served;
@@ -428,20 +429,53 @@ pub fn mutual_proposal(model: &Served, v: &CurationView, image: SampleId) -> Opt
 /// Record a confirm or reject, update the curation view in the same critical section, and
 /// feed the queue's precision estimate: a decision on an image the model had a mutual proposal
 /// for says whether that proposal was right (a confirm of its caption group, or not).
+/// Longest annotator name a decision may carry.
+pub const MAX_ANNOTATOR_BYTES: usize = 200;
+
+/// Broadcast a committed decision or undo to every initialized connection.
+fn decisions_changed(shared: &Shared, p: DecisionsChangedParams) {
+    match Notification::new(names::DECISIONS_CHANGED, &p) {
+        Ok(n) => drop(shared.notify.send(Message::Notification(n))),
+        Err(e) => tracing::error!("cannot encode decisionsChanged: {e}"),
+    }
+}
+
+/// A confirm or reject: recorded with its annotator, refused as `STALE_DECISION` when the
+/// pair changed since `shown_revision`, the curation view updated in the same critical
+/// section, and broadcast (`sotalign/decisionsChanged`) once committed.
 pub async fn decide(
     shared: &Arc<Shared>,
     kind: DecisionKind,
-    image: SampleId,
-    text: SampleId,
+    p: DecideParams,
     source: String,
 ) -> HResult<DecisionResult> {
+    let annotator = p
+        .annotator
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty());
+    if annotator
+        .as_ref()
+        .is_some_and(|a| a.len() > MAX_ANNOTATOR_BYTES)
+    {
+        return Err(ErrorObject::invalid_params(format!(
+            "annotator name longer than {MAX_ANNOTATOR_BYTES} bytes"
+        )));
+    }
+    let (image, text) = (p.image, p.text);
     let model = shared.model();
-    shared
+    let (r, revision) = shared
         .store_with_view(move |s, sh| {
             let proposal = model
                 .as_ref()
                 .and_then(|m| mutual_proposal(m, &sh.view(), image));
-            let r = s.decide(kind, image, text, &source)?;
+            let (r, revision) = s.decide_by(
+                kind,
+                image,
+                text,
+                &source,
+                annotator.as_deref(),
+                p.shown_revision,
+            )?;
             let mut v = sh.view_mut();
             v.refresh_pairs(s, image, text)?;
             if r.changed
@@ -454,18 +488,38 @@ pub async fn decide(
                     DecisionKind::Reject => {}
                 }
             }
-            Ok(r)
+            Ok((r, revision))
         })
-        .await
+        .await?;
+    decisions_changed(
+        shared,
+        DecisionsChangedParams {
+            revision,
+            decision: r.decision.clone(),
+            undone: false,
+            counts: r.counts,
+        },
+    );
+    Ok(r)
 }
 
 pub async fn undo(shared: &Arc<Shared>, p: UndoParams) -> HResult<UndoResult> {
-    shared
+    let (r, revision) = shared
         .store_with_view(move |s, sh| {
             let r = s.undo(p.decision)?;
             sh.view_mut()
                 .refresh_pairs(s, r.undone.image, r.undone.text)?;
-            Ok(r)
+            Ok((r, s.revision()?))
         })
-        .await
+        .await?;
+    decisions_changed(
+        shared,
+        DecisionsChangedParams {
+            revision,
+            decision: r.undone.clone(),
+            undone: true,
+            counts: r.counts,
+        },
+    );
+    Ok(r)
 }

@@ -67,6 +67,55 @@ pub enum StoreError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The pair changed (a decision or undo on either sample) after the client showed it.
+    #[error(
+        "image {image} or text {text} changed since it was shown (revision {shown}, now {current}); nothing was written"
+    )]
+    Stale {
+        image: SampleId,
+        text: SampleId,
+        shown: u64,
+        current: u64,
+    },
+}
+
+/// One decided pair as export writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportRow {
+    /// `confirmed` or `rejected`.
+    pub state: String,
+    pub image_key: String,
+    pub image_path: Option<String>,
+    pub text_key: String,
+    pub caption: Option<String>,
+    /// `manifest` for pairs that came with the data, else the decision's source.
+    pub source: String,
+    pub annotator: Option<String>,
+    pub at_ms: u64,
+}
+
+/// Bump the decision revision inside a transaction; returns the new value.
+fn bump_revision(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('revision', '1')
+         ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        [],
+    )?;
+    revision_in(tx)
+}
+
+fn revision_in(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
+    let v: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match v {
+        None => Ok(0),
+        Some(s) => s
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("meta revision {s:?} is not a number"))),
+    }
 }
 
 /// A sample to insert (an ingest item).
@@ -249,10 +298,19 @@ fn to_sample(raw: RawSample) -> Result<Sample, StoreError> {
     })
 }
 
-type RawDecision = (u64, String, u64, u64, u64, String, Option<u64>);
+type RawDecision = (
+    u64,
+    String,
+    u64,
+    u64,
+    u64,
+    String,
+    Option<u64>,
+    Option<String>,
+);
 
 fn to_decision(raw: RawDecision) -> Result<Decision, StoreError> {
-    let (id, kind, image, text, at_ms, source, undone_at_ms) = raw;
+    let (id, kind, image, text, at_ms, source, undone_at_ms, annotator) = raw;
     Ok(Decision {
         id: DecisionId(id),
         kind: parse_kind(&kind)?,
@@ -260,11 +318,12 @@ fn to_decision(raw: RawDecision) -> Result<Decision, StoreError> {
         text: SampleId(text),
         at_ms,
         source,
+        annotator,
         undone_at_ms,
     })
 }
 
-const DECISION_COLS: &str = "id, kind, image, text, at_ms, source, undone_at_ms";
+const DECISION_COLS: &str = "id, kind, image, text, at_ms, source, undone_at_ms, annotator";
 
 fn row_to_decision(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDecision> {
     Ok((
@@ -275,6 +334,7 @@ fn row_to_decision(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDecision> {
         r.get(4)?,
         r.get(5)?,
         r.get(6)?,
+        r.get(7)?,
     ))
 }
 
@@ -766,8 +826,57 @@ impl Store {
         text: SampleId,
         source: &str,
     ) -> Result<DecisionResult, StoreError> {
+        self.decide_by(kind, image, text, source, None, None)
+            .map(|(r, _)| r)
+    }
+
+    /// The image sample stored with this path (the lowest id if several).
+    pub fn image_by_path(&self, path: &str) -> Result<Option<SampleId>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(id) FROM samples WHERE modality = 'image' AND path = ?1",
+                [path],
+                |r| r.get::<_, Option<u64>>(0),
+            )?
+            .map(SampleId))
+    }
+
+    /// The store's decision revision (bumped by every decision and undo).
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        revision_in(&self.conn)
+    }
+
+    /// [`Store::decide`] with the annotator recorded and, given `shown_revision`, refused with
+    /// [`StoreError::Stale`] when a decision or undo touching either sample committed after
+    /// it. Returns the new revision too.
+    pub fn decide_by(
+        &mut self,
+        kind: DecisionKind,
+        image: SampleId,
+        text: SampleId,
+        source: &str,
+        annotator: Option<&str>,
+        shown_revision: Option<u64>,
+    ) -> Result<(DecisionResult, u64), StoreError> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
+        if let Some(shown) = shown_revision {
+            let changed: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM decisions WHERE (image = ?1 OR text = ?2)
+                    AND (rev > ?3 OR undone_rev > ?3))",
+                params![image.0, text.0, shown],
+                |r| r.get(0),
+            )?;
+            if changed {
+                return Err(StoreError::Stale {
+                    image,
+                    text,
+                    shown,
+                    current: revision_in(&tx)?,
+                });
+            }
+        }
         for (id, want) in [(image, Modality::Image), (text, Modality::Text)] {
             let got = Self::modality_of(&tx, id)?;
             if got != want {
@@ -819,6 +928,11 @@ impl Store {
             ],
         )?;
         let id = tx.last_insert_rowid() as u64;
+        let rev = bump_revision(&tx)?;
+        tx.execute(
+            "UPDATE decisions SET annotator = ?2, rev = ?3 WHERE id = ?1",
+            params![id, annotator, rev],
+        )?;
         tx.execute(
             "INSERT INTO pairs (image, text, state, decision, source, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (image, text) DO UPDATE SET state = excluded.state, decision = excluded.decision,
@@ -828,19 +942,62 @@ impl Store {
         refresh_states(&tx, &[image.0, text.0])?;
         let counts = counts_in(&tx)?;
         tx.commit()?;
-        Ok(DecisionResult {
-            decision: Decision {
-                id: DecisionId(id),
-                kind,
-                image,
-                text,
-                at_ms: now,
-                source: source.to_owned(),
-                undone_at_ms: None,
+        Ok((
+            DecisionResult {
+                decision: Decision {
+                    id: DecisionId(id),
+                    kind,
+                    image,
+                    text,
+                    at_ms: now,
+                    source: source.to_owned(),
+                    annotator: annotator.map(str::to_owned),
+                    undone_at_ms: None,
+                },
+                changed,
+                counts,
             },
-            changed,
-            counts,
-        })
+            rev,
+        ))
+    }
+
+    /// Standing (not undone) decisions that set their pair's current state, per annotator
+    /// (`""` where none was named), most active first.
+    pub fn annotator_counts(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT COALESCE(d.annotator, ''), SUM(d.kind = 'confirm'), SUM(d.kind = 'reject')
+             FROM pairs p JOIN decisions d ON d.id = p.decision
+             GROUP BY 1 ORDER BY COUNT(*) DESC, 1",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Confirmed pairs (and rejected ones if asked), oldest decision first, with both
+    /// samples and who decided.
+    pub fn export_rows(&self, include_rejected: bool) -> Result<Vec<ExportRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT p.state, si.key, si.path, st.key, st.text, p.source, d.annotator, p.at_ms
+             FROM pairs p
+             JOIN samples si ON si.id = p.image
+             JOIN samples st ON st.id = p.text
+             LEFT JOIN decisions d ON d.id = p.decision
+             WHERE p.state = 'confirmed' OR (?1 AND p.state = 'rejected')
+             ORDER BY p.at_ms, p.image, p.text",
+        )?;
+        let rows = stmt.query_map([include_rejected], |r| {
+            Ok(ExportRow {
+                state: r.get(0)?,
+                image_key: r.get(1)?,
+                image_path: r.get(2)?,
+                text_key: r.get(3)?,
+                caption: r.get(4)?,
+                source: r.get(5)?,
+                annotator: r.get(6)?,
+                at_ms: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Undo a decision (default: the newest one not undone). Only the decision that currently
@@ -874,7 +1031,7 @@ impl Store {
             .query_row(
                 &format!("SELECT {DECISION_COLS}, prev_state, prev_decision, prev_source, prev_at_ms FROM decisions WHERE id = ?1"),
                 [id.0],
-                |r| Ok((row_to_decision(r)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?)),
+                |r| Ok((row_to_decision(r)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?)),
             )
             .optional()?
             .ok_or(StoreError::UnknownDecision(id))?;
@@ -914,9 +1071,10 @@ impl Store {
                 )?;
             }
         }
+        let rev = bump_revision(&tx)?;
         tx.execute(
-            "UPDATE decisions SET undone_at_ms = ?2 WHERE id = ?1",
-            params![id.0, now],
+            "UPDATE decisions SET undone_at_ms = ?2, undone_rev = ?3 WHERE id = ?1",
+            params![id.0, now, rev],
         )?;
         refresh_states(&tx, &[d.image.0, d.text.0])?;
         let counts = counts_in(&tx)?;

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Each entry upgrades the schema by one version. Append only; never edit a released entry.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // v1: samples with their encoder-space embeddings, pairs, decisions, runs, key/value meta.
     r#"
     CREATE TABLE meta (
@@ -70,6 +70,20 @@ const MIGRATIONS: &[&str] = &[
         fitted         TEXT,
         error          TEXT
     );
+    "#,
+    // v2: who decided (annotator) and the decision revision (bumped by every decision and
+    // undo; `rev` / `undone_rev` say when a decision was made / undone in that count), for
+    // per-annotator counts and stale-decision checks.
+    r#"
+    ALTER TABLE decisions ADD COLUMN annotator TEXT;
+    ALTER TABLE decisions ADD COLUMN rev INTEGER;
+    ALTER TABLE decisions ADD COLUMN undone_rev INTEGER;
+    UPDATE decisions SET rev = id;
+    UPDATE decisions SET undone_rev = (SELECT MAX(id) FROM decisions) WHERE undone_at_ms IS NOT NULL;
+    INSERT OR REPLACE INTO meta (key, value)
+        VALUES ('revision', CAST((SELECT COALESCE(MAX(id), 0) FROM decisions) AS TEXT));
+    CREATE INDEX decisions_by_image ON decisions (image);
+    CREATE INDEX decisions_by_text ON decisions (text);
     "#,
 ];
 

@@ -256,3 +256,118 @@ fn newer_schema_is_refused() {
         Ok(_) => panic!("opened a newer schema"),
     }
 }
+
+#[test]
+fn annotators_revisions_stale_decisions_and_export_rows() {
+    let (_d, mut s, ids) = seeded();
+    let (i0, i2, t0, t2) = (ids[0], ids[2], ids[3], ids[5]);
+    assert_eq!(s.revision().unwrap(), 0);
+    let (r, rev) = s
+        .decide_by(DecisionKind::Confirm, i2, t2, "tui", Some("ann"), Some(0))
+        .unwrap();
+    assert_eq!((rev, s.revision().unwrap()), (1, 1));
+    assert_eq!(r.decision.annotator.as_deref(), Some("ann"));
+    assert_eq!(
+        s.decision(r.decision.id).unwrap().annotator.as_deref(),
+        Some("ann")
+    );
+    // Shown before that decision, touching the same image: stale, nothing written.
+    let n = s.decision_count().unwrap();
+    assert!(matches!(
+        s.decide_by(DecisionKind::Reject, i2, t0, "tui", Some("bob"), Some(0)),
+        Err(StoreError::Stale {
+            shown: 0,
+            current: 1,
+            ..
+        })
+    ));
+    assert_eq!(s.decision_count().unwrap(), n);
+    // An untouched pair at the old revision is fine; so is any pair without a revision.
+    s.decide_by(DecisionKind::Reject, i0, t2, "tui", Some("bob"), Some(0))
+        .unwrap_err(); // t2 was touched by ann's decision
+    let (_, rev) = s
+        .decide_by(DecisionKind::Reject, i2, t0, "tui", Some("bob"), None)
+        .unwrap();
+    assert_eq!(rev, 2);
+    assert_eq!(
+        s.annotator_counts().unwrap(),
+        vec![("ann".to_string(), 1, 0), ("bob".to_string(), 0, 1)]
+    );
+    // Undo bumps the revision and makes a decision shown before it stale.
+    s.undo(None).unwrap();
+    assert_eq!(s.revision().unwrap(), 3);
+    assert!(matches!(
+        s.decide_by(DecisionKind::Confirm, i2, t0, "tui", None, Some(2)),
+        Err(StoreError::Stale { .. })
+    ));
+    assert_eq!(
+        s.annotator_counts().unwrap(),
+        vec![("ann".to_string(), 1, 0)]
+    );
+    // Export: the seed pair (no annotator) and ann's confirm; the held-out pair never.
+    let rows = s.export_rows(false).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].state.as_str(), rows[0].source.as_str()),
+        ("confirmed", "manifest")
+    );
+    assert_eq!(rows[0].annotator, None);
+    assert_eq!(rows[1].annotator.as_deref(), Some("ann"));
+    assert_eq!(rows[1].caption.as_deref(), Some("A frog."));
+    assert_eq!(rows[1].image_path.as_deref(), Some("/x/i2.png"));
+    s.decide_by(DecisionKind::Reject, i0, t2, "tui", Some("bob"), None)
+        .unwrap();
+    assert_eq!(s.export_rows(false).unwrap().len(), 2);
+    let all = s.export_rows(true).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all.iter().filter(|r| r.state == "rejected").count(), 1);
+    assert_eq!(s.image_by_path("/x/i2.png").unwrap(), Some(i2));
+    assert_eq!(s.image_by_path("/x/none.png").unwrap(), None);
+}
+
+#[test]
+fn a_v1_database_migrates_with_its_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut conn = rusqlite::Connection::open(dir.path().join("sotalign.db")).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        tx.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO samples (id, modality, key, path, added_at_ms) VALUES (1, 'image', 'a', '/a.png', 0);
+             INSERT INTO samples (id, modality, key, text, added_at_ms) VALUES (2, 'text', 'a', 'A.', 0);
+             INSERT INTO decisions (id, kind, image, text, at_ms, source) VALUES (1, 'confirm', 1, 2, 5, 'old');
+             INSERT INTO decisions (id, kind, image, text, at_ms, source, undone_at_ms) VALUES (2, 'reject', 1, 2, 6, 'old', 7);
+             INSERT INTO pairs (image, text, state, decision, source, at_ms) VALUES (1, 2, 'confirmed', 1, 'old', 5);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.revision().unwrap(), 2);
+    assert_eq!(s.decision(DecisionId(1)).unwrap().annotator, None);
+    assert_eq!(s.annotator_counts().unwrap(), vec![(String::new(), 1, 0)]);
+    // Shown at revision 1: the undo of decision 2 (revision 2) makes it stale.
+    assert!(matches!(
+        s.decide_by(
+            DecisionKind::Confirm,
+            SampleId(1),
+            SampleId(2),
+            "x",
+            None,
+            Some(1)
+        ),
+        Err(StoreError::Stale { .. })
+    ));
+    let (_, rev) = s
+        .decide_by(
+            DecisionKind::Confirm,
+            SampleId(1),
+            SampleId(2),
+            "x",
+            None,
+            Some(2),
+        )
+        .unwrap();
+    assert_eq!(rev, 3);
+}

@@ -78,6 +78,7 @@ pub fn fixture(dir: &Path, n_train: usize, n_test: usize, n_unpaired: usize) -> 
     let unpaired = nontest[n_train..n_train + n_unpaired].to_vec();
     let mut lines = vec![
         json!({
+            "sotalign_manifest": 1,
             "embeddings": {
                 "image": fixtures().join("tuxpaint_img.npy").display().to_string(),
                 "text": fixtures().join("tuxpaint_txt.npy").display().to_string(),
@@ -90,8 +91,8 @@ pub fn fixture(dir: &Path, n_train: usize, n_test: usize, n_unpaired: usize) -> 
         for &r in rows.iter() {
             lines.push(
                 json!({
-                    "key": format!("row-{r}"), "image": rows_file(&index, r), "imageRow": r,
-                    "text": captions[r], "textRow": r, "split": split
+                    "key": format!("row-{r}"), "imagePath": rows_file(&index, r), "imageRow": r,
+                    "caption": captions[r], "textRow": r, "split": split
                 })
                 .to_string(),
             );

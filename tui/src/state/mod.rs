@@ -120,6 +120,11 @@ pub struct App {
     /// The model run the daemon serves, as far as we know: from its latest `status` (reset on
     /// reconnect), raised by any answer scored by a newer run.
     pub served_run: Option<RunId>,
+    /// The daemon's decision revision as far as we know (`status`, `decisionsChanged`): the
+    /// candidates fetched at it are sent back as `shownRevision` with a decision.
+    pub revision: Option<u64>,
+    /// The last export this session wrote (path on the daemon's machine, pairs).
+    pub last_export: Option<(String, u64)>,
     pub runs: Vec<RunInfo>,
     pub jobs: BTreeMap<JobId, JobView>,
     pub browse: Browse,
@@ -170,6 +175,8 @@ impl App {
             counts: None,
             status: None,
             served_run: None,
+            revision: None,
+            last_export: None,
             runs: Vec::new(),
             jobs: BTreeMap::new(),
             browse: Browse::new(),
@@ -227,6 +234,33 @@ impl App {
             self.last_status_poll_ms = self.now_ms;
             calls.push(Call::Status);
         }
+    }
+
+    /// A newer decision revision heard of (never moves back).
+    fn see_revision(&mut self, r: u64) {
+        if self.revision.is_none_or(|old| r > old) {
+            self.revision = Some(r);
+        }
+    }
+
+    /// `e` on the dashboard: the confirmed pairs as a JSONL manifest (re-ingestable, with who
+    /// decided and when) under the daemon's data dir, named by the time. Other formats:
+    /// `sotalign export`.
+    fn export(&mut self, calls: &mut Vec<Call>) {
+        if self.screen != Screen::Dashboard {
+            return;
+        }
+        let Some(dir) = self.status.as_ref().map(|s| s.data_dir.clone()) else {
+            self.info("not connected yet: no data dir to export to");
+            return;
+        };
+        let dest = format!(
+            "{}/exports/pairs-{}.jsonl",
+            dir.trim_end_matches('/'),
+            self.now_ms
+        );
+        self.info(format!("exporting confirmed pairs to {dest} ..."));
+        calls.push(Call::Export { dest });
     }
 
     fn set_counts(&mut self, counts: Counts) {
@@ -291,7 +325,12 @@ impl App {
                 self.screen = Screen::Browse;
                 calls.extend(self.browse_first_listing());
             }
-            Action::ShowDashboard => self.screen = Screen::Dashboard,
+            Action::ShowDashboard => {
+                self.screen = Screen::Dashboard;
+                if self.is_connected() {
+                    calls.push(Call::Status); // fresh counts, per annotator too
+                }
+            }
             Action::Search => {
                 self.screen = Screen::Browse;
                 self.browse.editing = true;
@@ -317,6 +356,7 @@ impl App {
             Action::Skip => self.skip(calls),
             Action::Undo => self.undo(calls),
             Action::Open => self.open(calls),
+            Action::Export => self.export(calls),
         }
     }
 
@@ -369,6 +409,7 @@ impl App {
             NetEvent::Notification(n) => match n {
                 ServerNotification::Progress(p) => self.on_progress(p.value),
                 ServerNotification::JobFinished(f) => self.on_job_finished(f, calls),
+                ServerNotification::DecisionsChanged(c) => self.on_decisions_changed(c, calls),
                 ServerNotification::Other(_) => {}
             },
             NetEvent::Reply { call, outcome } => match outcome {
@@ -382,6 +423,7 @@ impl App {
         match reply {
             Reply::Status(s) => {
                 self.counts = Some(s.counts);
+                self.see_revision(s.revision);
                 // The daemon's word on what it serves now (a model restored in the background,
                 // a re-align's stage, another client's fit): candidates follow it.
                 self.served_run = s.model.as_ref().map(|m| m.run);
@@ -412,6 +454,13 @@ impl App {
             Reply::Undo(r) => self.on_undone(r, calls),
             Reply::Align(r) => self.on_align_started(r),
             Reply::CancelJob(r) => self.on_cancelled(r),
+            Reply::Export(r) => {
+                self.info(format!(
+                    "exported {} confirmed pairs to {} (on the daemon's machine)",
+                    r.pairs, r.dest
+                ));
+                self.last_export = Some((r.dest, r.pairs));
+            }
         }
     }
 
@@ -419,6 +468,11 @@ impl App {
         let lost = e.code.is_none() && !self.is_connected();
         let quiet = match &call {
             Call::Confirm { .. } | Call::Reject { .. } => {
+                if e.code == Some(sotalign_protocol::codes::STALE_DECISION) {
+                    // Someone else changed this pair since it was shown: move on.
+                    self.on_stale_decision(calls);
+                    return;
+                }
                 self.pending = None;
                 false
             }
@@ -463,6 +517,7 @@ impl App {
             Call::ListImages { .. } => "list images",
             Call::Align(_) => "re-align",
             Call::CancelJob { .. } => "cancel",
+            Call::Export { .. } => "export",
         };
         self.error(format!("{what}: {e}"));
     }

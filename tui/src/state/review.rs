@@ -35,6 +35,8 @@ pub struct Queue {
     pub candidates: Loadable<Vec<Candidate>>,
     /// The model run that scored `candidates`.
     pub candidates_run: Option<RunId>,
+    /// The decision revision known when `candidates` arrived: sent as `shownRevision`.
+    pub candidates_revision: Option<u64>,
     pub selected: usize,
     pub skipped: u64,
     /// Captions rejected this session, per sample under review: a rejected caption is never
@@ -57,6 +59,7 @@ impl Queue {
             exhausted: false,
             candidates: Loadable::Idle,
             candidates_run: None,
+            candidates_revision: None,
             selected: 0,
             skipped: 0,
             rejected_captions: HashMap::new(),
@@ -294,6 +297,7 @@ impl App {
             Modality::Image => (sample.id, candidate.sample.id),
             Modality::Text => (candidate.sample.id, sample.id),
         };
+        let shown = q.candidates_revision;
         self.pending = Some(PendingDecision {
             kind,
             direction,
@@ -301,8 +305,8 @@ impl App {
             candidate: candidate.sample.clone(),
         });
         calls.push(match kind {
-            DecisionKind::Confirm => Call::Confirm { image, text },
-            DecisionKind::Reject => Call::Reject { image, text },
+            DecisionKind::Confirm => Call::Confirm { image, text, shown },
+            DecisionKind::Reject => Call::Reject { image, text, shown },
         });
     }
 
@@ -379,10 +383,12 @@ impl App {
         if self.served_run.is_none_or(|served| r.run > served) {
             self.served_run = Some(r.run);
         }
+        let revision = self.revision;
         let q = self.queue_mut(r.sample.modality);
         if q.current().map(|s| s.id) != Some(r.sample.id) {
             return;
         }
+        q.candidates_revision = revision;
         let rejected = q.rejected_captions.get(&r.sample.id);
         let cands: Vec<Candidate> = r
             .candidates
@@ -475,6 +481,83 @@ impl App {
             sample: p.sample,
             candidate: p.candidate,
         });
+    }
+
+    /// Another client's decision or undo (or the echo of ours): counts and revision follow
+    /// it; a sample it paired leaves the queues; the candidates on screen are refetched when
+    /// it touched them. Our own decision in flight is left to its acknowledgement.
+    pub(super) fn on_decisions_changed(
+        &mut self,
+        c: DecisionsChangedParams,
+        calls: &mut Vec<Call>,
+    ) {
+        self.see_revision(c.revision);
+        self.set_counts(c.counts);
+        if self.screen == super::Screen::Dashboard {
+            calls.push(Call::Status); // per-annotator counts
+        }
+        let d = &c.decision;
+        if self.pending.as_ref().is_some_and(|p| {
+            [p.sample.id, p.candidate.id].contains(&d.image)
+                && [p.sample.id, p.candidate.id].contains(&d.text)
+        }) || self.undo.iter().any(|u| u.decision.id == d.id)
+            || self
+                .pending_undo
+                .as_ref()
+                .is_some_and(|u| u.decision.id == d.id)
+        {
+            return; // ours
+        }
+        let paired = d.kind == DecisionKind::Confirm && !c.undone;
+        let who = d.annotator.clone().unwrap_or_else(|| d.source.clone());
+        let pending = self.pending.as_ref().map(|p| p.sample.id);
+        for (m, own, other) in [
+            (Modality::Image, d.image, d.text),
+            (Modality::Text, d.text, d.image),
+        ] {
+            let q = self.queue_mut(m);
+            let front = q.current().map(|s| s.id);
+            if paired && pending != Some(own) && q.items.iter().any(|s| s.id == own) {
+                // Paired by someone else: not unpaired any more (its candidates reload when
+                // it was on screen).
+                q.remove(own, calls);
+                if front == Some(own) {
+                    self.info(format!(
+                        "{who} paired the sample you were reviewing: moved on"
+                    ));
+                    continue;
+                }
+            }
+            // A decision on the sample under review, or on a candidate shown for it, changes
+            // what should be listed: ask again.
+            let shown = q
+                .candidates
+                .ready()
+                .is_some_and(|cs| cs.iter().any(|x| x.sample.id == other));
+            if (front == Some(own) || shown)
+                && pending.is_none()
+                && !matches!(q.candidates, Loadable::Loading)
+            {
+                calls.extend(q.load_candidates());
+            }
+        }
+    }
+
+    /// `STALE_DECISION`: the pair changed (another annotator) since its candidates were shown.
+    /// Nothing was written; the sample is set aside and the queue moves on.
+    pub(super) fn on_stale_decision(&mut self, calls: &mut Vec<Call>) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let q = self.queue_mut(p.direction);
+        if q.current().map(|s| s.id) == Some(p.sample.id) {
+            q.skipped += 1;
+            q.advance(calls);
+        }
+        self.info(format!(
+            "not saved: {} changed since it was shown (another annotator decided); moved on",
+            p.sample.key
+        ));
     }
 
     pub(super) fn on_undone(&mut self, r: UndoResult, calls: &mut Vec<Call>) {

@@ -11,8 +11,17 @@ use sotalign_protocol::types::JobState;
 use super::{DIM, ERROR};
 use crate::state::{App, JobView, percent, stage_name};
 
+/// Annotators listed on the dashboard (most active first); the rest are summed in one line.
+const ANNOTATORS_SHOWN: usize = 4;
+
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
-    let [top, chart] = Layout::vertical([Constraint::Length(10), Constraint::Min(6)]).areas(area);
+    let people = app.status.as_ref().map_or(0, |s| s.annotators.len());
+    let extra = match people {
+        0 => 0,
+        n => 1 + n.min(ANNOTATORS_SHOWN + 1) as u16,
+    };
+    let [top, chart] =
+        Layout::vertical([Constraint::Length(10 + extra), Constraint::Min(6)]).areas(area);
     let [counts, job] = Layout::horizontal([Constraint::Length(32), Constraint::Min(0)]).areas(top);
     draw_counts(f, counts, app);
     draw_job(f, job, app);
@@ -42,6 +51,27 @@ fn draw_counts(f: &mut Frame, area: Rect, app: &App) {
     lines.push(Line::styled("this session:", DIM));
     lines.push(row("  confirmed", s.confirmed.to_string()));
     lines.push(row("  rejected", s.rejected.to_string()));
+    if let Some(st) = app.status.as_ref().filter(|s| !s.annotators.is_empty()) {
+        lines.push(Line::styled("by annotator (confirmed / rejected):", DIM));
+        for a in st.annotators.iter().take(ANNOTATORS_SHOWN) {
+            let name = if a.annotator.is_empty() {
+                "(unnamed)".to_owned()
+            } else {
+                crate::state::truncate(&a.annotator, 16)
+            };
+            lines.push(row(
+                &format!("  {name}"),
+                format!("{} / {}", a.confirmed, a.rejected),
+            ));
+        }
+        let rest = &st.annotators[st.annotators.len().min(ANNOTATORS_SHOWN)..];
+        if !rest.is_empty() {
+            let (c, r) = rest
+                .iter()
+                .fold((0, 0), |(c, r), a| (c + a.confirmed, r + a.rejected));
+            lines.push(row(&format!("  {} more", rest.len()), format!("{c} / {r}")));
+        }
+    }
     f.render_widget(Paragraph::new(lines).block(block), area);
 }
 

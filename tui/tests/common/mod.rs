@@ -127,6 +127,7 @@ pub fn decision(id: u64, kind: DecisionKind, image: u64, text: u64) -> Decision 
         text: SampleId(text),
         at_ms: 0,
         source: "tui:test".into(),
+        annotator: None,
         undone_at_ms: None,
     }
 }
@@ -211,5 +212,7 @@ pub fn status_of(model: Option<RunId>, pairs: u64, c: Counts) -> StatusResult {
             progress: None,
         },
         jobs: vec![],
+        annotators: vec![],
+        revision: 0,
     }
 }

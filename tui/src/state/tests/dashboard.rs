@@ -116,6 +116,8 @@ fn jobs_that_ended_while_disconnected_are_not_shown_as_running_forever() {
                 progress: None,
             },
             jobs: vec![],
+            annotators: vec![],
+            revision: 0,
         }),
     ));
     assert!(app.running_align().is_none());
@@ -218,4 +220,39 @@ fn stage_names_are_the_wire_names_and_metrics_read_as_percent() {
         text.contains("image->text 8.1%") && text.contains("text->image 6.2%"),
         "{text}"
     );
+}
+
+/// Issue 13: `e` on the dashboard exports the confirmed pairs on the daemon (a JSONL manifest
+/// under its data dir) and says where; anywhere else `e` does nothing.
+#[test]
+fn export_from_the_dashboard_writes_under_the_daemons_data_dir() {
+    let mut app = ready_app();
+    app.handle(reply(
+        Call::Status,
+        Reply::Status(status_of(None, 0, counts(3, 0))),
+    ));
+    assert!(app.handle(key('e')).is_empty(), "review screen: no export");
+    app.handle(Event::Tick {
+        now_ms: 1_700_000_000_000,
+    });
+    let calls = app.handle(key('3'));
+    assert_eq!(calls, vec![Call::Status]);
+    let calls = app.handle(key('e'));
+    let dest = match &calls[..] {
+        [Call::Export { dest }] => dest.clone(),
+        other => panic!("{other:?}"),
+    };
+    let dir = app.status.as_ref().unwrap().data_dir.clone();
+    assert!(dest.starts_with(&format!("{dir}/exports/")), "{dest}");
+    assert!(dest.ends_with(".jsonl"));
+    app.handle(reply(
+        calls[0].clone(),
+        Reply::Export(ExportResult {
+            pairs: 3,
+            files: 1,
+            dest: dest.clone(),
+        }),
+    ));
+    assert_eq!(app.last_export, Some((dest.clone(), 3)));
+    assert!(app.message.as_ref().unwrap().text.contains(&dest));
 }

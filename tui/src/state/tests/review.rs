@@ -15,7 +15,8 @@ fn confirm_sends_the_selected_pair_and_advances_only_when_acknowledged() {
         calls,
         vec![Call::Confirm {
             image: SampleId(1),
-            text: SampleId(101)
+            text: SampleId(101),
+            shown: None,
         }]
     );
     // Not acknowledged yet: still on the same sample, and a second decision is refused.
@@ -26,6 +27,7 @@ fn confirm_sends_the_selected_pair_and_advances_only_when_acknowledged() {
         Call::Confirm {
             image: SampleId(1),
             text: SampleId(101),
+            shown: None,
         },
         Reply::Confirm(DecisionResult {
             decision: decision(7, DecisionKind::Confirm, 1, 101),
@@ -53,7 +55,8 @@ fn moving_the_selection_changes_which_candidate_is_confirmed() {
         app.handle(key('y')),
         vec![Call::Confirm {
             image: SampleId(1),
-            text: SampleId(102)
+            text: SampleId(102),
+            shown: None,
         }]
     );
 }
@@ -66,7 +69,8 @@ fn reject_drops_the_candidate_and_stays_on_the_sample() {
         calls,
         vec![Call::Reject {
             image: SampleId(1),
-            text: SampleId(101)
+            text: SampleId(101),
+            shown: None,
         }]
     );
     app.handle(reply(
@@ -249,7 +253,8 @@ fn tab_switches_to_the_caption_queue_and_confirms_the_other_way_round() {
         app.handle(key('y')),
         vec![Call::Confirm {
             image: SampleId(1),
-            text: SampleId(101)
+            text: SampleId(101),
+            shown: None,
         }]
     );
 }
@@ -531,7 +536,8 @@ fn identical_captions_are_listed_once_and_a_reject_applies_to_the_caption() {
         calls,
         vec![Call::Reject {
             image: SampleId(2),
-            text: SampleId(110)
+            text: SampleId(110),
+            shown: None,
         }]
     );
     app.handle(reply(
@@ -596,4 +602,133 @@ fn grouping_keeps_the_daemons_counts_and_never_merges_images_or_different_text()
         g.iter().map(|c| c.rank).collect::<Vec<_>>(),
         vec![1, 2, 3, 4]
     );
+}
+
+fn changed(revision: u64, d: Decision, undone: bool, c: Counts) -> Event {
+    Event::Net(NetEvent::Notification(
+        ServerNotification::DecisionsChanged(DecisionsChangedParams {
+            revision,
+            decision: d,
+            undone,
+            counts: c,
+        }),
+    ))
+}
+
+/// Issue 13: two annotators on one daemon. Another's confirm of the image on screen moves this
+/// TUI on at once; another's decision on a caption shown refetches the candidates; the echo of
+/// our own decision changes nothing; the revision the candidates were shown at goes with a
+/// decision.
+#[test]
+fn another_annotators_decisions_arrive_without_a_restart() {
+    let mut app = ready_app();
+    app.handle(reply(
+        Call::Status,
+        Reply::Status(status_of(None, 0, counts(0, 0))),
+    ));
+    app.handle(changed(
+        7,
+        decision(1, DecisionKind::Reject, 9, 900),
+        false,
+        counts(0, 1),
+    ));
+    assert_eq!(app.revision, Some(7));
+    app.handle(suggest_reply(
+        image(1, "penguin"),
+        vec![
+            cand(text(101, "A penguin."), 0.9, 1),
+            cand(text(102, "A seal."), 0.5, 2),
+        ],
+    ));
+    assert_eq!(app.review().candidates_revision, Some(7));
+    // Bob confirms a caption shown here with another image: the candidates are refetched.
+    let mut bob = decision(2, DecisionKind::Confirm, 3, 102);
+    bob.annotator = Some("bob".into());
+    let calls = app.handle(changed(8, bob.clone(), false, counts(1, 1)));
+    assert!(calls.contains(&Call::Suggest {
+        sample: SampleId(1)
+    }));
+    assert_eq!(app.counts.unwrap().confirmed_pairs, 1);
+    // Image 3 was paired by Bob: it left the queue, which now holds 1 and 2.
+    assert_eq!(
+        app.review()
+            .items
+            .iter()
+            .map(|s| s.id.0)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    app.handle(suggest_reply(
+        image(1, "penguin"),
+        vec![cand(text(101, "A penguin."), 0.9, 1)],
+    ));
+    // Our confirm carries the revision its candidates were shown at.
+    let calls = app.handle(key('y'));
+    assert_eq!(
+        calls,
+        vec![Call::Confirm {
+            image: SampleId(1),
+            text: SampleId(101),
+            shown: Some(8),
+        }]
+    );
+    // Its echo arrives before the acknowledgement: left to the acknowledgement.
+    let ours = decision(3, DecisionKind::Confirm, 1, 101);
+    assert!(
+        app.handle(changed(9, ours.clone(), false, counts(2, 1)))
+            .is_empty()
+    );
+    app.handle(reply(
+        calls[0].clone(),
+        Reply::Confirm(DecisionResult {
+            decision: ours,
+            changed: true,
+            counts: counts(2, 1),
+        }),
+    ));
+    assert_eq!(app.review().current().map(|s| s.id), Some(SampleId(2)));
+    // Bob confirms the image now on screen: this TUI moves on, and says why.
+    app.handle(suggest_reply(
+        image(2, "seal"),
+        vec![cand(text(102, "A seal."), 0.5, 1)],
+    ));
+    let mut bob2 = decision(4, DecisionKind::Confirm, 2, 105);
+    bob2.annotator = Some("bob".into());
+    app.handle(changed(10, bob2, false, counts(3, 1)));
+    assert!(app.review().current().is_none());
+    assert!(
+        app.message.as_ref().unwrap().text.contains("bob paired"),
+        "{:?}",
+        app.message
+    );
+}
+
+/// Issue 13: a decision on a pair that changed since it was shown is refused with
+/// `STALE_DECISION`; nothing is saved and the queue moves on to the next sample.
+#[test]
+fn a_stale_decision_is_not_saved_and_the_queue_moves_on() {
+    let mut app = ready_app();
+    app.handle(suggest_reply(
+        image(1, "penguin"),
+        vec![cand(text(101, "A penguin."), 0.9, 1)],
+    ));
+    let calls = app.handle(key('y'));
+    let calls = app.handle(fail(
+        calls[0].clone(),
+        Some(codes::STALE_DECISION),
+        "the pair changed since revision 3",
+    ));
+    assert!(app.pending.is_none());
+    assert_eq!(app.session.confirmed, 0);
+    assert_eq!(app.review().current().map(|s| s.id), Some(SampleId(2)));
+    assert_eq!(
+        calls,
+        vec![Call::Suggest {
+            sample: SampleId(2)
+        }]
+    );
+    let m = app.message.as_ref().unwrap();
+    assert!(m.text.contains("changed since it was shown"), "{m:?}");
+    // Not an error alarm: the annotator did nothing wrong.
+    assert_eq!(app.error_count, 0);
 }
