@@ -84,6 +84,8 @@ fn the_tui_shows_pictures_it_cannot_read_itself() {
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
+        .arg("--allow-dir")
+        .arg(&server_side)
         .current_dir(&server_side)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
