@@ -33,6 +33,7 @@ pub mod names {
     pub const EVALUATE: &str = "sotalign/evaluate";
     pub const RUNS: &str = "sotalign/runs";
     pub const INGEST: &str = "sotalign/ingest";
+    pub const AUDIT: &str = "sotalign/audit";
 
     pub const PROGRESS: &str = "$/progress";
     pub const JOB_FINISHED: &str = "sotalign/jobFinished";
@@ -121,6 +122,8 @@ methods! {
     Runs = RUNS: RunsParams => RunsResult;
     /// Add samples from a manifest, folders or inline embeddings; encodes in the background.
     Ingest = INGEST: IngestParams => IngestResult;
+    /// The confirmed pairs that look most wrong (cross-fitted), with the suggested partners.
+    Audit = AUDIT: AuditParams => AuditResult;
 }
 
 notifications! {

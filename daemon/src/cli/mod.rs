@@ -1,6 +1,7 @@
 //! Command-line front ends of the library modules (one file per command family); `main.rs`
 //! only dispatches here. Uses `anyhow`: this is the edge.
 pub mod align;
+pub mod audit_sim;
 pub mod bench;
 pub mod bench_encoders;
 pub mod bench_scaling;

@@ -164,6 +164,18 @@ fn rows_of(ids: &[SampleId], pos: &HashMap<SampleId, usize>, m: &Matrix) -> Matr
     m.select_rows(&idx)
 }
 
+/// The snapshot's confirmed pairs whose two sides are both embedded, in snapshot order: row i
+/// of [`align_data`]'s paired matrices is pair i of this list.
+pub fn embedded_pairs(snap: &TrainingSnapshot) -> Vec<(SampleId, SampleId)> {
+    let ii: std::collections::HashSet<SampleId> = snap.images.ids.iter().copied().collect();
+    let tt: std::collections::HashSet<SampleId> = snap.texts.ids.iter().copied().collect();
+    snap.pairs
+        .iter()
+        .filter(|(i, t)| ii.contains(i) && tt.contains(t))
+        .copied()
+        .collect()
+}
+
 /// Training data from a snapshot: confirmed pairs (caption groups by equal caption text) plus
 /// the unpaired pools.
 pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
@@ -181,12 +193,7 @@ pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
         .enumerate()
         .map(|(i, id)| (*id, i))
         .collect();
-    let pairs: Vec<(SampleId, SampleId)> = snap
-        .pairs
-        .iter()
-        .filter(|(i, t)| ipos.contains_key(i) && tpos.contains_key(t))
-        .copied()
-        .collect();
+    let pairs = embedded_pairs(snap);
     let mut groups: HashMap<String, u32> = HashMap::new();
     let pair_groups = pairs
         .iter()

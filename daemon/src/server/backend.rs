@@ -45,8 +45,8 @@ impl ConnState {
 }
 
 pub struct Backend {
-    shared: Arc<Shared>,
-    conn: Arc<ConnState>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) conn: Arc<ConnState>,
 }
 
 /// Page sizes are capped so one answer stays well under the body cap.
@@ -74,6 +74,7 @@ pub fn build_service(
         .custom_method(names::EVALUATE, Backend::evaluate)
         .custom_method(names::RUNS, Backend::runs)
         .custom_method(names::INGEST, Backend::ingest)
+        .custom_method(names::AUDIT, Backend::audit)
         .finish()
 }
 
@@ -120,17 +121,39 @@ impl LanguageServer for Backend {
             methods: methods::ALL_METHODS.iter().map(|m| m.to_string()).collect(),
             max_body_bytes: self.shared.opts.max_body as u64,
         };
+        let mut capabilities = lsp::ServerCapabilities {
+            experimental: Some(json!({ "sotalign": caps })),
+            ..Default::default()
+        };
+        super::lsp_handlers::capabilities(&mut capabilities);
         Ok(lsp::InitializeResult {
-            capabilities: lsp::ServerCapabilities {
-                experimental: Some(json!({ "sotalign": caps })),
-                ..Default::default()
-            },
+            capabilities,
             server_info: Some(lsp::ServerInfo {
                 name: "sotalign".into(),
                 version: Some(env!("CARGO_PKG_VERSION").into()),
             }),
             offset_encoding: None,
         })
+    }
+
+    // TEMPORARY (old request path): the manifest language-server methods.
+    async fn did_open(&self, p: lsp::DidOpenTextDocumentParams) {
+        let _ = self.on_did_open(p).await;
+    }
+    async fn did_change(&self, p: lsp::DidChangeTextDocumentParams) {
+        let _ = self.on_did_change(p).await;
+    }
+    async fn did_close(&self, p: lsp::DidCloseTextDocumentParams) {
+        let _ = self.on_did_close(p).await;
+    }
+    async fn hover(&self, p: lsp::HoverParams) -> RpcResult<Option<lsp::Hover>> {
+        self.do_hover(p).await.map_err(to_rpc)
+    }
+    async fn code_action(
+        &self,
+        p: lsp::CodeActionParams,
+    ) -> RpcResult<Option<lsp::CodeActionResponse>> {
+        self.do_code_action(p).await.map_err(to_rpc)
     }
 
     async fn shutdown(&self) -> RpcResult<()> {
@@ -192,6 +215,7 @@ impl Backend {
     rpc!(evaluate, EvaluateParams, EvaluateResult, Self::do_evaluate);
     rpc!(runs, RunsParams, RunsResult, Self::do_runs);
     rpc!(ingest, IngestParams, IngestResult, Self::do_ingest);
+    rpc!(audit, AuditParams, AuditResult, Self::do_audit);
 
     async fn do_status(&self, _: Empty) -> HResult<StatusResult> {
         let (counts, dims) = self

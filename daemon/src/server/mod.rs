@@ -20,12 +20,16 @@ use anyhow::{Context, bail};
 use sotalign_protocol::framing::DEFAULT_MAX_BODY;
 
 pub mod align_job;
+pub mod audit;
 pub mod backend;
 pub mod encode;
 pub mod errors;
 pub mod fit;
 pub mod ingest_job;
 pub mod jobs;
+pub mod lsp_doc;
+pub mod lsp_handlers;
+pub mod lsp_manifest;
 pub mod model;
 pub mod state;
 pub mod transport;
