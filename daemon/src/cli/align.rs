@@ -15,7 +15,8 @@ use crate::io::write_checkpoint;
 
 #[derive(Debug, Args)]
 pub struct AlignArgs {
-    /// Method to fit (procrustes, procrustes_w, cca, csa, asif, asif_c, auto, ...).
+    /// Method to fit: procrustes, procrustes_w, cca, csa, asif, asif_c, siglip, siglip_tinit,
+    /// sotalign, auto (docs/RESULTS.md compares them).
     #[arg(long, short, default_value = "cca")]
     pub method: String,
     #[command(flatten)]

@@ -74,7 +74,8 @@ impl DataArgs {
 /// How the hyper-parameters are set.
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
-    /// Preset: `default` (the method's defaults) or `reference` (PROTOCOL.md's settings).
+    /// Preset: `default` (the method's defaults) or `reference` (the settings of the
+    /// evaluation protocol in tests/fixtures/reference/PROTOCOL.md, not docs/PROTOCOL.md).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// JSON file with an AlignConfig (missing fields keep the preset's values).

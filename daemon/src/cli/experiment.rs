@@ -1,4 +1,5 @@
-//! `sotalign experiment`: the protocol of PROTOCOL.md on the exact reference splits.
+//! `sotalign experiment`: the evaluation protocol of tests/fixtures/reference/PROTOCOL.md on the
+//! exact reference splits.
 //!
 //! For each budget n: CSA's s is chosen by our own validation exactly as the reference does
 //! (seeds 0 and 1, held-out block, mean MRR; the reference's choice is printed beside ours);
@@ -232,7 +233,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         std::fs::write(j, serde_json::to_string_pretty(&cells)?)
             .with_context(|| format!("writing {}", j.display()))?;
     }
-    let mut section = render(&args, &cells, &chosen_s, ref_results.as_ref(), wall);
+    let mut section = render(&args, &cells, &chosen_s, ref_results.as_ref(), test.x.rows, wall);
     if !chosen_alpha.is_empty() {
         section.push_str(&format!(
             "\nSOTAlign alpha ({}; the reference's validation chose): {}.\n",
@@ -308,6 +309,7 @@ fn render(
     cells: &[CellResult],
     chosen_s: &BTreeMap<usize, (usize, Option<usize>)>,
     reference: Option<&ReferenceResults>,
+    test_items: usize,
     wall: f64,
 ) -> String {
     let mut md = String::new();
@@ -319,7 +321,7 @@ fn render(
     let _ = writeln!(md, "## Tux Paint protocol: ours next to the reference\n");
     let _ = writeln!(
         md,
-        "Produced by `{shown}` (wall time {wall:.0} s). Percent, mean ± sample std over seeds {:?}; each cell is `ours / reference`, R@1 then R@5. Test split: 236 items, gallery = all test items, ties count against.\n",
+        "Produced by `{shown}` (wall time {wall:.0} s). Percent, mean ± sample std over seeds {:?}; each cell is `ours / reference`, R@1 then R@5. Test split: {test_items} items, gallery = all test items, ties count against.\n",
         args.seeds
     );
     let methods: Vec<String> = {

@@ -10,7 +10,7 @@ pub struct BenchIndexArgs {
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     pub sizes: Vec<usize>,
     /// Extra sizes where only exact search is timed (to locate the exact/HNSW threshold).
-    #[arg(long, value_delimiter = ',', default_value = "")]
+    #[arg(long, value_delimiter = ',')]
     pub exact_sizes: Vec<usize>,
     #[arg(long, default_value_t = 256)]
     pub dim: usize,

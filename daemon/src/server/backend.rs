@@ -1,23 +1,21 @@
-//! The tower-lsp-server service: LSP lifecycle plus every `sotalign/*` method.
+//! Every `sotalign/*` handler, and the table that registers them ([`Backend::router`]).
 //!
-//! One [`Backend`] per connection (tower-lsp builds one service per connection); everything
-//! shared lives in [`Shared`]. Handlers are thin: they validate, then call the store (on a
+//! One [`Backend`] per connection; everything shared lives in [`Shared`]. Handlers are thin: they validate, then call the store (on a
 //! blocking thread), the served model (read-only, behind an `Arc`) or start a job.
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use sotalign_protocol::types::*;
-use sotalign_protocol::{ErrorObject, PROTOCOL_VERSION, codes, methods, names};
-use tower_lsp_server::jsonrpc::Result as RpcResult;
-use tower_lsp_server::ls_types::{self as lsp, InitializeParams as LspInitializeParams};
-use tower_lsp_server::{LanguageServer, LspService};
+use sotalign_protocol::{ErrorObject, Message, PROTOCOL_VERSION, codes, methods, names};
 
-use super::errors::{HResult, not_ready, to_rpc};
+use super::transport::NoteSender;
+use super::dispatch::{Router, on, on_note};
+use super::errors::{HResult, not_ready};
 use super::model::IdSet;
 use super::state::Shared;
-use super::{align_job, ingest_job};
+use super::{align_job, ingest_job, lsp_handlers};
 use crate::store::now_ms;
 
 /// Per-connection state the transport and the backend share.
@@ -30,6 +28,8 @@ pub struct ConnState {
     pub needs_token: bool,
     /// `clientInfo.name` from `initialize`: the default `source` of decisions.
     pub client_name: Mutex<Option<String>>,
+    /// This connection's writer, for messages meant for it alone (set by the transport).
+    outgoing: Mutex<Option<NoteSender>>,
 }
 
 impl ConnState {
@@ -40,43 +40,37 @@ impl ConnState {
             closed: AtomicBool::new(false),
             needs_token,
             client_name: Mutex::new(None),
+            outgoing: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn set_outgoing(&self, s: NoteSender) {
+        *self.outgoing.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+    }
+
+    pub(super) fn clear_outgoing(&self) {
+        *self.outgoing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Send a message to this connection alone (e.g. diagnostics for a document it opened);
+    /// false if it is closed.
+    pub async fn send(&self, msg: Message) -> bool {
+        let sender = self.outgoing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match sender {
+            Some(s) => s.send(msg).await,
+            None => false,
         }
     }
 }
 
 pub struct Backend {
-    pub(super) shared: Arc<Shared>,
-    pub(super) conn: Arc<ConnState>,
+    pub shared: Arc<Shared>,
+    pub conn: Arc<ConnState>,
 }
 
 /// Page sizes are capped so one answer stays well under the body cap.
 const MAX_PAGE: u32 = 1000;
 const MAX_K: u32 = 100;
-
-pub fn build_service(
-    shared: Arc<Shared>,
-    conn: Arc<ConnState>,
-) -> (LspService<Backend>, tower_lsp_server::ClientSocket) {
-    LspService::build(move |_client| Backend { shared, conn })
-        .custom_method(names::STATUS, Backend::status)
-        .custom_method(names::LIST_SAMPLES, Backend::list_samples)
-        .custom_method(names::GET_SAMPLE, Backend::get_sample)
-        .custom_method(names::SUGGEST_FOR_SAMPLE, Backend::suggest_for_sample)
-        .custom_method(names::SUGGEST_PAIRS, Backend::suggest_pairs)
-        .custom_method(names::CONFIRM, Backend::confirm)
-        .custom_method(names::REJECT, Backend::reject)
-        .custom_method(names::UNDO, Backend::undo)
-        .custom_method(names::LIST_PAIRS, Backend::list_pairs)
-        .custom_method(names::SEARCH, Backend::search)
-        .custom_method(names::ALIGN, Backend::align)
-        .custom_method(names::CANCEL, Backend::cancel)
-        .custom_method(names::JOBS, Backend::jobs)
-        .custom_method(names::EVALUATE, Backend::evaluate)
-        .custom_method(names::RUNS, Backend::runs)
-        .custom_method(names::INGEST, Backend::ingest)
-        .custom_method(names::AUDIT, Backend::audit)
-        .finish()
-}
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn token_matches(given: &str, expected: &str) -> bool {
@@ -84,14 +78,52 @@ fn token_matches(given: &str, expected: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl LanguageServer for Backend {
-    async fn initialize(&self, params: LspInitializeParams) -> RpcResult<lsp::InitializeResult> {
+impl Backend {
+    pub fn new(shared: Arc<Shared>, conn: Arc<ConnState>) -> Self {
+        Self { shared, conn }
+    }
+
+    /// Every method the daemon serves, one line each (the lifecycle, `initialize`,
+    /// `shutdown`, `exit` and `$/cancelRequest`, is written once in `dispatch.rs`).
+    pub fn router() -> Router {
+        let mut r = Router::default();
+        on!(r, methods::Status => do_status);
+        on!(r, methods::ListSamples => do_list_samples);
+        on!(r, methods::GetSample => do_get_sample);
+        on!(r, methods::SuggestForSample => do_suggest_for_sample);
+        on!(r, methods::SuggestPairs => do_suggest_pairs);
+        on!(r, methods::Confirm => do_confirm);
+        on!(r, methods::Reject => do_reject);
+        on!(r, methods::Undo => do_undo);
+        on!(r, methods::ListPairs => do_list_pairs);
+        on!(r, methods::Search => do_search);
+        on!(r, methods::Align => do_align);
+        on!(r, methods::Cancel => do_cancel);
+        on!(r, methods::Jobs => do_jobs);
+        on!(r, methods::Evaluate => do_evaluate);
+        on!(r, methods::Runs => do_runs);
+        on!(r, methods::Ingest => do_ingest);
+        on!(r, methods::Audit => do_audit);
+        // The manifest language server (standard LSP methods; markers in lsp_handlers.rs).
+        on_note!(r, lsp_handlers::DidOpen => on_did_open);
+        on_note!(r, lsp_handlers::DidChange => on_did_change);
+        on_note!(r, lsp_handlers::DidClose => on_did_close);
+        on!(r, lsp_handlers::Hover => do_hover);
+        on!(r, lsp_handlers::CodeAction => do_code_action);
+        r
+    }
+
+    /// `initialize`: the token check (TCP with `--token`), the client's name, capabilities.
+    pub async fn do_initialize(
+        &self,
+        params: InitializeParams,
+        served: &[&'static str],
+    ) -> HResult<InitializeResult> {
         if self.conn.needs_token {
             let given = params
                 .initialization_options
                 .as_ref()
-                .and_then(|o| o.get("token"))
-                .and_then(|t| t.as_str());
+                .and_then(|o| o.token.as_deref());
             let ok = match (&self.shared.opts.token, given) {
                 (Some(expected), Some(g)) => token_matches(g, expected),
                 (Some(_), None) => false,
@@ -102,10 +134,10 @@ impl LanguageServer for Backend {
                     "connection {}: initialize with a missing or wrong token",
                     self.conn.id
                 );
-                return Err(to_rpc(ErrorObject::new(
+                return Err(ErrorObject::new(
                     codes::UNAUTHORIZED,
                     "missing or wrong token in initializationOptions.token",
-                )));
+                ));
             }
         }
         if let Some(info) = params.client_info {
@@ -115,107 +147,28 @@ impl LanguageServer for Backend {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(info.name);
         }
-        self.conn.initialized.store(true, Ordering::SeqCst);
+        let mut methods: Vec<String> = [names::INITIALIZE, names::SHUTDOWN]
+            .iter()
+            .chain(served)
+            .filter(|m| !m.starts_with("textDocument/"))
+            .map(|m| m.to_string())
+            .collect();
+        methods.sort();
         let caps = SotalignCapabilities {
             protocol_version: PROTOCOL_VERSION,
-            methods: methods::ALL_METHODS.iter().map(|m| m.to_string()).collect(),
+            methods,
             max_body_bytes: self.shared.opts.max_body as u64,
         };
-        let mut capabilities = lsp::ServerCapabilities {
-            experimental: Some(json!({ "sotalign": caps })),
-            ..Default::default()
-        };
-        super::lsp_handlers::capabilities(&mut capabilities);
-        Ok(lsp::InitializeResult {
+        let mut capabilities = json!({ "experimental": { "sotalign": caps } });
+        lsp_handlers::add_capabilities(&mut capabilities);
+        Ok(InitializeResult {
             capabilities,
-            server_info: Some(lsp::ServerInfo {
+            server_info: Some(ServerInfo {
                 name: "sotalign".into(),
                 version: Some(env!("CARGO_PKG_VERSION").into()),
             }),
-            offset_encoding: None,
         })
     }
-
-    // TEMPORARY (old request path): the manifest language-server methods.
-    async fn did_open(&self, p: lsp::DidOpenTextDocumentParams) {
-        let _ = self.on_did_open(p).await;
-    }
-    async fn did_change(&self, p: lsp::DidChangeTextDocumentParams) {
-        let _ = self.on_did_change(p).await;
-    }
-    async fn did_close(&self, p: lsp::DidCloseTextDocumentParams) {
-        let _ = self.on_did_close(p).await;
-    }
-    async fn hover(&self, p: lsp::HoverParams) -> RpcResult<Option<lsp::Hover>> {
-        self.do_hover(p).await.map_err(to_rpc)
-    }
-    async fn code_action(
-        &self,
-        p: lsp::CodeActionParams,
-    ) -> RpcResult<Option<lsp::CodeActionResponse>> {
-        self.do_code_action(p).await.map_err(to_rpc)
-    }
-
-    async fn shutdown(&self) -> RpcResult<()> {
-        // Every acknowledged write is already committed (synchronous=FULL); shutting down a
-        // connection only stops it from taking more work. The daemon-wide flush happens when
-        // the process stops (see `super::run`).
-        tracing::info!("connection {}: shutdown", self.conn.id);
-        Ok(())
-    }
-}
-
-macro_rules! rpc {
-    ($name:ident, $params:ty, $result:ty, $body:path) => {
-        pub async fn $name(&self, p: $params) -> RpcResult<$result> {
-            $body(self, p).await.map_err(to_rpc)
-        }
-    };
-}
-
-impl Backend {
-    rpc!(status, Empty, StatusResult, Self::do_status);
-    rpc!(
-        list_samples,
-        ListSamplesParams,
-        ListSamplesResult,
-        Self::do_list_samples
-    );
-    rpc!(
-        get_sample,
-        GetSampleParams,
-        GetSampleResult,
-        Self::do_get_sample
-    );
-    rpc!(
-        suggest_for_sample,
-        SuggestForSampleParams,
-        SuggestForSampleResult,
-        Self::do_suggest_for_sample
-    );
-    rpc!(
-        suggest_pairs,
-        SuggestPairsParams,
-        SuggestPairsResult,
-        Self::do_suggest_pairs
-    );
-    rpc!(confirm, DecideParams, DecisionResult, Self::do_confirm);
-    rpc!(reject, DecideParams, DecisionResult, Self::do_reject);
-    rpc!(undo, UndoParams, UndoResult, Self::do_undo);
-    rpc!(
-        list_pairs,
-        ListPairsParams,
-        ListPairsResult,
-        Self::do_list_pairs
-    );
-    rpc!(search, SearchParams, SearchResult, Self::do_search);
-    rpc!(align, AlignParams, AlignResult, Self::do_align);
-    rpc!(cancel, CancelParams, CancelResult, Self::do_cancel);
-    rpc!(jobs, JobsParams, JobsResult, Self::do_jobs);
-    rpc!(evaluate, EvaluateParams, EvaluateResult, Self::do_evaluate);
-    rpc!(runs, RunsParams, RunsResult, Self::do_runs);
-    rpc!(ingest, IngestParams, IngestResult, Self::do_ingest);
-    rpc!(audit, AuditParams, AuditResult, Self::do_audit);
 
     async fn do_status(&self, _: Empty) -> HResult<StatusResult> {
         let (counts, dims) = self

@@ -1,20 +1,10 @@
 //! Every failure a handler can meet, mapped to the protocol's error codes in one place.
 use serde_json::json;
 use sotalign_protocol::{ErrorObject, codes};
-use tower_lsp_server::jsonrpc;
 
 use crate::store::StoreError;
 
-/// Convert a protocol error object into tower-lsp-server's error type (same wire shape).
-pub fn to_rpc(e: ErrorObject) -> jsonrpc::Error {
-    jsonrpc::Error {
-        code: jsonrpc::ErrorCode::from(e.code),
-        message: e.message.into(),
-        data: e.data,
-    }
-}
-
-/// Handler result: the protocol's error object, converted at the tower-lsp boundary.
+/// Handler result: the protocol's error object, sent as the response's `error`.
 pub type HResult<T> = Result<T, ErrorObject>;
 
 pub fn internal(msg: impl std::fmt::Display) -> ErrorObject {

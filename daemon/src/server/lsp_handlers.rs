@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use tower_lsp_server::ls_types as lsp;
 
+use sotalign_protocol::methods::{Method, NotificationMethod};
+use sotalign_protocol::{Message, Notification};
+
 use super::backend::{Backend, ConnState};
 use super::errors::{HResult, internal};
 use super::ingest_job::read_npy_f32;
@@ -156,7 +159,8 @@ impl Backend {
             uri,
             diagnostics: Vec::new(),
             version: None,
-        });
+        })
+        .await;
         Ok(())
     }
 
@@ -178,7 +182,8 @@ impl Backend {
                         uri,
                         diagnostics,
                         version: Some(version),
-                    });
+                    })
+                    .await;
                 }
             }
         });
@@ -225,31 +230,58 @@ impl Backend {
     }
 }
 
-/// The server capabilities the manifest features need (merged into `initialize`'s answer).
-pub fn capabilities(caps: &mut lsp::ServerCapabilities) {
-    caps.text_document_sync = Some(lsp::TextDocumentSyncCapability::Kind(
-        lsp::TextDocumentSyncKind::FULL,
-    ));
-    caps.hover_provider = Some(lsp::HoverProviderCapability::Simple(true));
-    caps.code_action_provider = Some(lsp::CodeActionProviderCapability::Simple(true));
+/// The server capabilities the manifest features need, added to `initialize`'s answer.
+pub fn add_capabilities(caps: &mut serde_json::Value) {
+    if let Some(m) = caps.as_object_mut() {
+        // 1 = full document sync.
+        m.insert("textDocumentSync".into(), serde_json::json!(1));
+        m.insert("hoverProvider".into(), serde_json::json!(true));
+        m.insert("codeActionProvider".into(), serde_json::json!(true));
+    }
+}
+
+/// Marker types of the standard LSP methods served (params and results from `ls_types`).
+macro_rules! lsp_markers {
+    ($($ty:ident = $name:literal: $params:ty $(=> $result:ty)?;)*) => {$(
+        #[derive(Debug, Clone, Copy)]
+        pub enum $ty {}
+        lsp_markers!(@impl $ty, $name, $params $(, $result)?);
+    )*};
+    (@impl $ty:ident, $name:literal, $params:ty, $result:ty) => {
+        impl Method for $ty {
+            const NAME: &'static str = $name;
+            type Params = $params;
+            type Result = $result;
+        }
+    };
+    (@impl $ty:ident, $name:literal, $params:ty) => {
+        impl NotificationMethod for $ty {
+            const NAME: &'static str = $name;
+            type Params = $params;
+        }
+    };
+}
+
+lsp_markers! {
+    DidOpen = "textDocument/didOpen": lsp::DidOpenTextDocumentParams;
+    DidChange = "textDocument/didChange": lsp::DidChangeTextDocumentParams;
+    DidClose = "textDocument/didClose": lsp::DidCloseTextDocumentParams;
+    Hover = "textDocument/hover": lsp::HoverParams => Option<lsp::Hover>;
+    CodeAction = "textDocument/codeAction": lsp::CodeActionParams => Option<lsp::CodeActionResponse>;
 }
 
 impl Backend {
     /// Handles the spawned analysis keeps (the backend's shared state and connection).
     fn clone_handles(&self) -> Backend {
-        Backend {
-            shared: self.shared.clone(),
-            conn: self.conn.clone(),
-        }
+        Backend::new(self.shared.clone(), self.conn.clone())
     }
 
-    /// `textDocument/publishDiagnostics` to this connection.
-    fn publish(&self, p: lsp::PublishDiagnosticsParams) {
-        let n = sotalign_protocol::jsonrpc::Notification {
+    /// `textDocument/publishDiagnostics` to this connection alone.
+    async fn publish(&self, p: lsp::PublishDiagnosticsParams) {
+        let n = Notification {
             method: "textDocument/publishDiagnostics".into(),
             params: serde_json::to_value(p).ok(),
         };
-        // TEMPORARY until the new request path (per-connection send) lands: broadcast.
-        let _ = self.shared.notify.send(sotalign_protocol::Message::Notification(n));
+        self.conn.send(Message::Notification(n)).await;
     }
 }

@@ -1,8 +1,10 @@
 //! The resident daemon: `sotalign serve --stdio | --listen ADDR`.
 //!
 //! Code map:
-//! - [`transport`]: one connection; the protocol crate's framing in front of tower-lsp-server.
-//! - [`backend`]: the tower-lsp `LanguageServer` (lifecycle) and every `sotalign/*` handler.
+//! - [`transport`]: one connection's bytes: frames decoded once, one writer.
+//! - [`dispatch`]: the one request path: typed method table ([`dispatch::Router`]) and the LSP
+//!   lifecycle, written once ([`dispatch::Connection`], a tower `Service`).
+//! - [`backend`]: every `sotalign/*` handler and the table registering them.
 //! - [`state`]: what connections and jobs share (store, served model, jobs, notifications).
 //! - [`jobs`]: job registry, cancellation, ordered progress and job-finished notifications.
 //! - [`align_job`], [`ingest_job`]: the two background jobs; [`fit`]: the engine entry point
@@ -22,6 +24,7 @@ use sotalign_protocol::framing::DEFAULT_MAX_BODY;
 pub mod align_job;
 pub mod audit;
 pub mod backend;
+pub mod dispatch;
 pub mod encode;
 pub mod errors;
 pub mod fit;
@@ -167,12 +170,14 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
         });
     }
     spawn_signal_handler(shared.clone());
+    let router = Arc::new(backend::Backend::router());
     if args.stdio {
         let conn = Arc::new(ConnState::new(shared.next_connection_id(), false));
         transport::serve_connection(
             tokio::io::stdin(),
             tokio::io::stdout(),
             shared.clone(),
+            router,
             conn,
         )
         .await;
@@ -195,7 +200,7 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
                     let conn = Arc::new(ConnState::new(shared.next_connection_id(), shared.opts.token.is_some()));
                     tracing::info!("connection {} from {peer}", conn.id);
                     let (r, w) = sock.into_split();
-                    tokio::spawn(transport::serve_connection(r, w, shared.clone(), conn));
+                    tokio::spawn(transport::serve_connection(r, w, shared.clone(), router.clone(), conn));
                 }
                 _ = shutdown.changed() => break,
             }

@@ -174,6 +174,12 @@ pub fn spawn_stdio_raw(
 
 /// `sotalign serve --listen 127.0.0.1:0`; returns once it printed its address.
 pub fn spawn_tcp(data: &Path, extra: &[&str]) -> Daemon {
+    spawn_tcp_capturing(data, extra).0
+}
+
+/// `spawn_tcp`, plus the rest of the daemon's stderr, returned by the thread once the daemon
+/// exits (for tests that read its log, e.g. to count panics).
+pub fn spawn_tcp_capturing(data: &Path, extra: &[&str]) -> (Daemon, std::thread::JoinHandle<String>) {
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
@@ -195,14 +201,16 @@ pub fn spawn_tcp(data: &Path, extra: &[&str]) -> Daemon {
         }
     };
     // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = err.read_to_end(&mut sink);
+    let rest = std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = err.read_to_string(&mut sink);
+        sink
     });
-    Daemon {
+    let daemon = Daemon {
         child,
         addr: Some(addr),
-    }
+    };
+    (daemon, rest)
 }
 
 pub type TcpClient = Client<TcpStream, TcpStream>;
