@@ -42,6 +42,8 @@ enum Cmd {
     BenchIndex(sotalign::cli::index::BenchIndexArgs),
     /// Simulate active curation with an oracle on the reference split; writes docs/CURATION.md.
     Simulate(sotalign::cli::simulate::SimulateArgs),
+    /// Measure the pair audit: swap a share of Tux Paint's captions, report AUROC / precision.
+    AuditSim(sotalign::cli::audit_sim::AuditSimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(c) => sotalign::cli::bench::run(c),
         Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
         Cmd::Simulate(a) => sotalign::cli::simulate::run(a),
+        Cmd::AuditSim(a) => sotalign::cli::audit_sim::run(a),
     }
 }

@@ -36,6 +36,7 @@ pub mod names {
     pub const NEXT_TO_LABEL: &str = "sotalign/nextToLabel";
     pub const EXPORT: &str = "sotalign/export";
     pub const GET_IMAGE: &str = "sotalign/getImage";
+    pub const AUDIT: &str = "sotalign/audit";
 
     pub const PROGRESS: &str = "$/progress";
     pub const JOB_FINISHED: &str = "sotalign/jobFinished";
@@ -133,6 +134,8 @@ methods! {
     /// An image sample downscaled to fit a box, as base64 PNG (for clients that cannot read
     /// the daemon's paths, e.g. over an SSH tunnel).
     GetImage = GET_IMAGE: GetImageParams => GetImageResult;
+    /// The confirmed pairs that look most wrong (cross-fitted), with the suggested partners.
+    Audit = AUDIT: AuditParams => AuditResult;
 }
 
 notifications! {

@@ -1132,3 +1132,70 @@ pub struct JobFinishedParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<crate::jsonrpc::ErrorObject>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pair audit
+
+/// `sotalign/audit` params: audit every confirmed pair (each scored by a model fitted without
+/// it) and return the most suspicious ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditParams {
+    /// Scoring method (closed-form ones; default `cca`). `sotalign`/`siglip`/`auto` are refused
+    /// (a fit per fold and round would take minutes).
+    #[serde(default = "default_audit_method")]
+    pub method: AlignMethod,
+    /// How many pairs to return, most suspicious first (default 20, capped at 1000).
+    #[serde(default = "default_pairs_audit")]
+    pub limit: u32,
+    /// Folds of the cross-fitting (default 5, 2..=20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<u32>,
+    /// Seed of the fold assignment (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+fn default_audit_method() -> AlignMethod {
+    AlignMethod::Cca
+}
+
+fn default_pairs_audit() -> u32 {
+    20
+}
+
+/// One audited pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditedPair {
+    pub image: Sample,
+    pub text: Sample,
+    /// Larger = more suspicious; above 0, an alternative beats the pair's own partner (a
+    /// hub-corrected score margin averaged over both directions).
+    pub suspicion: f64,
+    /// The pair's score under a model fitted without it.
+    pub score: f64,
+    /// The best other caption for the image, and its score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_text: Option<AuditPartner>,
+    /// The best other image for the caption, and its score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_image: Option<AuditPartner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditResult {
+    pub method: AlignMethod,
+    /// Confirmed pairs audited.
+    pub audited: u64,
+    pub pairs: Vec<AuditedPair>,
+}
+
+/// A partner the audit suggests instead, with its score under the same cross-fitted model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPartner {
+    pub sample: Sample,
+    pub score: f64,
+}

@@ -168,7 +168,7 @@ fn every_doc_example_parses_into_the_types() {
         dispatch!(ex, &msg;
             methods: Initialize, Shutdown, Status, ListSamples, GetSample, SuggestForSample,
                 SuggestPairs, Confirm, Reject, Undo, ListPairs, Search, Align, Cancel, Jobs,
-                Evaluate, Runs, Ingest, NextToLabel, Export, GetImage;
+                Evaluate, Runs, Ingest, NextToLabel, Export, GetImage, Audit;
             notifications: Initialized, Exit, Progress, JobFinished, DecisionsChanged);
     }
 }

@@ -22,7 +22,7 @@ fn fixture_with_twin(dir: &std::path::Path) -> (Fixture, usize) {
     let r = fx.unpaired[0];
     let mut m = std::fs::read_to_string(&fx.manifest).unwrap();
     m.push_str(
-        &json!({"key": "twin", "text": fx.captions[r], "textRow": r, "split": "unpaired"})
+        &json!({"key": "twin", "caption": fx.captions[r], "textRow": r, "split": "unpaired"})
             .to_string(),
     );
     m.push('\n');

@@ -390,7 +390,7 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
     crafted_npy(&npy_dir.join("huge.npy"));
     std::fs::write(
         npy_dir.join("m.jsonl"),
-        "{\"embeddings\": {\"image\": \"huge.npy\"}}\n{\"key\": \"x\", \"imageRow\": 0}\n",
+        "{\"sotalign_manifest\": 1, \"embeddings\": {\"image\": \"huge.npy\"}}\n{\"key\": \"x\", \"imageRow\": 0}\n",
     )
     .unwrap();
     s.case(
@@ -400,6 +400,10 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
             let e = c.error(
                 "sotalign/ingest",
                 json!({"source": {"manifest": npy_dir.join("m.jsonl")}}),
+            );
+            assert!(
+                e.2.contains("huge.npy"),
+                "refused for another reason: {e:?}"
             );
             ok_code(&e, codes::INVALID_INPUT, "crafted npy")
         },

@@ -27,6 +27,8 @@ pub enum Action {
     ShowDashboard,
     /// Dashboard: write the confirmed pairs to a JSONL manifest on the daemon's machine.
     Export,
+    /// Review: type words to search the candidates of the other side for the sample on screen.
+    Find,
 }
 
 /// Where a binding is active.
@@ -137,6 +139,15 @@ pub const BINDINGS: &[Binding] = &[
         ToggleDirection,
         "img/txt",
         "queue: images <-> captions",
+        // Off the bar to leave room for `f find` within 80 columns; `?` lists it.
+        false
+    ),
+    b!(
+        Review,
+        [k('f')],
+        Find,
+        "find",
+        "search its caption, then y",
         true
     ),
     b!(
@@ -184,7 +195,7 @@ pub const BINDINGS: &[Binding] = &[
         [code(KeyCode::Enter)],
         Open,
         "search",
-        "search (text -> images)",
+        "run the search",
         true
     ),
     b!(
@@ -208,7 +219,7 @@ pub const BINDINGS: &[Binding] = &[
         [k('e')],
         Export,
         "export",
-        "export confirmed pairs (JSONL manifest in the daemon's data dir)",
+        "export pairs (JSONL, data dir)",
         true
     ),
     b!(

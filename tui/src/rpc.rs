@@ -16,6 +16,8 @@ pub const SUGGESTIONS_K: u32 = 8;
 pub const QUEUE_PAGE: u32 = 100;
 /// Hits fetched per free-text search.
 pub const SEARCH_K: u32 = 30;
+/// Hits of the review screen's in-place search ("find its caption").
+pub const FIND_K: u32 = 20;
 /// Images listed per browse page when listing the store (no free-text search).
 pub const BROWSE_PAGE: u32 = 200;
 /// Past runs shown in the dashboard's chart.
@@ -73,6 +75,13 @@ pub enum Call {
     Export {
         dest: String,
     },
+    /// Free text -> samples of `target` (the review screen's in-place search for the sample
+    /// under review, `for_sample`): words first, then meaning.
+    Find {
+        for_sample: SampleId,
+        target: Modality,
+        text: String,
+    },
 }
 
 /// A successful answer, typed.
@@ -91,6 +100,7 @@ pub enum Reply {
     Align(AlignResult),
     CancelJob(CancelResult),
     Export(ExportResult),
+    Find(SearchResult),
 }
 
 /// A failed call: the daemon's error object, or a transport problem (no code).
@@ -189,6 +199,11 @@ impl Call {
             }),
             Call::Align(p) => params::<methods::Align>(p.clone()),
             Call::CancelJob { job } => params::<methods::Cancel>(CancelParams { job: *job }),
+            Call::Find { target, text, .. } => params::<methods::Search>(SearchParams {
+                query: SearchQuery::Text(text.clone()),
+                target: Some(*target),
+                k: FIND_K,
+            }),
             Call::Export { dest } => params::<methods::Export>(ExportParams {
                 format: ExportFormat::Jsonl,
                 dest: dest.clone(),
@@ -214,6 +229,7 @@ impl Call {
             Call::Align(_) => Reply::Align(parse::<methods::Align>(result)?),
             Call::CancelJob { .. } => Reply::CancelJob(parse::<methods::Cancel>(result)?),
             Call::Export { .. } => Reply::Export(parse::<methods::Export>(result)?),
+            Call::Find { .. } => Reply::Find(parse::<methods::Search>(result)?),
         })
     }
 }

@@ -47,12 +47,13 @@ pub mod trained {
 /// Curation: which pairs to propose, which images to caption next.
 pub mod curation {
     pub mod acquire;
+    pub mod audit;
     pub mod select;
 }
 
 // Short paths (`sotalign_engine::teacher`, ...) for the modules callers use most.
 pub use closed_form::{asif, auto, blend, csa, procrustes, teacher};
-pub use curation::{acquire, select};
+pub use curation::{acquire, audit, select};
 pub use trained::{heads, klot, klot_device, optim, siglip, sinkhorn, train};
 
 pub use config::AlignConfig;

@@ -150,13 +150,6 @@ fn pairs_only(d: &AlignData) -> AlignData {
     p
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len().max(1) as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
-    (m, var.sqrt())
-}
-
 const BEGIN: &str = "<!-- sotalign bench synthetic: begin -->";
 const END: &str = "<!-- sotalign bench synthetic: end -->";
 
@@ -175,7 +168,7 @@ fn update_markdown(path: &std::path::Path, section: &str) -> Result<()> {
 
 fn render(a: &SyntheticArgs, spec: &PlatonicSpec, rows: &[Row]) -> String {
     let pct = |v: &[f64]| {
-        let (m, s) = mean_std(v);
+        let (m, s) = super::mean_std(v);
         format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s)
     };
     let mut out = String::new();
@@ -188,9 +181,9 @@ fn render(a: &SyntheticArgs, spec: &PlatonicSpec, rows: &[Row]) -> String {
     out.push_str("| unpaired per side | CCA teacher | SigLIP (pairs only) | SOTAlign | SOTAlign - teacher | SOTAlign - SigLIP | time |\n");
     out.push_str("|---|---|---|---|---|---|---|\n");
     for r in rows {
-        let (t, _) = mean_std(&r.teacher);
-        let (s, _) = mean_std(&r.siglip);
-        let (o, _) = mean_std(&r.sotalign);
+        let (t, _) = super::mean_std(&r.teacher);
+        let (s, _) = super::mean_std(&r.siglip);
+        let (o, _) = super::mean_std(&r.sotalign);
         out.push_str(&format!(
             "| {} | {} | {} | {} | {:+.1} | {:+.1} | {:.0} s |\n",
             r.unpaired,

@@ -108,8 +108,8 @@ fn with_daemon(target: &Target, f: impl FnOnce(&mut dyn ClientOps) -> Result<()>
     let exe = std::env::current_exe().context("locating the sotalign binary")?;
     let mut cmd = Command::new(exe);
     // The private daemon's only client is this command, run by the user who named the files:
-    // the read scope (which guards a shared daemon against its clients) has nothing to guard.
-    cmd.args(["serve", "--stdio", "--allow-any-dir"]);
+    // a stdio daemon has no read scope (docs/PROTOCOL.md, Security).
+    cmd.args(["serve", "--stdio"]);
     if let Some(d) = &target.data_dir {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         cmd.arg("--data-dir").arg(d);

@@ -294,19 +294,8 @@ fn fit_notes(model: &dyn Aligned) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
-}
-
 fn fmt_ms(v: &[f64]) -> String {
-    let (m, s) = mean_std(&v.iter().map(|x| 100.0 * x).collect::<Vec<_>>());
+    let (m, s) = super::mean_std(&v.iter().map(|x| 100.0 * x).collect::<Vec<_>>());
     format!("{m:.1}±{s:.1}")
 }
 

@@ -591,17 +591,6 @@ fn mean_curve(c: &[Vec<Point>]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len().max(1) as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let s = if v.len() > 1 {
-        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
-    };
-    (m, s)
-}
-
 fn render(
     args: &SimulateArgs,
     strats: &[(String, Strat)],
@@ -648,8 +637,9 @@ fn render(
     for (name, _) in strats {
         let Some(c) = curves.get(name) else { continue };
         let last: Vec<&Point> = c.iter().filter_map(|v| v.last()).collect();
-        let f =
-            |g: &dyn Fn(&Point) -> f64| mean_std(&last.iter().map(|p| g(p)).collect::<Vec<_>>());
+        let f = |g: &dyn Fn(&Point) -> f64| {
+            super::mean_std(&last.iter().map(|p| g(p)).collect::<Vec<_>>())
+        };
         let (l, _) = f(&|p| p.labels as f64);
         let (np, _) = f(&|p| p.pairs as f64);
         let (cap, _) = f(&|p| p.captions as f64);

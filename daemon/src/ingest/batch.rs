@@ -227,6 +227,17 @@ impl Builder {
         }
     }
 
+    /// [`Builder::finish`] unless a row was bad: then every bad row, and nothing.
+    fn finish_rows(self, path: &Path, bad: BadRows) -> Result<Batch, BatchError> {
+        if !bad.is_empty() {
+            return Err(BatchError::BadRows {
+                path: path.to_path_buf(),
+                bad,
+            });
+        }
+        self.finish(path)
+    }
+
     fn finish(self, path: &Path) -> Result<Batch, BatchError> {
         check_items(self.batch.samples.len())?;
         if self.batch.samples.is_empty() {
@@ -322,13 +333,7 @@ pub fn from_manifest(path: &Path, mut dims: [Option<usize>; 2]) -> Result<Batch,
             line: *line,
         });
     }
-    if !bad.is_empty() {
-        return Err(BatchError::BadRows {
-            path: path.to_path_buf(),
-            bad,
-        });
-    }
-    b.finish(path)
+    b.finish_rows(path, bad)
 }
 
 /// A source reader's error: caps and scope keep their type, the rest name the file.
@@ -494,13 +499,7 @@ pub fn from_csv(path: &Path) -> Result<Batch, BatchError> {
             }
         }
     }
-    if !bad.is_empty() {
-        return Err(BatchError::BadRows {
-            path: path.to_path_buf(),
-            bad,
-        });
-    }
-    b.finish(path)
+    b.finish_rows(path, bad)
 }
 
 /// A parquet table (string columns, as `datasets`/pandas/pyarrow write them).
@@ -560,13 +559,7 @@ pub fn from_parquet(path: &Path) -> Result<Batch, BatchError> {
             Err(msg) => bad.push(line, msg),
         }
     }
-    if !bad.is_empty() {
-        return Err(BatchError::BadRows {
-            path: path.to_path_buf(),
-            bad,
-        });
-    }
-    b.finish(path)
+    b.finish_rows(path, bad)
 }
 
 /// A Hugging Face `imagefolder` directory: `metadata.jsonl` (one JSON object per line with

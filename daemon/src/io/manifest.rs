@@ -257,12 +257,9 @@ impl ManifestFile {
                 header_seen = true;
                 continue;
             }
-            match serde_json::from_str::<Entry>(s) {
-                Err(e) => out.bad.push(line, e.to_string()),
-                Ok(e) => match check_entry(&e) {
-                    Err(msg) => out.bad.push(line, msg),
-                    Ok(()) => out.entries.push((line, e)),
-                },
+            match parse_entry(s) {
+                Err(msg) => out.bad.push(line, msg),
+                Ok(e) => out.entries.push((line, e)),
             }
         }
         if !header_seen {
@@ -274,7 +271,9 @@ impl ManifestFile {
     }
 }
 
-fn parse_header(s: &str, path: &Path, line: usize) -> Result<Header, ManifestError> {
+/// The header line (`line` is 1-based, for messages); anything but a version-1 header is an
+/// error. Also used by the manifest language server on an editor's buffer.
+pub fn parse_header(s: &str, path: &Path, line: usize) -> Result<Header, ManifestError> {
     let v: serde_json::Value = serde_json::from_str(s).map_err(|_| ManifestError::Unversioned {
         path: path.to_path_buf(),
         line,
@@ -306,6 +305,14 @@ fn parse_header(s: &str, path: &Path, line: usize) -> Result<Header, ManifestErr
         line,
         msg: e.to_string(),
     })
+}
+
+/// One entry line (trimmed, not blank or a comment): its fields and the rules the types alone
+/// do not say. The one entry parser, for files and editor buffers alike.
+pub fn parse_entry(s: &str) -> Result<Entry, String> {
+    let e: Entry = serde_json::from_str(s).map_err(|e| e.to_string())?;
+    check_entry(&e)?;
+    Ok(e)
 }
 
 /// Rules of one entry that the types alone do not say.

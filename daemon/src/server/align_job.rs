@@ -169,6 +169,18 @@ fn rows_of(ids: &[SampleId], pos: &HashMap<SampleId, usize>, m: &Matrix) -> Matr
     m.select_rows(&idx)
 }
 
+/// The snapshot's confirmed pairs whose two sides are both embedded, in snapshot order: row i
+/// of [`align_data`]'s paired matrices is pair i of this list.
+pub fn embedded_pairs(snap: &TrainingSnapshot) -> Vec<(SampleId, SampleId)> {
+    let ii: std::collections::HashSet<SampleId> = snap.images.ids.iter().copied().collect();
+    let tt: std::collections::HashSet<SampleId> = snap.texts.ids.iter().copied().collect();
+    snap.pairs
+        .iter()
+        .filter(|(i, t)| ii.contains(i) && tt.contains(t))
+        .copied()
+        .collect()
+}
+
 /// Training data from a snapshot: confirmed pairs (caption groups by equal caption text), the
 /// unpaired pools, and the rejected pairs as negatives (the trained methods' `z = -1` cells).
 pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
@@ -186,12 +198,7 @@ pub fn align_data(snap: &TrainingSnapshot) -> AlignData {
         .enumerate()
         .map(|(i, id)| (*id, i))
         .collect();
-    let pairs: Vec<(SampleId, SampleId)> = snap
-        .pairs
-        .iter()
-        .filter(|(i, t)| ipos.contains_key(i) && tpos.contains_key(t))
-        .copied()
-        .collect();
+    let pairs = embedded_pairs(snap);
     // Caption groups by the engine's one rule (equal captions = one group).
     let pair_groups = sotalign_engine::groups::caption_groups(
         pairs.iter().map(|(_, t)| snap.captions[tpos[t]].as_deref()),

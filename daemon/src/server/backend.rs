@@ -10,12 +10,11 @@ use serde_json::json;
 use sotalign_protocol::types::*;
 use sotalign_protocol::{ErrorObject, Message, PROTOCOL_VERSION, codes, methods, names};
 
-#[allow(unused_imports)] // `on_note`: client -> server notifications (none registered yet)
 use super::dispatch::{Router, on, on_note};
 use super::errors::{HResult, not_ready};
 use super::state::Shared;
 use super::transport::NoteSender;
-use super::{align_job, ingest_job};
+use super::{align_job, ingest_job, lsp_handlers};
 use crate::store::now_ms;
 
 /// Per-connection state the transport and the backend share.
@@ -108,6 +107,13 @@ impl Backend {
         on!(r, methods::NextToLabel => do_next_to_label);
         on!(r, methods::Export => do_export);
         on!(r, methods::GetImage => do_get_image);
+        on!(r, methods::Audit => do_audit);
+        // The manifest language server (standard LSP methods; markers in lsp_handlers.rs).
+        on_note!(r, lsp_handlers::DidOpen => on_did_open);
+        on_note!(r, lsp_handlers::DidChange => on_did_change);
+        on_note!(r, lsp_handlers::DidClose => on_did_close);
+        on!(r, lsp_handlers::Hover => do_hover);
+        on!(r, lsp_handlers::CodeAction => do_code_action);
         r
     }
 
@@ -148,6 +154,7 @@ impl Backend {
         let mut methods: Vec<String> = [names::INITIALIZE, names::SHUTDOWN]
             .iter()
             .chain(served)
+            .filter(|m| !m.starts_with("textDocument/"))
             .map(|m| m.to_string())
             .collect();
         methods.sort();
@@ -156,8 +163,10 @@ impl Backend {
             methods,
             max_body_bytes: self.shared.opts.max_body as u64,
         };
+        let mut capabilities = json!({ "experimental": { "sotalign": caps } });
+        lsp_handlers::add_capabilities(&mut capabilities);
         Ok(InitializeResult {
-            capabilities: json!({ "experimental": { "sotalign": caps } }),
+            capabilities,
             server_info: Some(ServerInfo {
                 name: "sotalign".into(),
                 version: Some(env!("CARGO_PKG_VERSION").into()),

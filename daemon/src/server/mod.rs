@@ -28,6 +28,7 @@ use anyhow::{Context, bail};
 use sotalign_protocol::framing::DEFAULT_MAX_BODY;
 
 pub mod align_job;
+pub mod audit;
 pub mod backend;
 pub mod caps;
 pub mod data_methods;
@@ -37,6 +38,9 @@ pub mod errors;
 pub mod fit;
 pub mod ingest_job;
 pub mod jobs;
+pub mod lsp_doc;
+pub mod lsp_handlers;
+pub mod lsp_manifest;
 pub mod model;
 pub mod publish;
 pub mod query;
@@ -84,6 +88,8 @@ pub struct ServeArgs {
     pub exact_below: usize,
     /// A directory whose files clients may ingest (repeatable). The data and assets
     /// directories are always allowed; any other path is refused (docs/PROTOCOL.md, Security).
+    /// With `--stdio` and no `--allow-dir`, there is no scope: the one client is the process
+    /// that started this daemon, with the same rights (an editor, the TUI, the CLI).
     #[arg(long = "allow-dir", value_name = "DIR")]
     pub allow_dir: Vec<PathBuf>,
     /// Let clients ingest any file this process can read (no directory scope).
@@ -218,7 +224,10 @@ async fn serve(args: ServeArgs, data_dir: PathBuf, device: String) -> anyhow::Re
         .assets_dir
         .clone()
         .unwrap_or_else(crate::assets::default_root);
-    let scope = if args.allow_any_dir {
+    // Over stdio the only client holds the pipes of the process it started: it can read
+    // whatever this daemon could. The scope guards TCP daemons (and stdio ones that ask).
+    let stdio_unscoped = args.stdio && args.allow_dir.is_empty();
+    let scope = if args.allow_any_dir || stdio_unscoped {
         crate::limits::Scope::unrestricted()
     } else {
         let mut dirs = vec![data_dir.clone(), assets_dir.clone()];

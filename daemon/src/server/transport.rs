@@ -124,6 +124,7 @@ pub async fn serve_connection<R, W>(
     service.abort_pending();
     conn.closed.store(true, Ordering::SeqCst);
     conn.clear_outgoing();
+    super::lsp_handlers::Docs::drop_connection(conn.id);
     drop(out_tx);
     if !writer_done {
         // Finished requests' answers may still be on their way through the queue; the writer

@@ -125,6 +125,8 @@ pub struct App {
     pub revision: Option<u64>,
     /// The last export this session wrote (path on the daemon's machine, pairs).
     pub last_export: Option<(String, u64)>,
+    /// The review screen's find field while it has focus (`f`).
+    pub finding: Option<String>,
     pub runs: Vec<RunInfo>,
     pub jobs: BTreeMap<JobId, JobView>,
     pub browse: Browse,
@@ -177,6 +179,7 @@ impl App {
             served_run: None,
             revision: None,
             last_export: None,
+            finding: None,
             runs: Vec::new(),
             jobs: BTreeMap::new(),
             browse: Browse::new(),
@@ -197,6 +200,7 @@ impl App {
     /// Which part of the key table applies now.
     pub fn scope(&self) -> Scope {
         match self.screen {
+            Screen::Review if self.finding.is_some() => Scope::Input,
             Screen::Review => Scope::Review,
             Screen::Browse if self.browse.editing => Scope::Input,
             Screen::Browse => Scope::Browse,
@@ -304,9 +308,15 @@ impl App {
         }
         if scope == Scope::Input && action.is_none() {
             match key.code {
-                KeyCode::Char(c) => self.browse.query.push(c),
+                KeyCode::Char(c) => match &mut self.finding {
+                    Some(f) => f.push(c),
+                    None => self.browse.query.push(c),
+                },
                 KeyCode::Backspace => {
-                    self.browse.query.pop();
+                    match &mut self.finding {
+                        Some(f) => f.pop(),
+                        None => self.browse.query.pop(),
+                    };
                 }
                 _ => {}
             }
@@ -337,7 +347,9 @@ impl App {
                 calls.extend(self.browse_first_listing());
             }
             Action::Back => {
-                if self.screen == Screen::Browse && self.browse.editing {
+                if self.finding.is_some() {
+                    self.finding = None;
+                } else if self.screen == Screen::Browse && self.browse.editing {
                     self.browse.editing = false;
                 } else {
                     self.screen = Screen::Review;
@@ -355,7 +367,9 @@ impl App {
             Action::Reject => self.decide(DecisionKind::Reject, calls),
             Action::Skip => self.skip(calls),
             Action::Undo => self.undo(calls),
+            Action::Open if self.finding.is_some() => self.run_find(calls),
             Action::Open => self.open(calls),
+            Action::Find => self.start_find(),
             Action::Export => self.export(calls),
         }
     }
@@ -454,6 +468,14 @@ impl App {
             Reply::Undo(r) => self.on_undone(r, calls),
             Reply::Align(r) => self.on_align_started(r),
             Reply::CancelJob(r) => self.on_cancelled(r),
+            Reply::Find(r) => {
+                if let Call::Find {
+                    for_sample, text, ..
+                } = &call
+                {
+                    self.on_found(*for_sample, text, r);
+                }
+            }
             Reply::Export(r) => {
                 self.info(format!(
                     "exported {} confirmed pairs to {} (on the daemon's machine)",
@@ -488,7 +510,10 @@ impl App {
                 false
             }
             // No model yet is shown in the candidates pane with what to do; not an alarm.
-            Call::Suggest { sample } => self.on_suggestions_failed(*sample, &e),
+            Call::Suggest { sample }
+            | Call::Find {
+                for_sample: sample, ..
+            } => self.on_suggestions_failed(*sample, &e),
             Call::Search { text } => self.on_search_failed(text, &e, calls),
             Call::ListImages { filter } => {
                 self.on_image_list_failed(filter, &e);
@@ -518,6 +543,7 @@ impl App {
             Call::Align(_) => "re-align",
             Call::CancelJob { .. } => "cancel",
             Call::Export { .. } => "export",
+            Call::Find { .. } => "find",
         };
         self.error(format!("{what}: {e}"));
     }

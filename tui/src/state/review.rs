@@ -37,6 +37,8 @@ pub struct Queue {
     pub candidates_run: Option<RunId>,
     /// The decision revision known when `candidates` arrived: sent as `shownRevision`.
     pub candidates_revision: Option<u64>,
+    /// `candidates` are the hits of this in-place search (`f`), not the model's suggestions.
+    pub found: Option<String>,
     pub selected: usize,
     pub skipped: u64,
     /// Captions rejected this session, per sample under review: a rejected caption is never
@@ -60,6 +62,7 @@ impl Queue {
             candidates: Loadable::Idle,
             candidates_run: None,
             candidates_revision: None,
+            found: None,
             selected: 0,
             skipped: 0,
             rejected_captions: HashMap::new(),
@@ -99,6 +102,7 @@ impl Queue {
     /// Candidates for the new front, if there is one.
     pub(super) fn load_candidates(&mut self) -> Option<Call> {
         self.selected = 0;
+        self.found = None;
         match self.items.front() {
             Some(s) => {
                 self.candidates = Loadable::Loading;
@@ -481,6 +485,59 @@ impl App {
             sample: p.sample,
             candidate: p.candidate,
         });
+    }
+
+    /// `f`: start typing a search for the sample under review (its caption, or for a caption
+    /// its image), for when the right one is not among the suggestions.
+    pub(super) fn start_find(&mut self) {
+        if self.screen != super::Screen::Review || self.review().current().is_none() {
+            return;
+        }
+        self.finding = Some(String::new());
+    }
+
+    /// Enter in the find field: ask the daemon (words first, then meaning).
+    pub(super) fn run_find(&mut self, calls: &mut Vec<Call>) {
+        let Some(text) = self.finding.take().map(|t| t.trim().to_owned()) else {
+            return;
+        };
+        let q = self.queue_mut(self.direction);
+        let Some(sample) = q.current().map(|s| s.id) else {
+            return;
+        };
+        if text.is_empty() {
+            // An empty search goes back to the model's suggestions.
+            calls.extend(q.load_candidates());
+            return;
+        }
+        q.candidates = Loadable::Loading;
+        q.selected = 0;
+        q.found = Some(text.clone());
+        calls.push(Call::Find {
+            for_sample: sample,
+            target: q.modality.other(),
+            text,
+        });
+    }
+
+    /// The hits of an in-place search: shown as the candidates (each caption once), so `y`
+    /// confirms the selected hit with the sample under review.
+    pub(super) fn on_found(&mut self, for_sample: SampleId, text: &str, r: SearchResult) {
+        let revision = self.revision;
+        let q = self.queue_mut(self.direction);
+        if q.current().map(|s| s.id) != Some(for_sample) || q.found.as_deref() != Some(text) {
+            return; // moved on meanwhile
+        }
+        let target = q.modality.other();
+        let hits: Vec<Candidate> = r
+            .hits
+            .into_iter()
+            .filter(|c| c.sample.modality == target && c.sample.state == SampleState::Unpaired)
+            .collect();
+        q.candidates = Loadable::Ready(group_captions(hits));
+        q.candidates_run = Some(r.run);
+        q.candidates_revision = revision;
+        q.selected = 0;
     }
 
     /// Another client's decision or undo (or the echo of ours): counts and revision follow

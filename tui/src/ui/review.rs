@@ -67,12 +67,38 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
     } else {
         ""
     };
-    let block = Block::bordered().title(format!(
-        " Suggested {}s{run}{saving} ",
-        noun(sample.modality.other())
-    ));
-    let inner = block.inner(right);
+    let title = match &q.found {
+        // An in-place search's hits, ranked words first, then meaning (f).
+        Some(text) => format!(
+            " {}s matching {:?}{saving} · Enter/y confirms, f again ",
+            noun(sample.modality.other()),
+            truncate(text, 24)
+        ),
+        None => format!(
+            " Suggested {}s{run}{saving} ",
+            noun(sample.modality.other())
+        ),
+    };
+    let block = Block::bordered().title(truncate(&title, right.width.saturating_sub(2) as usize));
+    let mut inner = block.inner(right);
     f.render_widget(block, right);
+    if let Some(typed) = &app.finding {
+        // The find field, on the first line of the pane while it has focus.
+        let [field, rest] =
+            Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(inner);
+        f.render_widget(
+            Paragraph::new(vec![
+                Line::from(vec![
+                    Span::styled("find: ", DIM),
+                    Span::raw(typed.clone()).bold(),
+                    Span::raw("▏"),
+                ]),
+                Line::styled("Enter searches (words, then meaning) · Esc cancels", DIM),
+            ]),
+            field,
+        );
+        inner = rest;
+    }
     draw_candidates(f, inner, q, images);
 }
 

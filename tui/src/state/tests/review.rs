@@ -732,3 +732,71 @@ fn a_stale_decision_is_not_saved_and_the_queue_moves_on() {
     // Not an error alarm: the annotator did nothing wrong.
     assert_eq!(app.error_count, 0);
 }
+
+/// Issue 12: when the right caption is not among the suggestions, the annotator searches the
+/// captions in place (`f`, words then meaning) and confirms a hit with the image on screen, in
+/// one interaction; Esc leaves the field without searching.
+#[test]
+fn find_searches_the_other_side_in_place_and_y_confirms_a_hit() {
+    let mut app = ready_app();
+    app.handle(suggest_reply(
+        image(1, "penguin"),
+        vec![cand(text(101, "A seal."), 0.9, 1)],
+    ));
+    assert!(app.handle(key('f')).is_empty());
+    for c in "kitt".chars() {
+        app.handle(key(c));
+    }
+    assert_eq!(app.finding.as_deref(), Some("kitt"));
+    // Keys go to the field, not to the review: 'y' and 'n' are letters here.
+    app.handle(code(KeyCode::Esc));
+    assert!(app.finding.is_none());
+    assert!(app.pending.is_none());
+    app.handle(key('f'));
+    for c in "cat".chars() {
+        app.handle(key(c));
+    }
+    let calls = app.handle(code(KeyCode::Enter));
+    assert_eq!(
+        calls,
+        vec![Call::Find {
+            for_sample: SampleId(1),
+            target: Modality::Text,
+            text: "cat".into()
+        }]
+    );
+    let mut paired = text(104, "A cat on a mat.");
+    paired.state = SampleState::Paired;
+    app.handle(reply(
+        calls[0].clone(),
+        Reply::Find(SearchResult {
+            hits: vec![
+                cand(paired, 0.8, 1),
+                cand(text(102, "A black cat."), 0.7, 2),
+                cand(text(103, "A kitten, a small cat."), 0.6, 3),
+            ],
+            run: RunId(1),
+            index: IndexKind::Exact,
+        }),
+    ));
+    assert_eq!(app.review().found.as_deref(), Some("cat"));
+    let shown: Vec<u64> = app
+        .review()
+        .candidates
+        .ready()
+        .unwrap()
+        .iter()
+        .map(|c| c.sample.id.0)
+        .collect();
+    assert_eq!(shown, vec![102, 103], "paired captions are not offered");
+    app.handle(key('j'));
+    let calls = app.handle(key('y'));
+    assert_eq!(
+        calls,
+        vec![Call::Confirm {
+            image: SampleId(1),
+            text: SampleId(103),
+            shown: None,
+        }]
+    );
+}

@@ -1,0 +1,546 @@
+//! Pair audit: which of the known pairs look wrong (a caption that belongs to another image, an
+//! alt-text that describes nothing), and what the model would pair each one with instead.
+//!
+//! Cross-fitted so that a pair never vouches for itself: the pairs are split into `folds`
+//! folds, and each fold's pairs are scored by a model fitted on the other folds only. A pair's
+//! score is then compared with the alternatives the same model sees: every other candidate
+//! caption for its image (row) and every other candidate image for its caption (column).
+//!
+//! Suspicion of pair i (larger = more suspicious), with `S` the fold model's score matrix over
+//! all candidate images x all candidate texts, hub-corrected as in CSLS (Lample et al. 2018:
+//! `S'(x, t) = 2 S(x, t) - r(x) - r(t)`, r = mean of the `hub_k` best scores of an item), is
+//! the mean of the two margins `max_t S'(x_i, t) - S'(x_i, y_i)` and
+//! `max_x S'(x, y_i) - S'(x_i, y_i)`, the maxima over competitors only (a caption in the same
+//! caption group as `y_i`, or the image of a pair whose caption is in that group, is an equally
+//! valid partner, not a competitor). The hub correction matters because some captions ("a
+//! star") score well against everything and some images against nothing.
+//!
+//! Trimming (`rounds > 1`): a wrong pair in the training folds pulls the model towards itself,
+//! so after the first round the `trim` share of pairs with the highest suspicion is left out of
+//! the training folds of the next round (a pair is still never in the model that scores it).
+//!
+//! Invariants: pure computation (no IO); every fitted model is a closed-form or trained
+//! `methods::fit`, so any method can be the scorer; the cost is `folds x rounds` fits plus one
+//! (images x texts) score matrix per fit, so callers bound the candidate pools.
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use faer::Mat;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::linalg::{self, to_faer};
+use crate::methods::{Method, Progress, fit};
+use crate::{AlignConfig, AlignData, AlignError, Matrix};
+
+/// Settings of an audit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditConfig {
+    /// Number of folds (clamped to the number of pairs); each fold is scored by a model fitted
+    /// on the others.
+    pub folds: usize,
+    /// Scoring rounds; round r > 1 leaves the previous round's most suspicious pairs out of the
+    /// training folds.
+    pub rounds: usize,
+    /// Share of pairs (0..1) left out of training after each round.
+    pub trim: f64,
+    /// Neighbours averaged for the hub correction (0 = no correction: raw score margins).
+    pub hub_k: usize,
+    /// Seed of the fold assignment.
+    pub seed: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            folds: 5,
+            rounds: 2,
+            trim: 0.1,
+            hub_k: 10,
+            seed: 0,
+        }
+    }
+}
+
+impl AuditConfig {
+    pub fn validate(&self) -> Result<(), AlignError> {
+        if self.folds < 2 {
+            return Err(AlignError::InvalidConfig(format!(
+                "audit.folds must be >= 2 (got {})",
+                self.folds
+            )));
+        }
+        if self.rounds < 1 || self.rounds > 10 {
+            return Err(AlignError::InvalidConfig(format!(
+                "audit.rounds must be in 1..=10 (got {})",
+                self.rounds
+            )));
+        }
+        if !(0.0..0.5).contains(&self.trim) {
+            return Err(AlignError::InvalidConfig(format!(
+                "audit.trim must be in [0, 0.5) (got {})",
+                self.trim
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A candidate partner: one of the pairs' items or one of the unpaired pool's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partner {
+    /// The image / caption of pair `i` (row i of `xp` / `yp`).
+    Pair(usize),
+    /// Row `i` of the unpaired pool (`xu` / `yu`).
+    Unpaired(usize),
+}
+
+/// The audit of one pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairAudit {
+    /// Row of the pair in `AlignData::xp` / `yp`.
+    pub pair: usize,
+    /// Larger = more suspicious (a hub-corrected score margin; > 0 means some alternative beats
+    /// the pair's own partner on average over both directions).
+    pub suspicion: f64,
+    /// The pair's own score under the model that did not see it (raw dot product).
+    pub score: f64,
+    /// The best competing caption for the pair's image, and its raw score.
+    pub alt_text: Option<(Partner, f64)>,
+    /// The best competing image for the pair's caption, and its raw score.
+    pub alt_image: Option<(Partner, f64)>,
+}
+
+/// Audit every pair of `data` with `method` as the scorer. Candidates are the pairs' items plus
+/// the unpaired pools. Returns one entry per pair, in pair order. The callback sees one step
+/// per fit and may cancel (`Break` -> [`AlignError::Cancelled`]).
+pub fn audit(
+    method: Method,
+    data: &AlignData,
+    cfg: &AlignConfig,
+    acfg: &AuditConfig,
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<Vec<PairAudit>, AlignError> {
+    acfg.validate()?;
+    data.validate()?;
+    let n = data.n_pairs();
+    if n < 4 {
+        return Err(AlignError::NotEnoughData(format!(
+            "{n} pairs: an audit needs at least 4 (each fold's model is fitted on the others)"
+        )));
+    }
+    let k = acfg.folds.min(n);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(acfg.seed));
+    let mut fold_of = vec![0usize; n];
+    for (pos, &i) in order.iter().enumerate() {
+        fold_of[i] = pos % k;
+    }
+    let images = stack(&data.xp, &data.xu);
+    let texts = stack(&data.yp, &data.yu);
+    let groups = Groups::new(data);
+    let total = k * acfg.rounds;
+    let mut step = 0;
+    let mut result: Vec<Option<PairAudit>> = vec![None; n];
+    let mut trimmed: HashSet<usize> = HashSet::new();
+    for round in 0..acfg.rounds {
+        for f in 0..k {
+            let train: Vec<usize> = (0..n)
+                .filter(|&i| fold_of[i] != f && !trimmed.contains(&i))
+                .collect();
+            let sub = subset(data, &train);
+            let mut quiet = |_: &Progress| ControlFlow::Continue(());
+            let model = fit(method, &sub, cfg, &mut quiet)?;
+            step += 1;
+            if progress(&Progress {
+                phase: crate::progress::Phase::Fit,
+                stage: format!("audit round {}", round + 1),
+                step,
+                total,
+                loss: None,
+            })
+            .is_break()
+            {
+                return Err(AlignError::Cancelled);
+            }
+            let ex = model.embed_x_f64(&images)?;
+            let ey = model.embed_y_f64(&texts)?;
+            let s = &ex * ey.transpose();
+            let adj = hub_corrected(&s, acfg.hub_k);
+            for i in (0..n).filter(|&i| fold_of[i] == f) {
+                result[i] = Some(score_pair(i, n, &s, &adj, &groups));
+            }
+        }
+        if round + 1 < acfg.rounds {
+            let mut by: Vec<(usize, f64)> = result
+                .iter()
+                .flatten()
+                .map(|a| (a.pair, a.suspicion))
+                .collect();
+            by.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let m = ((acfg.trim * n as f64).round() as usize).min(n.saturating_sub(k * 2));
+            trimmed = by.iter().take(m).map(|p| p.0).collect();
+        }
+    }
+    result
+        .into_iter()
+        .map(|a| a.ok_or_else(|| AlignError::Numerical("a pair was not scored".into())))
+        .collect()
+}
+
+/// Pairs sorted most suspicious first (ties by pair index, so the order is deterministic).
+pub fn most_suspicious(mut audits: Vec<PairAudit>) -> Vec<PairAudit> {
+    audits.sort_by(|a, b| {
+        b.suspicion
+            .total_cmp(&a.suspicion)
+            .then(a.pair.cmp(&b.pair))
+    });
+    audits
+}
+
+/// The no-alignment baseline: a ridge linear map from image to text features fitted on all
+/// pairs (wrong ones included, nothing cross-fitted), suspicion = minus the cosine between a
+/// pair's mapped image and its caption (both centred on the pairs' means). Ridge = 0.1 x the
+/// mean eigenvalue of the images' Gram matrix, solved in the dual (n x n).
+pub fn linear_baseline(data: &AlignData) -> Result<Vec<f64>, AlignError> {
+    data.validate()?;
+    let n = data.n_pairs();
+    let mut x = to_faer(&data.xp);
+    let mut y = to_faer(&data.yp);
+    let mx = linalg::col_means(x.as_ref());
+    let my = linalg::col_means(y.as_ref());
+    linalg::centre(&mut x, &mx);
+    linalg::centre(&mut y, &my);
+    let gram = &x * x.transpose();
+    let lambda = (0.1 * linalg::trace(gram.as_ref()) / n as f64).max(1e-12);
+    let inv = linalg::sym_apply(gram.as_ref(), "linear baseline Gram matrix", |w| {
+        1.0 / (w.max(0.0) + lambda)
+    })?;
+    let pred = &gram * (&inv * &y);
+    Ok((0..n)
+        .map(|i| {
+            let (mut dot, mut a, mut b) = (0.0, 0.0, 0.0);
+            for j in 0..y.ncols() {
+                dot += pred[(i, j)] * y[(i, j)];
+                a += pred[(i, j)] * pred[(i, j)];
+                b += y[(i, j)] * y[(i, j)];
+            }
+            let den = (a * b).sqrt();
+            if den > 0.0 { -dot / den } else { 0.0 }
+        })
+        .collect())
+}
+
+/// Area under the ROC curve of `scores` for separating `positive` items (larger score = more
+/// likely positive), ties counted half (the Mann-Whitney statistic). None when either class is
+/// empty.
+pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let mut idx: Vec<usize> = (0..scores.len().min(positive.len())).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (mut rank_sum, mut pos) = (0.0, 0usize);
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        // Ranks i+1 ..= j+1 share their mean.
+        let mid = (i + j + 2) as f64 / 2.0;
+        for &t in &idx[i..=j] {
+            if positive[t] {
+                rank_sum += mid;
+                pos += 1;
+            }
+        }
+        i = j + 1;
+    }
+    let neg = idx.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
+    Some(u / (pos * neg) as f64)
+}
+
+/// Share of positives among the `k` highest scores (k = number of positives by default in
+/// callers: precision at the number of corrupted pairs). Ties broken by index.
+pub fn precision_at(scores: &[f64], positive: &[bool], k: usize) -> Option<f64> {
+    if k == 0 {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..scores.len().min(positive.len())).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let hits = idx.iter().take(k).filter(|&&i| positive[i]).count();
+    Some(hits as f64 / k.min(idx.len()).max(1) as f64)
+}
+
+/// Caption groups of every candidate text and of every candidate image's known caption.
+struct Groups {
+    /// Group of each candidate text (pairs first, then unpaired); unpaired texts without a known
+    /// group get a fresh one each.
+    text: Vec<u64>,
+    /// Group of each pair's caption (the images of pairs); unpaired images have none.
+    pair: Vec<u64>,
+}
+
+impl Groups {
+    fn new(d: &AlignData) -> Self {
+        let pair: Vec<u64> = d.pair_groups.iter().map(|&g| g as u64).collect();
+        let mut text = pair.clone();
+        match &d.yu_groups {
+            Some(g) => text.extend(g.iter().map(|&g| g as u64)),
+            None => text.extend((0..d.yu.rows as u64).map(|u| (1u64 << 40) + u)),
+        }
+        Self { text, pair }
+    }
+}
+
+fn score_pair(i: usize, n: usize, s: &Mat<f64>, adj: &Mat<f64>, g: &Groups) -> PairAudit {
+    let gi = g.pair[i];
+    let own = adj[(i, i)];
+    let mut best_t: Option<(usize, f64)> = None;
+    for t in 0..s.ncols() {
+        if g.text[t] == gi {
+            continue;
+        }
+        if best_t.is_none_or(|(_, v)| adj[(i, t)] > v) {
+            best_t = Some((t, adj[(i, t)]));
+        }
+    }
+    let mut best_x: Option<(usize, f64)> = None;
+    for x in 0..s.nrows() {
+        if x == i || (x < n && g.pair[x] == gi) {
+            continue;
+        }
+        if best_x.is_none_or(|(_, v)| adj[(x, i)] > v) {
+            best_x = Some((x, adj[(x, i)]));
+        }
+    }
+    let margin = |b: Option<(usize, f64)>| b.map(|(_, v)| v - own);
+    let margins: Vec<f64> = [margin(best_t), margin(best_x)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let suspicion = if margins.is_empty() {
+        0.0
+    } else {
+        margins.iter().sum::<f64>() / margins.len() as f64
+    };
+    let partner = |j: usize| {
+        if j < n {
+            Partner::Pair(j)
+        } else {
+            Partner::Unpaired(j - n)
+        }
+    };
+    PairAudit {
+        pair: i,
+        suspicion,
+        score: s[(i, i)],
+        alt_text: best_t.map(|(t, _)| (partner(t), s[(i, t)])),
+        alt_image: best_x.map(|(x, _)| (partner(x), s[(x, i)])),
+    }
+}
+
+/// CSLS hub correction: `2 S - r_row - r_col`, r = mean of an item's `k` best scores
+/// (k clamped to the other side's size); k = 0 returns `S` unchanged.
+fn hub_corrected(s: &Mat<f64>, k: usize) -> Mat<f64> {
+    if k == 0 {
+        return s.clone();
+    }
+    let (r, c) = (s.nrows(), s.ncols());
+    let top_mean = |vals: &mut Vec<f64>| {
+        let kk = k.min(vals.len()).max(1);
+        vals.sort_by(|a, b| b.total_cmp(a));
+        vals.iter().take(kk).sum::<f64>() / kk as f64
+    };
+    let mut buf = Vec::with_capacity(r.max(c));
+    let rr: Vec<f64> = (0..r)
+        .map(|i| {
+            buf.clear();
+            buf.extend((0..c).map(|j| s[(i, j)]));
+            top_mean(&mut buf)
+        })
+        .collect();
+    let rc: Vec<f64> = (0..c)
+        .map(|j| {
+            buf.clear();
+            buf.extend((0..r).map(|i| s[(i, j)]));
+            top_mean(&mut buf)
+        })
+        .collect();
+    Mat::from_fn(r, c, |i, j| 2.0 * s[(i, j)] - rr[i] - rc[j])
+}
+
+/// Rows of `a` then rows of `b` (b may be empty).
+fn stack(a: &Matrix, b: &Matrix) -> Matrix {
+    let mut data = a.data.clone();
+    if b.rows > 0 {
+        data.extend_from_slice(&b.data);
+    }
+    Matrix {
+        rows: a.rows + b.rows,
+        cols: a.cols,
+        data,
+    }
+}
+
+/// The training data of one fold: the chosen pairs, the unpaired pools unchanged.
+fn subset(d: &AlignData, rows: &[usize]) -> AlignData {
+    AlignData {
+        xp: d.xp.select_rows(rows),
+        yp: d.yp.select_rows(rows),
+        xu: d.xu.clone(),
+        yu: d.yu.clone(),
+        pair_groups: rows.iter().map(|&i| d.pair_groups[i]).collect(),
+        yu_groups: d.yu_groups.clone(),
+        // Rejected pairs are not pairs of any fold: every fold keeps them.
+        negatives: d.negatives.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::ignore;
+    use crate::testing::small_platonic;
+
+    /// 60 platonic pairs with the captions of pairs (2k, 2k+1) swapped for k < 3.
+    fn planted() -> (AlignData, Vec<bool>) {
+        let p = small_platonic(3);
+        let (x, y) = p.pairs(60, &mut ChaCha8Rng::seed_from_u64(11));
+        let mut rows: Vec<usize> = (0..60).collect();
+        let mut wrong = vec![false; 60];
+        for k in [0usize, 10, 20] {
+            rows.swap(k, k + 1);
+            wrong[k] = true;
+            wrong[k + 1] = true;
+        }
+        let yp = y.select_rows(&rows);
+        (AlignData::from_pairs(x, yp), wrong)
+    }
+
+    #[test]
+    fn planted_swaps_rank_first_with_their_partner_as_alternative() {
+        let (data, wrong) = planted();
+        let cfg = AlignConfig::default();
+        for m in [Method::Cca, Method::Procrustes] {
+            let a = audit(m, &data, &cfg, &AuditConfig::default(), &mut ignore).unwrap();
+            let s: Vec<f64> = a.iter().map(|p| p.suspicion).collect();
+            assert_eq!(precision_at(&s, &wrong, 6), Some(1.0), "{m}: {s:?}");
+            // Image 0 carries caption 1: its best alternative is pair 1's caption (its own).
+            assert_eq!(a[0].alt_text.map(|t| t.0), Some(Partner::Pair(1)), "{m}");
+            assert_eq!(a[1].alt_image.map(|t| t.0), Some(Partner::Pair(0)), "{m}");
+            assert_eq!(
+                most_suspicious(a.clone())[0].suspicion,
+                s.iter().cloned().fold(f64::MIN, f64::max)
+            );
+        }
+    }
+
+    #[test]
+    fn a_pair_never_vouches_for_itself() {
+        // Pair 0 is planted wrong and unique; scoring it with a model that saw it would make it
+        // look fine. With one fold per pair group the audit still flags it.
+        let (data, wrong) = planted();
+        let one = AuditConfig {
+            rounds: 1,
+            ..AuditConfig::default()
+        };
+        let a = audit(
+            Method::Cca,
+            &data,
+            &AlignConfig::default(),
+            &one,
+            &mut ignore,
+        )
+        .unwrap();
+        let s: Vec<f64> = a.iter().map(|p| p.suspicion).collect();
+        assert!(auroc(&s, &wrong).unwrap() > 0.95);
+        // The in-sample score of the same pair is what the cross-fitting avoids: a model fitted
+        // on all pairs scores wrong pairs better than a model that never saw them.
+        let full = crate::methods::fit_quiet(Method::Cca, &data, &AlignConfig::default()).unwrap();
+        let sf = full.score_f64(&data.xp, &data.yp).unwrap();
+        let wrong_ids: Vec<usize> = (0..60).filter(|&i| wrong[i]).collect();
+        let mean = |f: &dyn Fn(usize) -> f64| wrong_ids.iter().map(|&i| f(i)).sum::<f64>() / 6.0;
+        let (inside, crossed) = (mean(&|i| sf[(i, i)]), mean(&|i| a[i].score));
+        assert!(
+            inside > crossed,
+            "wrong pairs: in-sample {inside} vs cross-fitted {crossed}"
+        );
+    }
+
+    #[test]
+    fn same_caption_group_is_not_a_competitor() {
+        let (mut data, _) = planted();
+        // Pairs 30 and 31 share a caption group: each other's image/caption is no alternative.
+        data.pair_groups[31] = data.pair_groups[30];
+        let a = audit(
+            Method::Cca,
+            &data,
+            &AlignConfig::default(),
+            &AuditConfig::default(),
+            &mut ignore,
+        )
+        .unwrap();
+        assert_ne!(a[30].alt_text.map(|t| t.0), Some(Partner::Pair(31)));
+        assert_ne!(a[30].alt_image.map(|t| t.0), Some(Partner::Pair(31)));
+    }
+
+    #[test]
+    fn cancel_and_bad_config_are_typed() {
+        let (data, _) = planted();
+        let r = audit(
+            Method::Cca,
+            &data,
+            &AlignConfig::default(),
+            &AuditConfig::default(),
+            &mut |_| ControlFlow::Break(()),
+        );
+        assert!(matches!(r, Err(AlignError::Cancelled)));
+        let bad = AuditConfig {
+            folds: 1,
+            ..AuditConfig::default()
+        };
+        assert!(matches!(
+            audit(
+                Method::Cca,
+                &data,
+                &AlignConfig::default(),
+                &bad,
+                &mut ignore
+            ),
+            Err(AlignError::InvalidConfig(_))
+        ));
+        let tiny = AlignData::from_pairs(
+            data.xp.select_rows(&[0, 1, 2]),
+            data.yp.select_rows(&[0, 1, 2]),
+        );
+        assert!(matches!(
+            audit(
+                Method::Cca,
+                &tiny,
+                &AlignConfig::default(),
+                &AuditConfig::default(),
+                &mut ignore
+            ),
+            Err(AlignError::NotEnoughData(_))
+        ));
+    }
+
+    #[test]
+    fn baseline_and_metrics() {
+        let (data, wrong) = planted();
+        let b = linear_baseline(&data).unwrap();
+        assert_eq!(b.len(), 60);
+        assert!(auroc(&b, &wrong).unwrap() > 0.5);
+        assert_eq!(auroc(&[1.0, 2.0, 3.0], &[false, false, true]), Some(1.0));
+        assert_eq!(auroc(&[1.0, 1.0], &[false, true]), Some(0.5));
+        assert_eq!(auroc(&[1.0], &[true]), None);
+        assert_eq!(
+            precision_at(&[3.0, 2.0, 1.0], &[true, false, true], 2),
+            Some(0.5)
+        );
+    }
+}
