@@ -1,3 +1,7 @@
+use sotalign_protocol::types::{
+    AlignMethod, DecisionKind, JobState, Modality, PairState, RetrievalMetrics, SampleState,
+};
+
 use super::*;
 
 fn img(key: &str, v: Vec<f32>) -> NewSample {
