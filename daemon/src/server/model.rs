@@ -141,7 +141,7 @@ impl Served {
         for (m, emb, mat) in [(Modality::Image, images, ex), (Modality::Text, texts, ey)] {
             let tx = tx.clone();
             let total = emb.ids.len();
-            let h = self.index.rebuild_in_background(
+            let h = self.index.rebuild_exact_first(
                 slot(m),
                 emb.ids.iter().map(|i| i.0).collect(),
                 mat,
@@ -164,6 +164,12 @@ impl Served {
                 index::RebuildOutcome::Swapped { .. } => {}
                 _ => return Err(ServeError::Superseded(m)),
             }
+        }
+        // Exact search serves at once; a collection past the threshold gets its graph built
+        // in the background and swapped in when done (detached: a newer rebuild or the
+        // model's replacement stops it).
+        for m in [Modality::Image, Modality::Text] {
+            drop(self.index.upgrade_to_graph(slot(m)));
         }
         Ok(())
     }
