@@ -37,6 +37,8 @@ enum Cmd {
     BenchIndex(sotalign::cli::index::BenchIndexArgs),
     /// Simulate active curation with an oracle on the reference split; writes docs/CURATION.md.
     Simulate(sotalign::cli::simulate::SimulateArgs),
+    /// Lay an `encode` output out as a reference-style check set (splits by PROTOCOL.md's rule).
+    ProtocolSet(sotalign::cli::protocol_set::ProtocolSetArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(c) => sotalign::cli::bench::run(c),
         Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
         Cmd::Simulate(a) => sotalign::cli::simulate::run(a),
+        Cmd::ProtocolSet(a) => sotalign::cli::protocol_set::run(a),
     }
 }

@@ -12,4 +12,5 @@ pub mod eval;
 pub mod experiment;
 pub mod index;
 pub mod plot;
+pub mod protocol_set;
 pub mod simulate;

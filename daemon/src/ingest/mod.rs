@@ -5,6 +5,7 @@
 //! a background job and forwards the progress callback; the CLI draws progress bars from it.
 //! Invariant: every input item ends up either as a row or in the [`Report`]'s skipped list.
 pub mod cache;
+pub mod openclipart;
 pub mod sources;
 
 use std::path::{Path, PathBuf};
