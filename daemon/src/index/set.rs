@@ -359,16 +359,24 @@ impl IndexSet {
     }
 }
 
-impl Drop for IndexSet {
-    /// A set no longer in use (a model replaced by a newer one) stops its pending builds: a
-    /// detached graph upgrade would otherwise keep a core busy for nothing.
-    fn drop(&mut self) {
+impl IndexSet {
+    /// Stop every build still running (what is served stays); e.g. a graph upgrade that would
+    /// compete with an alignment for the cores.
+    pub fn cancel_pending(&self) {
         for slot in &self.slots {
             let active = slot.active_cancel.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = active.as_ref() {
                 c.store(true, Ordering::Relaxed);
             }
         }
+    }
+}
+
+impl Drop for IndexSet {
+    /// A set no longer in use (a model replaced by a newer one) stops its pending builds: a
+    /// detached graph upgrade would otherwise keep a core busy for nothing.
+    fn drop(&mut self) {
+        self.cancel_pending();
     }
 }
 

@@ -165,13 +165,16 @@ impl Served {
                 _ => return Err(ServeError::Superseded(m)),
             }
         }
-        // Exact search serves at once; a collection past the threshold gets its graph built
-        // in the background and swapped in when done (detached: a newer rebuild or the
-        // model's replacement stops it).
+        Ok(())
+    }
+
+    /// Exact search serves at once after a publish; a collection past the threshold then gets
+    /// its graph built in the background and swapped in when done (detached: a newer rebuild
+    /// or the model's replacement stops it). Called once no alignment needs the cores.
+    pub fn upgrade_index_in_background(&self) {
         for m in [Modality::Image, Modality::Text] {
             drop(self.index.upgrade_to_graph(slot(m)));
         }
-        Ok(())
     }
 
     pub fn len(&self, m: Modality) -> usize {
