@@ -44,6 +44,8 @@ enum Cmd {
     Simulate(sotalign::cli::simulate::SimulateArgs),
     /// Measure the pair audit: swap a share of Tux Paint's captions, report AUROC / precision.
     AuditSim(sotalign::cli::audit_sim::AuditSimArgs),
+    /// Lay an `encode` output out as a reference-style check set (splits by PROTOCOL.md's rule).
+    ProtocolSet(sotalign::cli::protocol_set::ProtocolSetArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,5 +68,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchIndex(a) => sotalign::cli::index::bench_index(a),
         Cmd::Simulate(a) => sotalign::cli::simulate::run(a),
         Cmd::AuditSim(a) => sotalign::cli::audit_sim::run(a),
+        Cmd::ProtocolSet(a) => sotalign::cli::protocol_set::run(a),
     }
 }

@@ -501,3 +501,61 @@ fn tombstones_hide_ids_until_a_rebuild_drops_them() {
         .unwrap();
     assert!(set.tombstones(Modality::Image).is_empty());
 }
+
+/// Exact first, graph later: the exact index serves as soon as its handle returns, the graph
+/// upgrade then swaps in an HNSW index over the same items whose answers agree with it, and a
+/// collection below the threshold (or already a graph) has nothing to upgrade.
+#[test]
+fn exact_first_then_the_graph_swaps_in() {
+    let set = IndexSet::new(config(100));
+    let data = Clustered::new(16, 4, 3).sample(300, 4);
+    let item_ids = ids(300, 7);
+    let first = set
+        .rebuild_exact_first(Modality::Text, item_ids.clone(), data.clone(), |_| {})
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        first,
+        RebuildOutcome::Swapped {
+            backend: BackendKind::Exact,
+            items: 300,
+            ..
+        }
+    ));
+    let q = data.row(5).to_vec();
+    let exact = set.search(Modality::Text, &q, 5, &Filter::All).unwrap();
+    let up = set
+        .upgrade_to_graph(Modality::Text)
+        .expect("300 items >= 100");
+    assert!(matches!(
+        up.wait().unwrap(),
+        RebuildOutcome::Swapped {
+            backend: BackendKind::Hnsw,
+            items: 300,
+            ..
+        }
+    ));
+    assert_eq!(
+        set.current(Modality::Text).index.backend_kind(),
+        BackendKind::Hnsw
+    );
+    let graph = set.search(Modality::Text, &q, 5, &Filter::All).unwrap();
+    assert!(graph.generation > exact.generation);
+    let top =
+        |r: &sotalign::index::set::SearchResult| r.hits.iter().map(|h| h.id).collect::<Vec<_>>();
+    assert_eq!(top(&graph), top(&exact));
+    assert!(
+        set.upgrade_to_graph(Modality::Text).is_none(),
+        "already a graph"
+    );
+    set.replace(
+        Modality::Image,
+        ids(50, 1),
+        data.select_rows(&(0..50).collect::<Vec<_>>()),
+    )
+    .unwrap();
+    assert!(
+        set.upgrade_to_graph(Modality::Image).is_none(),
+        "below the threshold"
+    );
+}

@@ -326,7 +326,15 @@ fn hnsw_index_serves_and_agrees_with_exact_search() {
     let fx = fixture(dir.path(), N_TRAIN, N_TEST, N_UNPAIRED);
     let (mut d, mut c, _) = spawn_stdio(&data, &["--exact-below", "10"]);
     ingest_and_align(&mut c, &fx);
-    let st = c.call::<methods::Status>(Empty {}).unwrap();
+    // The new model serves exact search at once; its graph is built in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let st = loop {
+        let st = c.call::<methods::Status>(Empty {}).unwrap();
+        if st.index.kind == Some(IndexKind::Hnsw) || std::time::Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(st.index.kind, Some(IndexKind::Hnsw));
     assert_eq!(st.index.state, IndexState::Ready);
     let n = (N_TRAIN + N_TEST + N_UNPAIRED) as u64;

@@ -84,6 +84,12 @@ pub struct AutoConfig {
     /// Student temperatures `klot.eps_s` tried for the SOTAlign candidates; empty = only the
     /// configured one.
     pub eps_grid: Vec<f64>,
+    /// Distractors per modality in each validation fold: above this many unpaired items, a
+    /// seeded subset of this size (per fold) stands in for the whole pool; 0 = the whole pool.
+    /// Why: every candidate of every fold embeds its distractors, so with the whole pool the
+    /// validation grows linearly with it (most of a re-align's first stage at 10k unpaired per
+    /// side, docs/BENCHMARKS.md). The protocol's pools (at most 549 per side) are below it.
+    pub max_distractors: usize,
 }
 
 /// The candidate set of `auto`.
@@ -122,6 +128,7 @@ impl Default for AutoConfig {
             grid: AutoGrid::Fusions,
             trained: false,
             eps_grid: Vec::new(),
+            max_distractors: 2000,
         }
     }
 }

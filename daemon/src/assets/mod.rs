@@ -6,6 +6,7 @@
 //! minilm/          all-MiniLM-L6-v2, HF format (config.json, model.safetensors, tokenizer.json, ...)
 //! effnet-lite0/    efficientnet-lite0-57934424.pth (legacy PyTorch format)
 //! tuxpaint/stamps/ Tux Paint stamps: <category>/<sub>/<name>.{png,svg,txt}
+//! openclipart/svg/ openclipart clip art (optional): <category>/.../<name>.svg
 //! ```
 //!
 //! Each asset directory holds a `.sotalign-complete.json` marker written last; a directory
@@ -61,6 +62,11 @@ impl Assets {
     /// Root of the Tux Paint stamp tree (`<category>/<sub>/<stamp>.{png,svg,txt}`).
     pub fn tuxpaint_stamps(&self) -> PathBuf {
         self.root.join("tuxpaint").join("stamps")
+    }
+
+    /// The openclipart SVGs (`sotalign fetch openclipart`): `<category>/.../<name>.svg`.
+    pub fn openclipart_svg(&self) -> PathBuf {
+        self.root.join("openclipart").join("svg")
     }
 
     /// True when the named asset (`minilm`, `effnet-lite0`, `tuxpaint`) is completely in place.

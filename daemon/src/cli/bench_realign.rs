@@ -51,6 +51,9 @@ pub struct RealignArgs {
     /// Method of the measured re-align (the TUI's `r` sends the default, sotalign).
     #[arg(long, default_value = "sotalign")]
     pub method: String,
+    /// Stop at the first new suggestions (stage 1); the trained stage is not waited for.
+    #[arg(long)]
+    pub first_stage_only: bool,
     /// Where data and daemon stores go (default: a temporary directory, removed after).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
@@ -64,9 +67,13 @@ struct Row {
     pairs: u64,
     first: f64,
     first_fitted: String,
-    total: f64,
+    /// The whole job (`None` with `--first-stage-only`).
+    total: Option<f64>,
     final_stage: Option<ModelStage>,
     final_fitted: String,
+    /// Stage 1, in order: each job stage the daemon reported and the seconds spent in it
+    /// (from its first report to the next stage's, the last one up to the new suggestions).
+    stage1: Vec<(JobStage, f64)>,
 }
 
 pub fn run(a: RealignArgs) -> Result<()> {
@@ -100,6 +107,7 @@ fn measure_all(a: &RealignArgs, work: &Path, method: AlignMethod) -> Result<Vec<
             &manifest,
             &work.join("demo-store"),
             method,
+            a.first_stage_only,
         )?);
     }
     if let Some(dir) = &a.reference {
@@ -109,6 +117,7 @@ fn measure_all(a: &RealignArgs, work: &Path, method: AlignMethod) -> Result<Vec<
             &manifest,
             &work.join("reference").join("store"),
             method,
+            a.first_stage_only,
         )?);
     }
     for &n in &a.unpaired {
@@ -120,6 +129,7 @@ fn measure_all(a: &RealignArgs, work: &Path, method: AlignMethod) -> Result<Vec<
             &manifest,
             &dir.join("store"),
             method,
+            a.first_stage_only,
         )?);
     }
     if rows.is_empty() {
@@ -135,15 +145,16 @@ fn print_rows(rows: &[Row]) {
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.2} | {} ({}) |",
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} ({}) |",
             r.data,
             r.images,
             r.texts,
             r.pairs,
             r.first,
             r.first_fitted,
-            r.total,
-            r.first / r.total.max(1e-9),
+            r.total.map_or("-".into(), |t| format!("{t:.1}")),
+            r.total
+                .map_or("-".into(), |t| format!("{:.2}", r.first / t.max(1e-9))),
             r.final_fitted,
             match r.final_stage {
                 Some(ModelStage::Trained) => "trained",
@@ -152,6 +163,23 @@ fn print_rows(rows: &[Row]) {
             }
         );
     }
+    println!();
+    println!("Stage 1 by job stage (seconds from the stage's first report to the next stage's):");
+    for r in rows {
+        let parts: Vec<String> = r
+            .stage1
+            .iter()
+            .map(|(st, s)| format!("{} {s:.1}", stage_name(*st)))
+            .collect();
+        println!("- {}: {}", r.data, parts.join(", "));
+    }
+}
+
+fn stage_name(s: JobStage) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
 }
 
 /// A daemon manifest over the reference fixtures (their `.npy` files in place).
@@ -234,7 +262,13 @@ fn synthetic_manifest(a: &RealignArgs, n: usize, dir: &Path) -> Result<PathBuf> 
     Ok(m)
 }
 
-fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Result<Row> {
+fn measure(
+    name: &str,
+    manifest: &Path,
+    store: &Path,
+    method: AlignMethod,
+    first_only: bool,
+) -> Result<Row> {
     let _ = std::fs::remove_dir_all(store);
     let allow = manifest.parent().unwrap_or(manifest);
     let mut daemon = super::demo::Daemon::spawn("127.0.0.1:0", store, allow, "cpu")?;
@@ -273,9 +307,18 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
         ..AlignParams::default()
     })?;
     // Stage 1 is published before any report of stage 2 (or the end of a one-stage job).
+    // Every stage-1 report on the way marks when its job stage began.
+    let mut began: Vec<(JobStage, f64)> = Vec::new();
     let n = c.wait_for(|n| match n {
         ServerNotification::Progress(p) => {
-            p.value.job == job.job && p.value.model_stage == Some(ModelStage::Trained)
+            let v = &p.value;
+            if v.job == job.job
+                && v.model_stage != Some(ModelStage::Trained)
+                && began.last().map(|b| b.0) != Some(v.stage)
+            {
+                began.push((v.stage, t0.elapsed().as_secs_f64()));
+            }
+            v.job == job.job && v.model_stage == Some(ModelStage::Trained)
         }
         ServerNotification::JobFinished(f) => f.job == job.job,
         _ => false,
@@ -287,6 +330,14 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
         include_rejected: false,
     })?;
     let first_s = t0.elapsed().as_secs_f64();
+    let stage1 = began
+        .iter()
+        .enumerate()
+        .map(|(i, &(st, at))| {
+            let end = began.get(i + 1).map_or(first_s, |b| b.1);
+            (st, end - at)
+        })
+        .collect();
     if s.run != job.run {
         bail!(
             "{name}: suggestions came from run {}, not the new run {}",
@@ -301,10 +352,14 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
         .as_ref()
         .and_then(|m| m.fitted.clone())
         .unwrap_or_default();
-    if !one_stage_done {
-        wait_finished(&mut c, job.job)?;
-    }
-    let total = t0.elapsed().as_secs_f64();
+    let total = if first_only && !one_stage_done {
+        None
+    } else {
+        if !one_stage_done {
+            wait_finished(&mut c, job.job)?;
+        }
+        Some(t0.elapsed().as_secs_f64())
+    };
     let end = c.call::<methods::Status>(Empty {})?;
     let _ = c.shutdown();
     daemon.stop();
@@ -319,6 +374,7 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
         total,
         final_stage: m.and_then(|m| m.stage),
         final_fitted: m.and_then(|m| m.fitted.clone()).unwrap_or_default(),
+        stage1,
     })
 }
 

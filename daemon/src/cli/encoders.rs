@@ -13,7 +13,8 @@ pub struct FetchArgs {
     /// Assets directory (default: $SOTALIGN_ASSETS, else <user cache dir>/sotalign/assets).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Fetch only these assets (minilm, effnet-lite0, tuxpaint); default all.
+    /// Fetch only these assets (minilm, effnet-lite0, tuxpaint, openclipart); default all but
+    /// openclipart (a second check set, fetched only when named).
     #[arg(long = "only")]
     pub only: Vec<String>,
 }
@@ -82,7 +83,8 @@ impl ModelArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct EncodeArgs {
-    /// A built-in dataset: `tuxpaint` (the fetched Tux Paint stamps).
+    /// A built-in dataset: `tuxpaint` (the fetched Tux Paint stamps) or `openclipart` (the
+    /// fetched clip art, captions from its metadata: `ingest::openclipart`).
     #[arg(long, conflicts_with_all = ["manifest", "images", "texts"])]
     pub dataset: Option<String>,
     /// A sotalign manifest (version 1, docs/MANIFEST.md): entries with `imagePath` and/or
@@ -123,7 +125,20 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
                 }
                 (sources::tuxpaint(&stamps)?, "tuxpaint".to_string())
             }
-            other => bail!("unknown dataset `{other}` (known: tuxpaint)"),
+            "openclipart" => {
+                let svg = args.models.assets().openclipart_svg();
+                if !svg.is_dir() {
+                    bail!(
+                        "openclipart SVGs not found in {} (run `sotalign fetch --only openclipart` first)",
+                        svg.display()
+                    );
+                }
+                (
+                    ingest::openclipart::openclipart(&svg)?,
+                    "openclipart".to_string(),
+                )
+            }
+            other => bail!("unknown dataset `{other}` (known: tuxpaint, openclipart)"),
         }
     } else if let Some(m) = &args.manifest {
         (sources::manifest(m)?, stem(m))

@@ -14,6 +14,7 @@ pub mod eval;
 pub mod experiment;
 pub mod index;
 pub mod plot;
+pub mod protocol_set;
 pub mod simulate;
 
 /// Mean and sample standard deviation (0 for fewer than two values) of repeated measurements

@@ -84,6 +84,11 @@ pub struct SimulateArgs {
     /// `false` measures the same loop without them. The closed-form methods ignore them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub negatives: bool,
+    /// Run every strategy twice, with rejected pairs as negatives and without (`--negatives`
+    /// is then ignored), same seeds and splits, and report the difference: R@1 per round and
+    /// the labels each needs to reach the other's final R@1.
+    #[arg(long)]
+    pub compare_negatives: bool,
     /// Effort plot (median captions read per pair found, per round).
     #[arg(long, default_value = "docs/curation_effort.png")]
     pub effort_plot: PathBuf,
@@ -159,6 +164,7 @@ enum Space {
     Model,
 }
 
+#[derive(Clone, Copy)]
 enum Strat {
     Passive,
     Active(Strategy),
@@ -200,7 +206,21 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         ..HybridConfig::default()
     };
     Hybrid::new(hcfg.clone())?;
-    let total = (strats.len() * args.seeds.len() * (args.rounds + 1)) as u64;
+    // (name suffix, rejected pairs as negatives) of each run of a strategy.
+    let variants: Vec<(&str, bool)> = if args.compare_negatives {
+        vec![("", true), (NO_NEGATIVES, false)]
+    } else {
+        vec![("", args.negatives)]
+    };
+    let shown: Vec<(String, Strat)> = strats
+        .iter()
+        .flat_map(|(n, s)| {
+            variants
+                .iter()
+                .map(move |(suf, _)| (format!("{n}{suf}"), *s))
+        })
+        .collect();
+    let total = (shown.len() * args.seeds.len() * (args.rounds + 1)) as u64;
     let pb = indicatif::ProgressBar::new(total);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
@@ -212,7 +232,13 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     let t0 = Instant::now();
     // curves[strategy][seed] = points
     let mut curves: BTreeMap<String, Vec<Vec<Point>>> = BTreeMap::new();
-    for (name, strat) in &strats {
+    let runs = strats.iter().flat_map(|(n, st)| {
+        variants
+            .iter()
+            .map(move |&(suffix, neg)| (format!("{n}{suffix}"), *st, neg))
+    });
+    for (name, strat, use_negatives) in runs {
+        let strat = &strat;
         for &seed in &args.seeds {
             let split = r.run(seed, args.n0)?;
             let init: Vec<usize> = split.paired.clone();
@@ -249,7 +275,7 @@ pub fn run(args: SimulateArgs) -> Result<()> {
             let mut points = Vec::new();
             for round in 0..=args.rounds {
                 pb.set_message(format!("{name} seed {seed} round {round}"));
-                let data = build_data(&r, &pairs, &pool, &pool_t, &dec, args.negatives);
+                let data = build_data(&r, &pairs, &pool, &pool_t, &dec, use_negatives);
                 let model = fit_quiet(method, &data, &cfg)?;
                 let rep = evaluate(model.as_ref(), &test.x, &test.y, &test.labels)?;
                 // The list the tool shows: cosine of the aligned embeddings (the daemon's index).
@@ -418,13 +444,13 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let md = render(&args, &strats, &curves, secs)?;
+    let md = render(&args, &shown, &curves, secs)?;
     println!("{md}");
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir).ok();
     }
     std::fs::write(&args.out, &md).with_context(|| format!("writing {}", args.out.display()))?;
-    let series: Vec<Series> = strats
+    let series: Vec<Series> = shown
         .iter()
         .filter_map(|(n, _)| {
             let c = curves.get(n)?;
@@ -445,7 +471,7 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         },
         &series,
     )?;
-    let effort_series: Vec<Series> = strats
+    let effort_series: Vec<Series> = shown
         .iter()
         .filter_map(|(n, _)| {
             let c = curves.get(n)?;
@@ -616,7 +642,11 @@ fn render(
         args.negatives,
         args.search_after,
         args.search_cost
-    );
+    ) + if args.compare_negatives {
+        " --compare-negatives"
+    } else {
+        ""
+    };
     writeln!(
         md,
         "## Measured ({} seeds, {:.0} s)\n",
@@ -694,6 +724,9 @@ fn render(
             writeln!(md, "- seed {seed}: {}", cells.join(" "))?;
         }
     }
+    if args.compare_negatives {
+        render_negatives(&mut md, args, strats, curves)?;
+    }
     render_effort(&mut md, args, strats, curves)?;
     // The goal: labels the best strategy needs to reach random labelling's final R@1.
     // Also an intermediate target: the baseline's R@1 at half its final labels.
@@ -737,6 +770,89 @@ fn render(
         }
     }
     Ok(md)
+}
+
+/// Name suffix of a strategy's run without rejected pairs as negatives (`--compare-negatives`).
+const NO_NEGATIVES: &str = " (no negatives)";
+
+/// `--compare-negatives`: each strategy with and without rejected pairs as negatives, same
+/// seeds: mean R@1 per round and the per-seed difference, pairs found, and the labels each
+/// run needs to reach the other's final R@1.
+fn render_negatives(
+    md: &mut String,
+    args: &SimulateArgs,
+    shown: &[(String, Strat)],
+    curves: &BTreeMap<String, Vec<Vec<Point>>>,
+) -> Result<()> {
+    writeln!(
+        md,
+        "\n### Rejected pairs as negatives vs not (`--compare-negatives`, method `{}`)\n",
+        args.method
+    )?;
+    writeln!(
+        md,
+        "Mean R@1 in percent (both directions, mean over seeds) after each round: with the rejections as SigLIP negatives / without / difference (mean ± std over seeds of the per-seed difference). `judged` and `rejected` are per seed, cumulative.\n"
+    )?;
+    writeln!(
+        md,
+        "| strategy | labels | judged | rejected | pairs (with / without) | with | without | difference |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    let mut reach = Vec::new();
+    for (name, _) in shown.iter().filter(|(n, _)| !n.ends_with(NO_NEGATIVES)) {
+        let (Some(w), Some(wo)) = (
+            curves.get(name),
+            curves.get(&format!("{name}{NO_NEGATIVES}")),
+        ) else {
+            continue;
+        };
+        let rounds = w.iter().chain(wo).map(|v| v.len()).min().unwrap_or(0);
+        let mean_r1 = |p: &Point| 50.0 * (p.r1_i2t + p.r1_t2i);
+        for k in 0..rounds {
+            let at = |c: &[Vec<Point>], g: &dyn Fn(&Point) -> f64| {
+                mean_std(&c.iter().map(|v| g(&v[k])).collect::<Vec<_>>()).0
+            };
+            let diffs: Vec<f64> = w
+                .iter()
+                .zip(wo)
+                .map(|(a, b)| mean_r1(&a[k]) - mean_r1(&b[k]))
+                .collect();
+            let (d, sd) = mean_std(&diffs);
+            let judged = at(w, &|p| (p.labels - p.captions) as f64);
+            let rejected = at(w, &|p| (p.labels - p.correct) as f64);
+            writeln!(
+                md,
+                "| {name} | {:.0} | {judged:.0} | {rejected:.0} | {:.1} / {:.1} | {:.1} | {:.1} | {d:+.1} ± {sd:.1} |",
+                at(w, &|p| p.labels as f64),
+                at(w, &|p| p.pairs as f64),
+                at(wo, &|p| p.pairs as f64),
+                at(w, &mean_r1),
+                at(wo, &mean_r1),
+            )?;
+        }
+        let (cw, cwo) = (mean_curve(w), mean_curve(wo));
+        let first_at = |c: &[(f64, f64)], target: f64| {
+            c.iter()
+                .find(|p| p.1 >= target - 1e-12)
+                .map_or("not within the run".to_string(), |p| {
+                    format!("{:.0} labels", p.0)
+                })
+        };
+        if let (Some(&(lw, fw)), Some(&(lwo, fwo))) = (cw.last(), cwo.last()) {
+            reach.push(format!(
+                "- {name}: with negatives it reaches the final R@1 of the run without them ({:.1}% at {lwo:.0} labels) at {}; without them it reaches the final R@1 of the run with them ({:.1}% at {lw:.0} labels) at {}.",
+                100.0 * fwo,
+                first_at(&cw, fwo),
+                100.0 * fw,
+                first_at(&cwo, fw)
+            ));
+        }
+    }
+    writeln!(md, "\nLabels to target:\n")?;
+    for line in reach {
+        writeln!(md, "{line}")?;
+    }
+    Ok(())
 }
 
 /// What one pair found costs the annotator, in captions read: its rank, or past

@@ -215,6 +215,56 @@ impl IndexSet {
         m: Modality,
         ids: Vec<u64>,
         embeddings: Matrix,
+        progress: impl FnMut(BuildPhase) + Send + 'static,
+    ) -> RebuildHandle {
+        self.rebuild_with(m, ids, embeddings, None, progress)
+    }
+
+    /// Fast first, graph later: swap in an exact index of `embeddings` now (no build cost,
+    /// exact answers), on a worker thread like [`Self::rebuild_in_background`]; once its
+    /// handle has been waited for, [`Self::upgrade_to_graph`] builds the HNSW graph a
+    /// collection this large calls for. Below `exact_below` this is the ordinary rebuild.
+    pub fn rebuild_exact_first(
+        &self,
+        m: Modality,
+        ids: Vec<u64>,
+        embeddings: Matrix,
+        progress: impl FnMut(BuildPhase) + Send + 'static,
+    ) -> RebuildHandle {
+        self.rebuild_with(m, ids, embeddings, Some(BackendKind::Exact), progress)
+    }
+
+    /// Build the HNSW graph over what `m` serves now, when the collection is at least
+    /// `exact_below` items and is not already a graph, and swap it in when done; searches
+    /// use the current (exact) index meanwhile. A later rebuild of `m` supersedes it, and
+    /// dropping the set cancels it. `None` when there is nothing to upgrade.
+    pub fn upgrade_to_graph(&self, m: Modality) -> Option<RebuildHandle> {
+        let cur = self.current(m);
+        if cur.index.len() < self.config.exact_below
+            || cur.index.backend_kind() == BackendKind::Hnsw
+        {
+            return None;
+        }
+        let ids = cur.index.ids().to_vec();
+        let dim = cur.index.dim();
+        let mut data = Vec::with_capacity(ids.len() * dim);
+        for id in &ids {
+            data.extend_from_slice(cur.index.vector(*id)?);
+        }
+        let mat = Matrix {
+            rows: ids.len(),
+            cols: dim,
+            data,
+        };
+        Some(self.rebuild_with(m, ids, mat, Some(BackendKind::Hnsw), |_| {}))
+    }
+
+    fn rebuild_with(
+        &self,
+        m: Modality,
+        ids: Vec<u64>,
+        embeddings: Matrix,
+        force: Option<BackendKind>,
         mut progress: impl FnMut(BuildPhase) + Send + 'static,
     ) -> RebuildHandle {
         let slot = Arc::clone(&self.slots[m.slot()]);
@@ -234,11 +284,11 @@ impl IndexSet {
             .name(format!("index-rebuild-{m:?}").to_lowercase())
             .spawn(move || {
                 let start = Instant::now();
-                let kind = if ids.len() < config.exact_below {
+                let kind = force.unwrap_or(if ids.len() < config.exact_below {
                     BackendKind::Exact
                 } else {
                     BackendKind::Hnsw
-                };
+                });
                 let built = VectorIndex::build_with(
                     ids,
                     &embeddings,
@@ -306,6 +356,27 @@ impl IndexSet {
             user_cancel,
             request,
         }
+    }
+}
+
+impl IndexSet {
+    /// Stop every build still running (what is served stays); e.g. a graph upgrade that would
+    /// compete with an alignment for the cores.
+    pub fn cancel_pending(&self) {
+        for slot in &self.slots {
+            let active = slot.active_cancel.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = active.as_ref() {
+                c.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for IndexSet {
+    /// A set no longer in use (a model replaced by a newer one) stops its pending builds: a
+    /// detached graph upgrade would otherwise keep a core busy for nothing.
+    fn drop(&mut self) {
+        self.cancel_pending();
     }
 }
 

@@ -6,6 +6,7 @@
 //! Invariant: every input item ends up either as a row or in the [`Report`]'s skipped list.
 pub mod batch;
 pub mod cache;
+pub mod openclipart;
 pub mod sources;
 
 use std::path::{Path, PathBuf};

@@ -30,6 +30,15 @@ fn skip(index: usize, item: impl Into<String>, reason: impl Into<String>) -> Ski
 /// forever; depth is capped at `--max-walk-depth` and the entries visited at
 /// `--max-walk-entries` (both typed errors naming the cap). Linked files are listed; reading
 /// them later checks the read scope.
+/// Every file below `dir` (sorted, links followed once, under the walk limits).
+pub(super) fn walk_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut Vec<Skipped>,
+) -> Result<(), IngestError> {
+    walk(dir, out, skipped)
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<Skipped>) -> Result<(), IngestError> {
     let l = crate::limits::current();
     let mut w = Walk {

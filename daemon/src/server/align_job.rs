@@ -97,9 +97,17 @@ pub async fn start(shared: Arc<Shared>, p: AlignParams) -> HResult<AlignResult> 
     let job = handle.id;
     // Checked inside training steps too (between Sinkhorn iterations), not only between them.
     cfg.cancel = sotalign_engine::progress::Cancel::new(handle.cancel_flag());
+    // The served model's graph build (if still running) would take the cores from this job;
+    // its exact index keeps answering. The job's last model gets its graph when the job ends.
+    if let Some(m) = shared.model() {
+        m.index.cancel_pending();
+    }
     let sh = shared.clone();
     tokio::task::spawn_blocking(move || {
         let outcome = run_job(&sh, &handle, run, method, &cfg);
+        if let Some(m) = sh.model() {
+            m.upgrade_index_in_background();
+        }
         let (state, err) = match &outcome {
             Ok(_) => (JobState::Succeeded, None),
             Err(JobError::Cancelled) => (JobState::Cancelled, None),

@@ -141,7 +141,7 @@ impl Served {
         for (m, emb, mat) in [(Modality::Image, images, ex), (Modality::Text, texts, ey)] {
             let tx = tx.clone();
             let total = emb.ids.len();
-            let h = self.index.rebuild_in_background(
+            let h = self.index.rebuild_exact_first(
                 slot(m),
                 emb.ids.iter().map(|i| i.0).collect(),
                 mat,
@@ -166,6 +166,15 @@ impl Served {
             }
         }
         Ok(())
+    }
+
+    /// Exact search serves at once after a publish; a collection past the threshold then gets
+    /// its graph built in the background and swapped in when done (detached: a newer rebuild
+    /// or the model's replacement stops it). Called once no alignment needs the cores.
+    pub fn upgrade_index_in_background(&self) {
+        for m in [Modality::Image, Modality::Text] {
+            drop(self.index.upgrade_to_graph(slot(m)));
+        }
     }
 
     pub fn len(&self, m: Modality) -> usize {

@@ -62,6 +62,10 @@ pub fn publish(
         return Ok(None);
     }
     shared.set_model(served.clone());
+    if when == When::IfNoneServing {
+        // A restore is not part of an alignment: its graph may be built now.
+        served.upgrade_index_in_background();
+    }
     // Samples ingested after the snapshot was read: index them under this model too.
     if shared.samples_version.load(Ordering::SeqCst) != version
         && let Err(e) = publish_new_samples(shared, None)

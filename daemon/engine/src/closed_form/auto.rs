@@ -502,7 +502,8 @@ pub fn validate_candidates(
         steps: total,
     };
     for (f, (tr, va)) in folds.iter().enumerate() {
-        let h = Holdout::with_split(data, tr, va)?;
+        let cap = cfg.auto.max_distractors;
+        let h = Holdout::with_split(data, tr, va)?.cap_distractors(cap, f as u64);
         out.m_full.push(h.n_train());
         let s = score_holdout(&h, cands, &teachers, progress, &mut step, total)?;
         for (c, v) in s.into_iter().enumerate() {
@@ -511,7 +512,8 @@ pub fn validate_candidates(
         if curve {
             let m0 = ((frac * tr.len() as f64).round() as usize).max(2);
             if m0 < tr.len() {
-                let hs = Holdout::with_split(data, &validation::subsample(tr, m0, f as u64), va)?;
+                let hs = Holdout::with_split(data, &validation::subsample(tr, m0, f as u64), va)?
+                    .cap_distractors(cap, f as u64);
                 out.m_sub.push(hs.n_train());
                 let s = score_holdout(&hs, cands, &teachers, progress, &mut step, total)?;
                 for (c, v) in s.into_iter().enumerate() {

@@ -38,11 +38,12 @@ impl Procrustes {
         }
         let xp = to_faer_normalized(&data.xp);
         let yp = to_faer_normalized(&data.yp);
-        let xu = to_faer_normalized(&data.xu);
-        let yu = to_faer_normalized(&data.yu);
-        let mean_x = linalg::col_means_stacked(xp.as_ref(), xu.as_ref());
-        let mean_y = linalg::col_means_stacked(yp.as_ref(), yu.as_ref());
+        // The means stream over the pools; only whitening needs them materialised.
+        let mean_x = linalg::normalized_col_means_stacked(&data.xp, &data.xu);
+        let mean_y = linalg::normalized_col_means_stacked(&data.yp, &data.yu);
         let (wx, wy) = if cfg.whiten {
+            let xu = to_faer_normalized(&data.xu);
+            let yu = to_faer_normalized(&data.yu);
             (
                 Some(zca(&xp, &xu, &mean_x, cfg.whiten_shrink, "image")?),
                 Some(zca(&yp, &yu, &mean_y, cfg.whiten_shrink, "text")?),
