@@ -192,10 +192,12 @@ fn reference_manifest(dir: &Path, pairs: usize, out: &Path) -> Result<PathBuf> {
         );
     }
     std::fs::create_dir_all(out)?;
-    let abs = std::fs::canonicalize(dir)?;
+    // The embeddings beside the manifest: the bench's daemon may read only below its folder.
+    for f in ["tuxpaint_img.npy", "tuxpaint_txt.npy"] {
+        std::fs::copy(dir.join(f), out.join(f))?;
+    }
     let mut text = serde_json::json!({"sotalign_manifest": 1, "embeddings": {
-        "image": abs.join("tuxpaint_img.npy").display().to_string(),
-        "text": abs.join("tuxpaint_txt.npy").display().to_string()}})
+        "image": "tuxpaint_img.npy", "text": "tuxpaint_txt.npy"}})
     .to_string();
     text.push('\n');
     let lines = r

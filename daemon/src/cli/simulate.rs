@@ -810,14 +810,14 @@ fn render_negatives(
         let mean_r1 = |p: &Point| 50.0 * (p.r1_i2t + p.r1_t2i);
         for k in 0..rounds {
             let at = |c: &[Vec<Point>], g: &dyn Fn(&Point) -> f64| {
-                mean_std(&c.iter().map(|v| g(&v[k])).collect::<Vec<_>>()).0
+                super::mean_std(&c.iter().map(|v| g(&v[k])).collect::<Vec<_>>()).0
             };
             let diffs: Vec<f64> = w
                 .iter()
                 .zip(wo)
                 .map(|(a, b)| mean_r1(&a[k]) - mean_r1(&b[k]))
                 .collect();
-            let (d, sd) = mean_std(&diffs);
+            let (d, sd) = super::mean_std(&diffs);
             let judged = at(w, &|p| (p.labels - p.captions) as f64);
             let rejected = at(w, &|p| (p.labels - p.correct) as f64);
             writeln!(
