@@ -37,17 +37,8 @@ pub struct RealignArgs {
     /// Synthetic data sets: unpaired items per side, comma-separated (e.g. 10000,100000).
     #[arg(long, value_delimiter = ',')]
     pub unpaired: Vec<usize>,
-    /// Confirmed pairs of the synthetic sets.
-    #[arg(long, default_value_t = 200)]
-    pub pairs: usize,
-    /// Held-out pairs of the synthetic sets.
-    #[arg(long, default_value_t = 200)]
-    pub test: usize,
-    /// Feature widths of the synthetic sets (the real encoders': EfficientNet-Lite0, MiniLM).
-    #[arg(long, default_value_t = 1280)]
-    pub dx: usize,
-    #[arg(long, default_value_t = 384)]
-    pub dy: usize,
+    #[command(flatten)]
+    pub shape: SyntheticShape,
     /// Method of the measured re-align (the TUI's `r` sends the default, sotalign).
     #[arg(long, default_value = "sotalign")]
     pub method: String,
@@ -103,9 +94,9 @@ fn measure_all(a: &RealignArgs, work: &Path, method: AlignMethod) -> Result<Vec<
         )?);
     }
     if let Some(dir) = &a.reference {
-        let manifest = reference_manifest(dir, a.pairs, &work.join("reference"))?;
+        let manifest = reference_manifest(dir, a.shape.pairs, &work.join("reference"))?;
         rows.push(measure(
-            &format!("Tux Paint reference rows, {} pairs", a.pairs),
+            &format!("Tux Paint reference rows, {} pairs", a.shape.pairs),
             &manifest,
             &work.join("reference").join("store"),
             method,
@@ -189,9 +180,30 @@ fn reference_manifest(dir: &Path, pairs: usize, out: &Path) -> Result<PathBuf> {
     Ok(m)
 }
 
-/// Synthetic platonic data written as `.npy` + a daemon manifest: `pairs` seed pairs, `test`
-/// held-out pairs, `n` unpaired images and texts (independent latents).
+/// The shape of the synthetic data sets (`bench realign`, `bench daemon`).
+#[derive(Args)]
+pub struct SyntheticShape {
+    /// Confirmed pairs of the synthetic sets (also the reference rows' seed pairs).
+    #[arg(long, default_value_t = 200)]
+    pub pairs: usize,
+    /// Held-out pairs of the synthetic sets.
+    #[arg(long, default_value_t = 200)]
+    pub test: usize,
+    /// Feature widths of the synthetic sets (the real encoders': EfficientNet-Lite0, MiniLM).
+    #[arg(long, default_value_t = 1280)]
+    pub dx: usize,
+    #[arg(long, default_value_t = 384)]
+    pub dy: usize,
+}
+
 fn synthetic_manifest(a: &RealignArgs, n: usize, dir: &Path) -> Result<PathBuf> {
+    write_synthetic(&a.shape, n, dir)
+}
+
+/// Synthetic platonic data written as `.npy` + a daemon manifest in `dir`: `pairs` seed pairs,
+/// `test` held-out pairs, `n` unpaired images and texts (independent latents). Returns the
+/// manifest's path.
+pub(super) fn write_synthetic(a: &SyntheticShape, n: usize, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let p = Platonic::new(PlatonicSpec {
         dx: a.dx,
@@ -321,7 +333,7 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
     })
 }
 
-fn wait_finished<R: std::io::Read, W: std::io::Write>(
+pub(super) fn wait_finished<R: std::io::Read, W: std::io::Write>(
     c: &mut Client<R, W>,
     job: JobId,
 ) -> Result<()> {

@@ -2,7 +2,9 @@
 //! only dispatches here. Uses `anyhow`: this is the edge.
 pub mod align;
 pub mod bench;
+pub mod bench_daemon;
 pub mod bench_encoders;
+pub mod bench_klot;
 pub mod bench_realign;
 pub mod bench_scaling;
 pub mod data_args;
