@@ -159,7 +159,7 @@ smoke() {
     log "smoke: needed libraries: $(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
     "$bin" --version >/dev/null || die "smoke: the binary does not start"
     "$bin" bench klot --device cpu --sizes 128 --iters 2 >"$tmp/cpu.txt" || die "smoke: CPU bench klot failed"
-    grep -q '^klot_step device=cpu B=128 ' "$tmp/cpu.txt" || die "smoke: CPU bench klot printed no figure: $(cat "$tmp/cpu.txt")"
+    grep -q '^klot_step device=cpu engine=fused B=128 ' "$tmp/cpu.txt" || die "smoke: CPU bench klot printed no figure: $(cat "$tmp/cpu.txt")"
     log "smoke: CPU: $(head -1 "$tmp/cpu.txt")"
     set +e
     out=$("$bin" bench klot --device cuda --sizes 128 --iters 1 2>&1)
@@ -169,6 +169,13 @@ smoke() {
     echo "$out" | grep -q 'cuda' || die "smoke: --device cuda error does not name the device: $out"
     echo "$out" | grep -qi 'panick' && die "smoke: --device cuda panicked: $out"
     log "smoke: --device cuda refused: $(echo "$out" | tail -1)"
+    set +e
+    out=$(timeout 60 "$bin" serve --stdio --device cuda --data-dir "$tmp/data" </dev/null 2>&1)
+    rc=$?
+    set -e
+    [ "$rc" -eq 1 ] && echo "$out" | grep -q 'cuda' ||
+        die "smoke: serve --device cuda exited $rc (want 1 with a message naming the device): $out"
+    log "smoke: serve --device cuda refused at start"
     log "smoke: ok"
 }
 

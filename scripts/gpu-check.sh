@@ -53,7 +53,7 @@ if [ "$SMALL" = 1 ]; then
     TEXTS="${SOTALIGN_ENC_TEXTS:-64}" CPU_B=256 BATCH=8 PAIRS=50 TEST=50
 else
     KLOT_B="${SOTALIGN_KLOT_B:-4096,16384,32768}" E2E_N="${SOTALIGN_E2E_UNPAIRED:-100000}"
-    E2E_B="${SOTALIGN_E2E_B:-32768}" E2E_STEPS="${SOTALIGN_E2E_STEPS:-10}"
+    E2E_B="${SOTALIGN_E2E_B:-32768}" E2E_STEPS="${SOTALIGN_E2E_STEPS:-5}"
     QUERIES="${SOTALIGN_E2E_QUERIES:-200}" IMAGES="${SOTALIGN_ENC_IMAGES:-2048}"
     TEXTS="${SOTALIGN_ENC_TEXTS:-16384}" CPU_B=4096 BATCH=64 PAIRS=200 TEST=200
 fi
@@ -131,12 +131,22 @@ failed() {
     say "$1 failed"
     FAILED="$FAILED $1"
 }
+# Each part runs under a time budget (seconds) so one run stays within ~8 minutes; a part cut
+# short has printed the figures it finished (one line each, as they come).
+budget() {
+    local secs=$1
+    shift
+    timeout --signal=TERM "$secs" "$@"
+    local rc=$?
+    [ "$rc" = 124 ] && say "$1 $2 $3: stopped at its ${secs}s budget"
+    return "$rc"
+}
 
 # ---- KLOT step: the binary, then jax on the same device
-"$BIN" bench klot --device "$DEVICE" --sizes "$KLOT_B" --iters 3 | tee "$WORK/klot.txt" ||
+budget 140 "$BIN" bench klot --device "$DEVICE" --sizes "$KLOT_B" --iters 3 | tee "$WORK/klot.txt" ||
     failed klot
 if python3 -c 'import jax' 2>/dev/null; then
-    python3 scripts/bench_reference.py --sizes "$KLOT_B" --numpy-max 0 --reps 3 >"$WORK/jax.txt" ||
+    budget 100 python3 scripts/bench_reference.py --sizes "$KLOT_B" --numpy-max 0 --reps 3 >"$WORK/jax.txt" ||
         failed jax
     python3 - "$WORK/klot.txt" "$WORK/jax.txt" <<'EOF'
 import json, re, sys
@@ -165,17 +175,17 @@ EOF
 else
     echo "klot_step_jax skipped (no jax in python3)"
 fi
-"$BIN" bench klot --device cpu --engine fused --sizes "$CPU_B" --iters 3 || failed klot-cpu
+budget 30 "$BIN" bench klot --device cpu --engine fused --sizes "$CPU_B" --iters 3 || failed klot-cpu
 
 # ---- encoders
 ASSETS="${SOTALIGN_BENCH_ASSETS:-}"
 [ -z "$ASSETS" ] && [ -d target-cuda/dist/assets ] && ASSETS=target-cuda/dist/assets
-"$BIN" bench encoders --device "$DEVICE" --batch "$BATCH" --images "$IMAGES" --texts "$TEXTS" \
+budget 60 "$BIN" bench encoders --device "$DEVICE" --batch "$BATCH" --images "$IMAGES" --texts "$TEXTS" \
     ${ASSETS:+--assets "$ASSETS"} --text-weights zeros 2>&1 |
     grep -E '^(images|texts|candle|text model)' | sed 's/^/encoders /' || failed encoders
 
 # ---- the daemon end to end
-"$BIN" bench daemon --device "$DEVICE" --unpaired "$E2E_N" --batch "$E2E_B" --steps "$E2E_STEPS" \
+budget 140 "$BIN" bench daemon --device "$DEVICE" --unpaired "$E2E_N" --batch "$E2E_B" --steps "$E2E_STEPS" \
     --queries "$QUERIES" --pairs "$PAIRS" --test "$TEST" || failed daemon
 echo "gpu-check done in $(($(date +%s) - START)) s${FAILED:+; failed:$FAILED}"
 [ -z "$FAILED" ]
