@@ -162,18 +162,19 @@ smoke() {
     grep -q '^klot_step device=cpu engine=fused B=128 ' "$tmp/cpu.txt" || die "smoke: CPU bench klot printed no figure: $(cat "$tmp/cpu.txt")"
     log "smoke: CPU: $(head -1 "$tmp/cpu.txt")"
     set +e
-    out=$("$bin" bench klot --device cuda --sizes 128 --iters 1 2>&1)
+    out=$(RUST_BACKTRACE=0 "$bin" bench klot --device cuda --sizes 128 --iters 1 2>&1)
     rc=$?
     set -e
     [ "$rc" -eq 1 ] || die "smoke: --device cuda exited $rc (want 1, an error, not a crash): $out"
-    echo "$out" | grep -q 'cuda' || die "smoke: --device cuda error does not name the device: $out"
+    echo "$out" | grep -q 'cannot open CUDA device 0' ||
+        die "smoke: --device cuda error does not name the device: $out"
     echo "$out" | grep -qi 'panick' && die "smoke: --device cuda panicked: $out"
-    log "smoke: --device cuda refused: $(echo "$out" | tail -1)"
+    log "smoke: --device cuda refused: $(echo "$out" | head -1)"
     set +e
-    out=$(timeout 60 "$bin" serve --stdio --device cuda --data-dir "$tmp/data" </dev/null 2>&1)
+    out=$(RUST_BACKTRACE=0 timeout 60 "$bin" serve --stdio --device cuda --data-dir "$tmp/data" </dev/null 2>&1)
     rc=$?
     set -e
-    [ "$rc" -eq 1 ] && echo "$out" | grep -q 'cuda' ||
+    [ "$rc" -eq 1 ] && echo "$out" | grep -q 'cannot open CUDA device 0' ||
         die "smoke: serve --device cuda exited $rc (want 1 with a message naming the device): $out"
     log "smoke: serve --device cuda refused at start"
     log "smoke: ok"
