@@ -7,7 +7,8 @@
 //! Data: synthetic platonic rows at the real encoders' widths (1280 / 384), `--pairs` confirmed
 //! pairs, `--test` held out, `--unpaired` rows per side (written as `.npy` + a manifest, as
 //! `bench realign` does). One line per figure:
-//! `daemon_e2e device=D unpaired=N stage=ingest|align|suggest ...`.
+//! `daemon_e2e device=D unpaired=N stage=ingest|align|suggest ...`; the align line gives the
+//! time until the closed-form stage was served (`first_stage_s`) and until the job ended.
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -99,7 +100,11 @@ fn measure(a: &DaemonBench, work: &std::path::Path, method: AlignMethod) -> Resu
         config: Some(config),
         ..AlignParams::default()
     })?;
-    super::bench_realign::wait_finished(&mut c, job.job).context("align")?;
+    let ended = super::bench_realign::wait_first_stage(&mut c, job.job).context("align")?;
+    let first = t.elapsed().as_secs_f64();
+    if !ended {
+        super::bench_realign::wait_finished(&mut c, job.job).context("align")?;
+    }
     let secs = t.elapsed().as_secs_f64();
     let model = c.call::<methods::Status>(Empty {})?.model;
     let stage = match model.as_ref().and_then(|m| m.stage) {
@@ -109,7 +114,7 @@ fn measure(a: &DaemonBench, work: &std::path::Path, method: AlignMethod) -> Resu
     };
     let fitted = model.and_then(|m| m.fitted).unwrap_or_default();
     println!(
-        "{tag} stage=align method={} B={} steps={} secs={secs:.2} served={stage} fitted={:?}",
+        "{tag} stage=align method={} B={} steps={} first_stage_s={first:.2} secs={secs:.2} served={stage} fitted={:?}",
         a.method, a.batch, a.steps, fitted
     );
 

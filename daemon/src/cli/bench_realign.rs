@@ -283,15 +283,7 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
         method,
         ..AlignParams::default()
     })?;
-    // Stage 1 is published before any report of stage 2 (or the end of a one-stage job).
-    let n = c.wait_for(|n| match n {
-        ServerNotification::Progress(p) => {
-            p.value.job == job.job && p.value.model_stage == Some(ModelStage::Trained)
-        }
-        ServerNotification::JobFinished(f) => f.job == job.job,
-        _ => false,
-    })?;
-    let one_stage_done = matches!(n, ServerNotification::JobFinished(_));
+    let one_stage_done = wait_first_stage(&mut c, job.job)?;
     let s = c.call::<methods::SuggestForSample>(SuggestForSampleParams {
         sample: probe,
         k: 10,
@@ -331,6 +323,30 @@ fn measure(name: &str, manifest: &Path, store: &Path, method: AlignMethod) -> Re
         final_stage: m.and_then(|m| m.stage),
         final_fitted: m.and_then(|m| m.fitted.clone()).unwrap_or_default(),
     })
+}
+
+/// Waits until `job` serves its first (closed-form) stage, which is published before any report
+/// of its trained stage, or ends; true when it ended (successfully: a failed job is an error).
+pub(super) fn wait_first_stage<R: std::io::Read, W: std::io::Write>(
+    c: &mut Client<R, W>,
+    job: JobId,
+) -> Result<bool> {
+    let n = c.wait_for(|n| match n {
+        ServerNotification::Progress(p) => {
+            p.value.job == job && p.value.model_stage == Some(ModelStage::Trained)
+        }
+        ServerNotification::JobFinished(f) => f.job == job,
+        _ => false,
+    })?;
+    match n {
+        ServerNotification::JobFinished(f) if f.state != JobState::Succeeded => bail!(
+            "job {job} ended {:?}: {}",
+            f.state,
+            f.error.map(|e| e.message).unwrap_or_default()
+        ),
+        ServerNotification::JobFinished(_) => Ok(true),
+        _ => Ok(false),
+    }
 }
 
 pub(super) fn wait_finished<R: std::io::Read, W: std::io::Write>(
