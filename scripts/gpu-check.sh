@@ -143,10 +143,10 @@ budget() {
 }
 
 # ---- KLOT step: the binary, then jax on the same device
-budget 120 "$BIN" bench klot --device "$DEVICE" --sizes "$KLOT_B" --iters 3 | tee "$WORK/klot.txt" ||
+budget 100 "$BIN" bench klot --device "$DEVICE" --sizes "$KLOT_B" --iters 2 | tee "$WORK/klot.txt" ||
     failed klot
 if python3 -c 'import jax' 2>/dev/null; then
-    budget 90 python3 scripts/bench_reference.py --sizes "$KLOT_B" --numpy-max 0 --reps 3 >"$WORK/jax.txt" ||
+    budget 80 python3 scripts/bench_reference.py --sizes "$KLOT_B" --numpy-max 0 --reps 3 >"$WORK/jax.txt" ||
         failed jax
     python3 - "$WORK/klot.txt" "$WORK/jax.txt" <<'EOF'
 import json, re, sys
@@ -175,17 +175,17 @@ EOF
 else
     echo "klot_step_jax skipped (no jax in python3)"
 fi
-budget 25 "$BIN" bench klot --device cpu --engine fused --sizes "$CPU_B" --iters 3 || failed klot-cpu
+budget 20 "$BIN" bench klot --device cpu --engine fused --sizes "$CPU_B" --iters 3 || failed klot-cpu
 
 # ---- encoders
 ASSETS="${SOTALIGN_BENCH_ASSETS:-}"
 [ -z "$ASSETS" ] && [ -d target-cuda/dist/assets ] && ASSETS=target-cuda/dist/assets
-budget 50 "$BIN" bench encoders --device "$DEVICE" --batch "$BATCH" --images "$IMAGES" --texts "$TEXTS" \
+budget 40 "$BIN" bench encoders --device "$DEVICE" --batch "$BATCH" --images "$IMAGES" --texts "$TEXTS" \
     ${ASSETS:+--assets "$ASSETS"} --text-weights zeros 2>&1 |
     grep -E '^(images|texts|candle|text model)' | sed 's/^/encoders /' || failed encoders
 
 # ---- the daemon end to end
-budget 180 "$BIN" bench daemon --device "$DEVICE" --unpaired "$E2E_N" --batch "$E2E_B" --steps "$E2E_STEPS" \
+budget 220 "$BIN" bench daemon --device "$DEVICE" --unpaired "$E2E_N" --batch "$E2E_B" --steps "$E2E_STEPS" \
     --queries "$QUERIES" --pairs "$PAIRS" --test "$TEST" || failed daemon
 echo "gpu-check done in $(($(date +%s) - START)) s${FAILED:+; failed:$FAILED}"
 [ -z "$FAILED" ]
