@@ -125,7 +125,9 @@ fn bench_daemon_runs_every_stage_on_the_cpu() {
     // 30 + 20 pairs and 300 unpaired rows on each side.
     assert_eq!(num(ingest, "rows"), 2.0 * 350.0, "{so}");
     assert!(num(ingest, "rows_per_s") > 0.0, "{so}");
+    let closed_form = num(stage("closed_form"), "secs");
     let align = stage("align");
+    assert!(closed_form <= num(align, "secs"), "{so}");
     assert_eq!(align["B"], "64", "{so}");
     assert!(
         ["trained", "closed_form"].contains(&align["served"].as_str()),

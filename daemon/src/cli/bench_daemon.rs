@@ -7,8 +7,8 @@
 //! Data: synthetic platonic rows at the real encoders' widths (1280 / 384), `--pairs` confirmed
 //! pairs, `--test` held out, `--unpaired` rows per side (written as `.npy` + a manifest, as
 //! `bench realign` does). One line per figure:
-//! `daemon_e2e device=D unpaired=N stage=ingest|align|suggest ...`; the align line gives the
-//! time until the closed-form stage was served (`first_stage_s`) and until the job ended.
+//! `daemon_e2e device=D unpaired=N stage=ingest|closed_form|align|suggest ...`: `closed_form`
+//! is the time until the align's closed-form stage was served, `align` until the job ended.
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -102,6 +102,11 @@ fn measure(a: &DaemonBench, work: &std::path::Path, method: AlignMethod) -> Resu
     })?;
     let ended = super::bench_realign::wait_first_stage(&mut c, job.job).context("align")?;
     let first = t.elapsed().as_secs_f64();
+    // Printed now: a run cut short by its time budget still has this figure.
+    println!(
+        "{tag} stage=closed_form method={} secs={first:.2}",
+        a.method
+    );
     if !ended {
         super::bench_realign::wait_finished(&mut c, job.job).context("align")?;
     }
@@ -114,7 +119,7 @@ fn measure(a: &DaemonBench, work: &std::path::Path, method: AlignMethod) -> Resu
     };
     let fitted = model.and_then(|m| m.fitted).unwrap_or_default();
     println!(
-        "{tag} stage=align method={} B={} steps={} first_stage_s={first:.2} secs={secs:.2} served={stage} fitted={:?}",
+        "{tag} stage=align method={} B={} steps={} secs={secs:.2} served={stage} fitted={:?}",
         a.method, a.batch, a.steps, fitted
     );
 
