@@ -25,9 +25,25 @@ pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
     cuda_device(ordinal, spec)
 }
 
+/// Opens CUDA device `ordinal`. The libraries are linked (candle hard-wires cudarc's dynamic
+/// linking), so the binary only starts where libcuda and cuBLAS load; what can still fail here
+/// (no GPU, a stub or too old driver, no free memory) is an error naming the device, and a panic
+/// inside the CUDA bindings is caught and reported the same way.
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize, spec: &str) -> Result<Device, DeviceError> {
-    Device::new_cuda(ordinal).map_err(|e| DeviceError(format!("`{spec}`: {e}")))
+    let open = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
+    let why = match open {
+        Ok(Ok(d)) => return Ok(d),
+        Ok(Err(e)) => e.to_string(),
+        Err(p) => p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic in the CUDA bindings".into()),
+    };
+    Err(DeviceError(format!(
+        "`{spec}`: cannot open CUDA device {ordinal} (no GPU or no working NVIDIA driver here?): {why}"
+    )))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -22,6 +22,10 @@ pub enum BenchCmd {
     Scaling(super::bench_scaling::ScalingArgs),
     /// Time from a re-align request to new suggestions, on a real daemon over JSON-RPC.
     Realign(super::bench_realign::RealignArgs),
+    /// One KLOT step timed on a device (cpu, cuda), no criterion needed (scripts/gpu-check.sh).
+    Klot(super::bench_klot::KlotBench),
+    /// The daemon end to end on a device: ingest, one align, suggestion latency p50/p99.
+    Daemon(super::bench_daemon::DaemonBench),
 }
 
 #[derive(Args)]
@@ -61,6 +65,8 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Encoders(a) => super::bench_encoders::encoders(a),
         BenchCmd::Scaling(a) => super::bench_scaling::run(a),
         BenchCmd::Realign(a) => super::bench_realign::run(a),
+        BenchCmd::Klot(a) => super::bench_klot::run(a),
+        BenchCmd::Daemon(a) => super::bench_daemon::run(a),
     }
 }
 

@@ -24,8 +24,21 @@ pub struct EncodersBench {
     /// with `python3 -m venv` + `pip install numpy` when absent).
     #[arg(long)]
     pub reference: bool,
+    /// `zeros`: the text model's architecture and tokenizer from its directory with every
+    /// weight zero (same time per text; for a machine the 90 MB weights cannot be taken to,
+    /// as scripts/gpu-check.sh does). Only the timing means anything then.
+    #[arg(long, value_enum, default_value_t = TextWeights::File)]
+    pub text_weights: TextWeights,
     #[command(flatten)]
     pub models: ModelArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TextWeights {
+    /// The directory's `model.safetensors`.
+    File,
+    /// All zero (timing only).
+    Zeros,
 }
 
 /// f32 matmul GFLOP/s of candle on this device: the compute bound for dense layers.
@@ -67,7 +80,14 @@ fn image_files(models: &ModelArgs, n: usize) -> Vec<PathBuf> {
         .map(|d| d.items.into_iter().filter_map(|i| i.image).collect())
         .unwrap_or_default();
     if files.is_empty() {
-        let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/golden");
+        // The repository's golden images: where it was built, else from the current directory
+        // (a binary carried to another machine, run from the checkout's root).
+        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/golden");
+        let g = if built.is_dir() {
+            built
+        } else {
+            PathBuf::from("tests/fixtures/golden")
+        };
         files = vec![g.join("chelsea.png"), g.join("coffee.png")];
     }
     // Spread over the set (PNG and SVG).
@@ -132,7 +152,15 @@ pub fn encoders(a: EncodersBench) -> Result<()> {
     }
 
     // ---- texts
-    let tenc: TextEncoder = a.models.load_text()?;
+    let tenc: TextEncoder = match a.text_weights {
+        TextWeights::File => a.models.load_text()?,
+        TextWeights::Zeros => {
+            let dir = a.models.text_dir();
+            println!("text model {}: zero weights (timing only)", dir.display());
+            TextEncoder::load_zero_weights(&dir, &dev)
+                .with_context(|| format!("loading text model {}", dir.display()))?
+        }
+    };
     let caps = captions(&a.models, a.texts);
     let refs: Vec<&str> = caps.iter().map(|s| s.as_str()).collect();
     let avg_tokens = refs

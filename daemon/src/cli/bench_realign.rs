@@ -37,17 +37,8 @@ pub struct RealignArgs {
     /// Synthetic data sets: unpaired items per side, comma-separated (e.g. 10000,100000).
     #[arg(long, value_delimiter = ',')]
     pub unpaired: Vec<usize>,
-    /// Confirmed pairs of the synthetic sets.
-    #[arg(long, default_value_t = 200)]
-    pub pairs: usize,
-    /// Held-out pairs of the synthetic sets.
-    #[arg(long, default_value_t = 200)]
-    pub test: usize,
-    /// Feature widths of the synthetic sets (the real encoders': EfficientNet-Lite0, MiniLM).
-    #[arg(long, default_value_t = 1280)]
-    pub dx: usize,
-    #[arg(long, default_value_t = 384)]
-    pub dy: usize,
+    #[command(flatten)]
+    pub shape: SyntheticShape,
     /// Method of the measured re-align (the TUI's `r` sends the default, sotalign).
     #[arg(long, default_value = "sotalign")]
     pub method: String,
@@ -111,9 +102,9 @@ fn measure_all(a: &RealignArgs, work: &Path, method: AlignMethod) -> Result<Vec<
         )?);
     }
     if let Some(dir) = &a.reference {
-        let manifest = reference_manifest(dir, a.pairs, &work.join("reference"))?;
+        let manifest = reference_manifest(dir, a.shape.pairs, &work.join("reference"))?;
         rows.push(measure(
-            &format!("Tux Paint reference rows, {} pairs", a.pairs),
+            &format!("Tux Paint reference rows, {} pairs", a.shape.pairs),
             &manifest,
             &work.join("reference").join("store"),
             method,
@@ -219,9 +210,30 @@ fn reference_manifest(dir: &Path, pairs: usize, out: &Path) -> Result<PathBuf> {
     Ok(m)
 }
 
-/// Synthetic platonic data written as `.npy` + a daemon manifest: `pairs` seed pairs, `test`
-/// held-out pairs, `n` unpaired images and texts (independent latents).
+/// The shape of the synthetic data sets (`bench realign`, `bench daemon`).
+#[derive(Args)]
+pub struct SyntheticShape {
+    /// Confirmed pairs of the synthetic sets (also the reference rows' seed pairs).
+    #[arg(long, default_value_t = 200)]
+    pub pairs: usize,
+    /// Held-out pairs of the synthetic sets.
+    #[arg(long, default_value_t = 200)]
+    pub test: usize,
+    /// Feature widths of the synthetic sets (the real encoders': EfficientNet-Lite0, MiniLM).
+    #[arg(long, default_value_t = 1280)]
+    pub dx: usize,
+    #[arg(long, default_value_t = 384)]
+    pub dy: usize,
+}
+
 fn synthetic_manifest(a: &RealignArgs, n: usize, dir: &Path) -> Result<PathBuf> {
+    write_synthetic(&a.shape, n, dir)
+}
+
+/// Synthetic platonic data written as `.npy` + a daemon manifest in `dir`: `pairs` seed pairs,
+/// `test` held-out pairs, `n` unpaired images and texts (independent latents). Returns the
+/// manifest's path.
+pub(super) fn write_synthetic(a: &SyntheticShape, n: usize, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let p = Platonic::new(PlatonicSpec {
         dx: a.dx,
@@ -311,21 +323,11 @@ fn measure(
     // Stage 1 is published before any report of stage 2 (or the end of a one-stage job).
     // Every stage-1 report on the way marks when its job stage began.
     let mut began: Vec<(JobStage, f64)> = Vec::new();
-    let n = c.wait_for(|n| match n {
-        ServerNotification::Progress(p) => {
-            let v = &p.value;
-            if v.job == job.job
-                && v.model_stage != Some(ModelStage::Trained)
-                && began.last().map(|b| b.0) != Some(v.stage)
-            {
-                began.push((v.stage, t0.elapsed().as_secs_f64()));
-            }
-            v.job == job.job && v.model_stage == Some(ModelStage::Trained)
+    let one_stage_done = wait_first_stage(&mut c, job.job, &mut |stage| {
+        if began.last().map(|b| b.0) != Some(stage) {
+            began.push((stage, t0.elapsed().as_secs_f64()));
         }
-        ServerNotification::JobFinished(f) => f.job == job.job,
-        _ => false,
     })?;
-    let one_stage_done = matches!(n, ServerNotification::JobFinished(_));
     let s = c.call::<methods::SuggestForSample>(SuggestForSampleParams {
         sample: probe,
         k: 10,
@@ -380,7 +382,37 @@ fn measure(
     })
 }
 
-fn wait_finished<R: std::io::Read, W: std::io::Write>(
+/// Wait until `job` published its first (closed-form) stage: true when the job ended there
+/// (one-stage), false when its trained stage began; a failed job is an error. `stage1` hears
+/// the job stage of every first-stage report on the way.
+pub(super) fn wait_first_stage<R: std::io::Read, W: std::io::Write>(
+    c: &mut Client<R, W>,
+    job: JobId,
+    stage1: &mut dyn FnMut(JobStage),
+) -> Result<bool> {
+    let n = c.wait_for(|n| match n {
+        ServerNotification::Progress(p) => {
+            let v = &p.value;
+            if v.job == job && v.model_stage != Some(ModelStage::Trained) {
+                stage1(v.stage);
+            }
+            v.job == job && v.model_stage == Some(ModelStage::Trained)
+        }
+        ServerNotification::JobFinished(f) => f.job == job,
+        _ => false,
+    })?;
+    match n {
+        ServerNotification::JobFinished(f) if f.state != JobState::Succeeded => bail!(
+            "job {job} ended {:?}: {}",
+            f.state,
+            f.error.map(|e| e.message).unwrap_or_default()
+        ),
+        ServerNotification::JobFinished(_) => Ok(true),
+        _ => Ok(false),
+    }
+}
+
+pub(super) fn wait_finished<R: std::io::Read, W: std::io::Write>(
     c: &mut Client<R, W>,
     job: JobId,
 ) -> Result<()> {

@@ -71,12 +71,16 @@ impl ModelArgs {
         ImageEncoder::load(&p, &dev).with_context(|| format!("loading image model {}", p.display()))
     }
 
+    /// The text model's directory these flags name.
+    pub fn text_dir(&self) -> PathBuf {
+        self.text_model
+            .clone()
+            .unwrap_or_else(|| self.assets().minilm_dir())
+    }
+
     pub fn load_text(&self) -> Result<TextEncoder> {
         let dev = parse_device(&self.device)?;
-        let p = self
-            .text_model
-            .clone()
-            .unwrap_or_else(|| self.assets().minilm_dir());
+        let p = self.text_dir();
         TextEncoder::load(&p, &dev).with_context(|| format!("loading text model {}", p.display()))
     }
 }

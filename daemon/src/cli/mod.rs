@@ -3,7 +3,9 @@
 pub mod align;
 pub mod audit_sim;
 pub mod bench;
+pub mod bench_daemon;
 pub mod bench_encoders;
+pub mod bench_klot;
 pub mod bench_realign;
 pub mod bench_scaling;
 pub mod data;

@@ -27,6 +27,16 @@ pub struct TextEncoder {
     id: String,
 }
 
+/// `dir/name`, which must be a file.
+fn need(dir: &Path, name: &str) -> Result<PathBuf, EncoderError> {
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(EncoderError::MissingFile(p))
+    }
+}
+
 fn read_json(path: &Path) -> Result<serde_json::Value, EncoderError> {
     let s = std::fs::read_to_string(path).map_err(|e| EncoderError::io(path, e))?;
     serde_json::from_str(&s).map_err(|e| EncoderError::Format {
@@ -38,17 +48,31 @@ fn read_json(path: &Path) -> Result<serde_json::Value, EncoderError> {
 impl TextEncoder {
     /// Load from an HF-format directory. The model id (cache key) includes a hash of the weights.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, EncoderError> {
-        let need = |name: &str| -> Result<PathBuf, EncoderError> {
-            let p = dir.join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(EncoderError::MissingFile(p))
-            }
-        };
-        let config_path = need("config.json")?;
-        let weights = need("model.safetensors")?;
-        let tok_path = need("tokenizer.json")?;
+        let weights = need(dir, "model.safetensors")?;
+        // SAFETY: the file is memory-mapped read-only; it must not be modified while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device)? };
+        let id = format!("text:{}:{}", dir_name(dir), super::file_digest(&weights)?);
+        Self::load_with(dir, vb, id, device)
+    }
+
+    /// The directory's architecture and tokenizer with every weight zero: the same work per
+    /// text as the real model (a dense network's time does not depend on its weights' values),
+    /// for timing where the weights cannot be taken (`bench encoders --text-weights zeros` on a
+    /// machine without the 90 MB file). Its embeddings mean nothing.
+    pub fn load_zero_weights(dir: &Path, device: &Device) -> Result<Self, EncoderError> {
+        let vb = VarBuilder::zeros(DType::F32, device);
+        let id = format!("text:{}:zeros", dir_name(dir));
+        Self::load_with(dir, vb, id, device)
+    }
+
+    fn load_with(
+        dir: &Path,
+        vb: VarBuilder,
+        id: String,
+        device: &Device,
+    ) -> Result<Self, EncoderError> {
+        let config_path = need(dir, "config.json")?;
+        let tok_path = need(dir, "tokenizer.json")?;
         let config: Config =
             serde_json::from_value(read_json(&config_path)?).map_err(|e| EncoderError::Format {
                 path: config_path.clone(),
@@ -79,10 +103,7 @@ impl TextEncoder {
                 what: e.to_string(),
             })?;
         tokenizer.with_padding(None);
-        // SAFETY: the file is memory-mapped read-only; it must not be modified while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device)? };
         let model = BertModel::load(vb, &config)?;
-        let id = format!("text:{}:{}", dir_name(dir), super::file_digest(&weights)?);
         Ok(Self {
             model,
             tokenizer,
