@@ -8,6 +8,8 @@ need=()
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # The headless-editor test (tests/tests/nvim_lsp.rs) drives Debian's Neovim.
 command -v nvim >/dev/null 2>&1 || need+=(neovim)
+# tests/tests/data_roundtrip.rs makes a venv for Python `datasets` / `webdataset`.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

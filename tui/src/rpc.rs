@@ -82,6 +82,13 @@ pub enum Call {
         target: Modality,
         text: String,
     },
+    /// The same search by words only, for a daemon that serves no model yet (cold start):
+    /// unpaired samples of `target` whose caption, key or path contains `text`.
+    FindWords {
+        for_sample: SampleId,
+        target: Modality,
+        text: String,
+    },
 }
 
 /// A successful answer, typed.
@@ -101,6 +108,7 @@ pub enum Reply {
     CancelJob(CancelResult),
     Export(ExportResult),
     Find(SearchResult),
+    FindWords(ListSamplesResult),
 }
 
 /// A failed call: the daemon's error object, or a transport problem (no code).
@@ -204,6 +212,15 @@ impl Call {
                 target: Some(*target),
                 k: FIND_K,
             }),
+            Call::FindWords { target, text, .. } => {
+                params::<methods::ListSamples>(ListSamplesParams {
+                    modality: *target,
+                    state: Some(SampleState::Unpaired),
+                    filter: Some(text.clone()),
+                    offset: 0,
+                    limit: FIND_K,
+                })
+            }
             Call::Export { dest } => params::<methods::Export>(ExportParams {
                 format: ExportFormat::Jsonl,
                 dest: dest.clone(),
@@ -230,6 +247,7 @@ impl Call {
             Call::CancelJob { .. } => Reply::CancelJob(parse::<methods::Cancel>(result)?),
             Call::Export { .. } => Reply::Export(parse::<methods::Export>(result)?),
             Call::Find { .. } => Reply::Find(parse::<methods::Search>(result)?),
+            Call::FindWords { .. } => Reply::FindWords(parse::<methods::ListSamples>(result)?),
         })
     }
 }

@@ -157,10 +157,11 @@ impl Analysis {
         self.text_items.binary_search(&item).ok()
     }
 
-    /// Caption group key of an item's text: its caption, else its row.
+    /// The hover list's de-duplication key of an item's text: its caption group's key
+    /// (`sotalign_engine::groups`), else its row.
     fn group_key(it: &Item) -> String {
         match (&it.entry.caption, it.entry.text_row) {
-            (Some(t), _) => t.trim().to_string(),
+            (Some(t), _) => sotalign_engine::groups::caption_key(t).to_string(),
             (None, Some(r)) => format!("#row{r}"),
             _ => String::new(),
         }
@@ -200,11 +201,9 @@ impl Analysis {
             .copied()
             .filter(|k| !in_pair.contains(k))
             .collect();
-        let mut groups: HashMap<String, u32> = HashMap::new();
-        let mut gid = |it: &Item| {
-            let n = groups.len() as u32;
-            *groups.entry(Self::group_key(it)).or_insert(n)
-        };
+        // Caption groups by the engine's one rule (equal captions = one group).
+        let mut groups = sotalign_engine::groups::CaptionGroups::new();
+        let mut gid = |it: &Item| groups.assign(it.entry.caption.as_deref());
         let pair_groups: Vec<u32> = pairs.iter().map(|&k| gid(&items[k])).collect();
         let yu_groups: Vec<u32> = ut.iter().map(|&k| gid(&items[k])).collect();
         let rows = |idx: &[usize], pos: &dyn Fn(usize) -> Option<usize>, m: &Matrix| {

@@ -600,7 +600,15 @@ mod tests {
                 exact_below,
                 ..IndexConfig::default()
             });
+            // A published model serves exact search at once; past the threshold its graph is
+            // built afterwards (in the daemon, in the background once no alignment runs).
+            assert_eq!(s.index_kind(), IndexKind::Exact);
             let kind = if exact_below == 0 {
+                for m in [Modality::Image, Modality::Text] {
+                    if let Some(h) = s.index.upgrade_to_graph(slot(m)) {
+                        h.wait().unwrap();
+                    }
+                }
                 IndexKind::Hnsw
             } else {
                 IndexKind::Exact

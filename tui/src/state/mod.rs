@@ -476,6 +476,14 @@ impl App {
                     self.on_found(*for_sample, text, r);
                 }
             }
+            Reply::FindWords(page) => {
+                if let Call::FindWords {
+                    for_sample, text, ..
+                } = &call
+                {
+                    self.on_found_words(*for_sample, text, page);
+                }
+            }
             Reply::Export(r) => {
                 self.info(format!(
                     "exported {} confirmed pairs to {} (on the daemon's machine)",
@@ -510,8 +518,24 @@ impl App {
                 false
             }
             // No model yet is shown in the candidates pane with what to do; not an alarm.
+            Call::Find {
+                for_sample,
+                target,
+                text,
+            } if e.code == Some(sotalign_protocol::codes::NOT_READY) => {
+                // No model yet (cold start): the same search by words alone.
+                calls.push(Call::FindWords {
+                    for_sample: *for_sample,
+                    target: *target,
+                    text: text.clone(),
+                });
+                return;
+            }
             Call::Suggest { sample }
             | Call::Find {
+                for_sample: sample, ..
+            }
+            | Call::FindWords {
                 for_sample: sample, ..
             } => self.on_suggestions_failed(*sample, &e),
             Call::Search { text } => self.on_search_failed(text, &e, calls),
@@ -543,7 +567,7 @@ impl App {
             Call::Align(_) => "re-align",
             Call::CancelJob { .. } => "cancel",
             Call::Export { .. } => "export",
-            Call::Find { .. } => "find",
+            Call::Find { .. } | Call::FindWords { .. } => "find",
         };
         self.error(format!("{what}: {e}"));
     }

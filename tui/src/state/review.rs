@@ -540,6 +540,38 @@ impl App {
         q.selected = 0;
     }
 
+    /// The hits of a words-only search (no model yet): listed in the daemon's order, with no
+    /// score (NaN, drawn as a dash).
+    pub(super) fn on_found_words(
+        &mut self,
+        for_sample: SampleId,
+        text: &str,
+        page: ListSamplesResult,
+    ) {
+        let hits = page
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(i, sample)| Candidate {
+                sample,
+                score: f64::NAN,
+                rank: i as u32 + 1,
+                mutual_nn: false,
+                duplicates: 0,
+            })
+            .collect();
+        let run = self.served_run.unwrap_or(RunId(0));
+        self.on_found(
+            for_sample,
+            text,
+            SearchResult {
+                hits,
+                run,
+                index: IndexKind::Exact,
+            },
+        );
+    }
+
     /// Another client's decision or undo (or the echo of ours): counts and revision follow
     /// it; a sample it paired leaves the queues; the candidates on screen are refetched when
     /// it touched them. Our own decision in flight is left to its acknowledgement.

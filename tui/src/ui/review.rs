@@ -70,9 +70,17 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
     let title = match &q.found {
         // An in-place search's hits, ranked words first, then meaning (f).
         Some(text) => format!(
-            " {}s matching {:?}{saving} · Enter/y confirms, f again ",
+            " {}s matching {:?}{}{saving} · y confirms, f again ",
             noun(sample.modality.other()),
-            truncate(text, 24)
+            truncate(text, 24),
+            if q.candidates
+                .ready()
+                .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c.score.is_nan()))
+            {
+                " (words only: no model yet)"
+            } else {
+                ""
+            }
         ),
         None => format!(
             " Suggested {}s{run}{saving} ",
@@ -154,10 +162,15 @@ pub fn twins_mark(c: &Candidate) -> String {
 /// A candidate as up to two lines: rank, score, mutual-NN mark, its caption (with how many
 /// times it is stored) or key.
 fn candidate_item(c: &Candidate, width: usize) -> ListItem<'static> {
+    // No score (a words-only search before any model): a dash, not a number.
+    let score = if c.score.is_nan() {
+        "     –".to_owned()
+    } else {
+        format!("{:>6.3}", c.score)
+    };
     let head = format!(
-        "{:>2} {:>6.3} {} ",
+        "{:>2} {score} {} ",
         c.rank,
-        c.score,
         if c.mutual_nn { "⇄" } else { " " }
     );
     let body = match c.sample.modality {

@@ -800,3 +800,50 @@ fn find_searches_the_other_side_in_place_and_y_confirms_a_hit() {
         }]
     );
 }
+
+/// Cold start: with no model the daemon cannot rank by meaning (`NOT_READY`), so the find
+/// falls back to the captions that contain the words, unscored, and `y` still confirms a hit.
+#[test]
+fn find_without_a_model_falls_back_to_words() {
+    let mut app = ready_app();
+    app.handle(key('f'));
+    for c in "coin".chars() {
+        app.handle(key(c));
+    }
+    let calls = app.handle(code(KeyCode::Enter));
+    let calls = app.handle(fail(
+        calls[0].clone(),
+        Some(codes::NOT_READY),
+        "no aligned model yet",
+    ));
+    assert_eq!(
+        calls,
+        vec![Call::FindWords {
+            for_sample: SampleId(1),
+            target: Modality::Text,
+            text: "coin".into()
+        }]
+    );
+    assert_eq!(app.error_count, 0, "not an alarm");
+    app.handle(reply(
+        calls[0].clone(),
+        Reply::FindWords(ListSamplesResult {
+            items: vec![text(201, "A penny coin."), text(202, "A gold coin.")],
+            total: 2,
+        }),
+    ));
+    let shown = app.review().candidates.ready().unwrap();
+    assert_eq!(
+        shown.iter().map(|c| c.sample.id.0).collect::<Vec<_>>(),
+        vec![201, 202]
+    );
+    assert!(shown.iter().all(|c| c.score.is_nan()), "no made-up score");
+    assert_eq!(
+        app.handle(key('y')),
+        vec![Call::Confirm {
+            image: SampleId(1),
+            text: SampleId(201),
+            shown: None,
+        }]
+    );
+}
