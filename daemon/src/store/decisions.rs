@@ -36,19 +36,6 @@ fn to_decision(raw: RawDecision) -> Result<Decision, StoreError> {
 
 const DECISION_COLS: &str = "id, kind, image, text, at_ms, source, undone_at_ms, annotator";
 
-fn row_to_decision(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDecision> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-    ))
-}
-
 impl Store {
     fn modality_of(tx: &Transaction<'_>, id: SampleId) -> Result<Modality, StoreError> {
         if !storable(id.0) {
@@ -232,7 +219,7 @@ impl Store {
             .query_row(
                 &format!("SELECT {DECISION_COLS}, prev_state, prev_decision, prev_source, prev_at_ms FROM decisions WHERE id = ?1"),
                 [id.0],
-                |r| Ok((row_to_decision(r)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?)),
+                |r| Ok((RawDecision::try_from(r)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?)),
             )
             .optional()?
             .ok_or(StoreError::UnknownDecision(id))?;
@@ -290,7 +277,7 @@ impl Store {
             .query_row(
                 &format!("SELECT {DECISION_COLS} FROM decisions WHERE id = ?1"),
                 [id.0],
-                row_to_decision,
+                |r| RawDecision::try_from(r),
             )
             .optional()?
             .ok_or(StoreError::UnknownDecision(id))?;

@@ -21,17 +21,6 @@ fn to_pair(raw: RawPair) -> Result<Pair, StoreError> {
 
 const PAIR_COLS: &str = "image, text, state, decision, source, at_ms";
 
-fn row_to_pair(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawPair> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
-}
-
 impl Store {
     /// Every pair a sample takes part in, newest first.
     pub fn pairs_of(&self, id: SampleId) -> Result<Vec<Pair>, StoreError> {
@@ -41,7 +30,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {PAIR_COLS} FROM pairs WHERE image = ?1 OR text = ?1 ORDER BY at_ms DESC, rowid DESC"
         ))?;
-        let rows = stmt.query_map([id.0], row_to_pair)?;
+        let rows = stmt.query_map([id.0], |r| RawPair::try_from(r))?;
         rows.map(|r| to_pair(r?)).collect()
     }
 
@@ -61,7 +50,9 @@ impl Store {
             "SELECT {PAIR_COLS} FROM pairs WHERE ?1 IS NULL OR state = ?1
              ORDER BY at_ms DESC, rowid DESC LIMIT ?2 OFFSET ?3"
         ))?;
-        let rows = stmt.query_map(params![st, limit as i64, sql_offset(offset)], row_to_pair)?;
+        let rows = stmt.query_map(params![st, limit as i64, sql_offset(offset)], |r| {
+            RawPair::try_from(r)
+        })?;
         let items = rows.map(|r| to_pair(r?)).collect::<Result<Vec<_>, _>>()?;
         Ok((items, total))
     }

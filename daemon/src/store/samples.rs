@@ -38,28 +38,6 @@ pub struct InsertReport {
 
 const SAMPLE_COLS: &str = "id, modality, key, state, path, text, vector IS NOT NULL";
 
-fn row_to_sample(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(
-    u64,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    bool,
-)> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-    ))
-}
-
 type RawSample = (
     u64,
     String,
@@ -192,7 +170,7 @@ impl Store {
             .query_row(
                 &format!("SELECT {SAMPLE_COLS} FROM samples WHERE id = ?1"),
                 [id.0],
-                row_to_sample,
+                |r| RawSample::try_from(r),
             )
             .optional()?
             .ok_or(StoreError::UnknownSample(id))?;
@@ -206,7 +184,10 @@ impl Store {
             .prepare_cached(&format!("SELECT {SAMPLE_COLS} FROM samples WHERE id = ?1"))?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids.iter().filter(|id| storable(id.0)) {
-            if let Some(raw) = stmt.query_row([id.0], row_to_sample).optional()? {
+            if let Some(raw) = stmt
+                .query_row([id.0], |r| RawSample::try_from(r))
+                .optional()?
+            {
                 out.push(to_sample(raw)?);
             }
         }
@@ -250,7 +231,7 @@ impl Store {
                 limit as i64,
                 sql_offset(offset)
             ],
-            row_to_sample,
+            |r| RawSample::try_from(r),
         )?;
         let mut items = Vec::new();
         for r in rows {
