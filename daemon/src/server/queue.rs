@@ -32,6 +32,26 @@ fn typical(pool: &Matrix, labeled: &Matrix, b: usize) -> HResult<Vec<usize>> {
         .map_err(|e| internal(format!("typiclust: {e}")))
 }
 
+/// The most typical `limit` of `open` in clusters the `covered` images leave uncovered, in the
+/// space `get` reads vectors from; with the number of clusters used (covered + limit).
+fn typical_uncovered(
+    get: impl Fn(SampleId) -> Option<Vec<f32>>,
+    open: &[SampleId],
+    covered: &[SampleId],
+    limit: usize,
+) -> HResult<(Vec<SampleId>, usize)> {
+    let (ids, pool) = rows_of(&get, open);
+    let (_, lab) = rows_of(&get, covered);
+    let lab = if lab.cols == pool.cols {
+        lab
+    } else {
+        Matrix::zeros(0, pool.cols)
+    };
+    let k = lab.rows + limit;
+    let picked = typical(&pool, &lab, limit)?;
+    Ok((picked.into_iter().map(|r| ids[r]).collect(), k))
+}
+
 fn subset(ids: &mut Vec<SampleId>) {
     if ids.len() > MAX_POOL {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -103,17 +123,11 @@ fn build(shared: &Arc<Shared>, p: NextToLabelParams) -> HResult<NextToLabelResul
     match (&model, mode) {
         (Some(m), QueueMode::Judge) => judge(shared, m, limit, precision, &mut picks),
         (Some(m), _) => {
-            let (ids, pool) = rows_of(|id| m.vector(Modality::Image, id), &open);
-            let (_, lab) = rows_of(|id| m.vector(Modality::Image, id), &covered);
-            let lab = if lab.cols == pool.cols {
-                lab
-            } else {
-                Matrix::zeros(0, pool.cols)
-            };
-            let k = lab.rows + limit;
-            for r in typical(&pool, &lab, limit)? {
+            let (typ, k) =
+                typical_uncovered(|id| m.vector(Modality::Image, id), &open, &covered, limit)?;
+            for id in typ {
                 picks.push((
-                    ids[r],
+                    id,
                     QueueReason::FindCaption,
                     format!(
                         "typical of a cluster of the aligned image space ({k} clusters) that few pairs cover; the model's proposals were right {:.0}% of the time, below {:.0}%, so finding its caption teaches more than judging",
@@ -130,17 +144,10 @@ fn build(shared: &Arc<Shared>, p: NextToLabelParams) -> HResult<NextToLabelResul
             let pos: std::collections::HashMap<SampleId, usize> =
                 emb.ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
             let get = |id: SampleId| pos.get(&id).map(|&r| emb.matrix.row(r).to_vec());
-            let (ids, pool) = rows_of(get, &open);
-            let (_, lab) = rows_of(get, &covered);
-            let lab = if lab.cols == pool.cols {
-                lab
-            } else {
-                Matrix::zeros(0, pool.cols)
-            };
-            let k = lab.rows + limit;
-            for r in typical(&pool, &lab, limit)? {
+            let (typ, k) = typical_uncovered(get, &open, &covered, limit)?;
+            for id in typ {
                 picks.push((
-                    ids[r],
+                    id,
                     QueueReason::UncoveredCluster,
                     format!(
                         "most typical image of a cluster of the image encoder's space ({k} clusters) that no pair covers; no model yet, so find its caption"
