@@ -30,16 +30,7 @@ fn serve(
     }
     let mut child = cmd.spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("daemon exited before listening");
-        }
-        if let Some(a) = line.trim().strip_prefix("sotalign: listening on ") {
-            break a.to_string();
-        }
-    };
+    let addr = listening_addr(&mut err);
     let log = Arc::new(Mutex::new(String::new()));
     let l = log.clone();
     std::thread::spawn(move || {

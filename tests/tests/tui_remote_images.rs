@@ -4,7 +4,7 @@
 //! still draw the picture (fetched with `sotalign/getImage`), not the "cannot show" placeholder.
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,14 +93,7 @@ fn the_tui_shows_pictures_it_cannot_read_itself() {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "daemon exited");
-        if let Some(a) = line.trim().strip_prefix("sotalign: listening on ") {
-            break a.to_string();
-        }
-    };
+    let addr = listening_addr(&mut err);
     std::thread::spawn(move || {
         let mut sink = Vec::new();
         let _ = err.read_to_end(&mut sink);

@@ -194,6 +194,21 @@ pub fn spawn_tcp(data: &Path, extra: &[&str]) -> Daemon {
     spawn_tcp_capturing(data, extra).0
 }
 
+/// Read a `serve --listen` daemon's stderr up to its "listening on ADDR" line; the address.
+/// Panics when the daemon exits first.
+pub fn listening_addr(err: &mut BufReader<std::process::ChildStderr>) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("daemon exited before listening");
+        }
+        if let Some(a) = line.trim().strip_prefix("sotalign: listening on ") {
+            return a.to_string();
+        }
+    }
+}
+
 /// `spawn_tcp`, plus the rest of the daemon's stderr, returned by the thread once the daemon
 /// exits (for tests that read its log, e.g. to count panics).
 pub fn spawn_tcp_capturing(
@@ -211,16 +226,7 @@ pub fn spawn_tcp_capturing(
         .spawn()
         .expect("spawn sotalign");
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("daemon exited before listening");
-        }
-        if let Some(a) = line.trim().strip_prefix("sotalign: listening on ") {
-            break a.to_string();
-        }
-    };
+    let addr = listening_addr(&mut err);
     // Keep draining stderr so the daemon never blocks on a full pipe.
     let rest = std::thread::spawn(move || {
         let mut sink = String::new();
