@@ -473,7 +473,7 @@ impl App {
                     for_sample, text, ..
                 } = &call
                 {
-                    self.on_found(*for_sample, text, r);
+                    self.on_found(*for_sample, text, r.hits, Some(r.run));
                 }
             }
             Reply::FindWords(page) => {

@@ -522,20 +522,26 @@ impl App {
 
     /// The hits of an in-place search: shown as the candidates (each caption once), so `y`
     /// confirms the selected hit with the sample under review.
-    pub(super) fn on_found(&mut self, for_sample: SampleId, text: &str, r: SearchResult) {
+    /// `run`: the model that scored the hits (none for a words-only search).
+    pub(super) fn on_found(
+        &mut self,
+        for_sample: SampleId,
+        text: &str,
+        hits: Vec<Candidate>,
+        run: Option<RunId>,
+    ) {
         let revision = self.revision;
         let q = self.queue_mut(self.direction);
         if q.current().map(|s| s.id) != Some(for_sample) || q.found.as_deref() != Some(text) {
             return; // moved on meanwhile
         }
         let target = q.modality.other();
-        let hits: Vec<Candidate> = r
-            .hits
+        let hits: Vec<Candidate> = hits
             .into_iter()
             .filter(|c| c.sample.modality == target && c.sample.state == SampleState::Unpaired)
             .collect();
         q.candidates = Loadable::Ready(group_captions(hits));
-        q.candidates_run = Some(r.run);
+        q.candidates_run = run;
         q.candidates_revision = revision;
         q.selected = 0;
     }
@@ -560,16 +566,7 @@ impl App {
                 duplicates: 0,
             })
             .collect();
-        let run = self.served_run.unwrap_or(RunId(0));
-        self.on_found(
-            for_sample,
-            text,
-            SearchResult {
-                hits,
-                run,
-                index: IndexKind::Exact,
-            },
-        );
+        self.on_found(for_sample, text, hits, None);
     }
 
     /// Another client's decision or undo (or the echo of ours): counts and revision follow
