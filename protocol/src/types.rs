@@ -1175,7 +1175,11 @@ pub struct AuditedPair {
     pub suspicion: f64,
     /// The pair's score under a model fitted without it.
     pub score: f64,
-    /// The best other caption for the image, and its score.
+    /// Above the audit's own cut (decoy-calibrated: estimated more likely wrong than right).
+    #[serde(default)]
+    pub flagged: bool,
+    /// The caption suggested for the image, and its score: the caption of the (flagged) pair
+    /// whose swap fits both images better, else the best other caption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alt_text: Option<AuditPartner>,
     /// The best other image for the caption, and its score.
@@ -1189,6 +1193,9 @@ pub struct AuditResult {
     pub method: AlignMethod,
     /// Confirmed pairs audited.
     pub audited: u64,
+    /// How many of them are flagged.
+    #[serde(default)]
+    pub flagged: u64,
     pub pairs: Vec<AuditedPair>,
 }
 

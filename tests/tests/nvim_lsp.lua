@@ -40,9 +40,10 @@ end
 local uri = vim.uri_from_bufnr(buf)
 local line = vim.api.nvim_buf_get_lines(buf, planted, planted + 1, false)[1]
 out.before = line
-local img_col = string.find(line, '"image"', 1, true)
+local img_col = string.find(line, '"imagePath":"', 1, true)
 if img_col then
-  local h = request('textDocument/hover', { textDocument = { uri = uri }, position = { line = planted, character = img_col + 11 } })
+  -- 0-based column a few characters into the path's value.
+  local h = request('textDocument/hover', { textDocument = { uri = uri }, position = { line = planted, character = img_col + 14 } })
   out.hover = h and h.contents and (h.contents.value or h.contents) or vim.NIL
 end
 local actions = request('textDocument/codeAction', {

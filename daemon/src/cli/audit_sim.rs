@@ -81,6 +81,10 @@ struct Cell {
     prec: Vec<f64>,
     /// Corrupted pairs whose suggested caption has the image's true caption group.
     repair: Vec<f64>,
+    /// Of the pairs `audit::flagged` calls out: the share that is wrong, and the share of wrong
+    /// pairs called out.
+    flag_prec: Vec<f64>,
+    flag_recall: Vec<f64>,
 }
 
 const BEGIN: &str = "<!-- audit-sim:begin -->";
@@ -160,9 +164,16 @@ pub fn run(args: AuditSimArgs) -> Result<()> {
                                     ..s.acfg.clone()
                                 };
                                 let a = audit(method, &data, &cfg, &acfg, &mut ignore)?;
-                                let scores = a.iter().map(|p| p.suspicion).collect();
+                                let scores = a.pairs.iter().map(|p| p.suspicion).collect();
+                                let f = a.flagged();
                                 let alts: Vec<Option<Partner>> =
-                                    a.iter().map(|p| p.alt_text.map(|t| t.0)).collect();
+                                    (0..f.len()).map(|i| a.suggested_text(i, &f)).collect();
+                                let hit = (0..f.len()).filter(|&i| f[i] && wrong[i]).count();
+                                let n_flag = f.iter().filter(|&&x| x).count();
+                                if n_flag > 0 {
+                                    cell.flag_prec.push(hit as f64 / n_flag as f64);
+                                }
+                                cell.flag_recall.push(hit as f64 / m as f64);
                                 (scores, Some(alts))
                             }
                         };
@@ -345,23 +356,29 @@ fn render(
     }
     writeln!(
         md,
-        "Mean ± std over cells. AUROC: wrong pairs vs right ones by suspicion; P@m: share of wrong pairs among the m most suspicious (m = number of wrong pairs); re-pair: share of wrong pairs whose suggested caption is their image's true one (the baseline suggests none).\n"
+        "Mean ± std over cells. AUROC: wrong pairs vs right ones by suspicion; P@m: share of wrong pairs among the m most suspicious (m = number of wrong pairs); re-pair: share of wrong pairs whose suggested caption is their image's true one (the baseline suggests none); flagged: the pairs above `audit::flag_threshold` (what an editor warns about), precision / recall.\n"
     )?;
-    writeln!(md, "| pairs | swapped | scorer | AUROC | P@m | re-pair |")?;
-    writeln!(md, "|---|---|---|---|---|---|")?;
+    writeln!(
+        md,
+        "| pairs | swapped | scorer | AUROC | P@m | re-pair | flagged prec. | flagged recall |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
     for (&(n, pm), cells) in results {
         for (s, c) in scorers.iter().zip(cells) {
             let (a, sa) = super::mean_std(&c.auroc);
             let (p, sp) = super::mean_std(&c.prec);
-            let rp = if c.repair.is_empty() {
-                "–".to_string()
-            } else {
-                let (r, sr) = super::mean_std(&c.repair);
-                format!("{:.2} ± {:.2}", r, sr)
+            let cell = |v: &[f64]| {
+                if v.is_empty() {
+                    "–".to_string()
+                } else {
+                    let (r, sr) = super::mean_std(v);
+                    format!("{r:.2} ± {sr:.2}")
+                }
             };
+            let (rp, fp, fr) = (cell(&c.repair), cell(&c.flag_prec), cell(&c.flag_recall));
             writeln!(
                 md,
-                "| {n} | {:.0}% | {} | {a:.3} ± {sa:.3} | {p:.2} ± {sp:.2} | {rp} |",
+                "| {n} | {:.0}% | {} | {a:.3} ± {sa:.3} | {p:.2} ± {sp:.2} | {rp} | {fp} | {fr} |",
                 pm as f64 / 10.0,
                 s.label
             )?;

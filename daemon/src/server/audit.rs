@@ -68,8 +68,31 @@ impl Backend {
                 .await
                 .map_err(|e| internal(format!("audit task failed: {e}")))?
                 .map_err(|e| invalid_input(format!("audit failed: {e}"), None))?;
-        let audited = audits.len() as u64;
-        let top: Vec<_> = most_suspicious(audits).into_iter().take(limit).collect();
+        let audited = audits.pairs.len() as u64;
+        let flags = audits.flagged();
+        let flagged = flags.iter().filter(|&&f| f).count() as u64;
+        // The suggested caption (swap-aware) replaces the plain best competitor, with its score.
+        let suggested: Vec<Option<(Partner, f64)>> = (0..flags.len())
+            .map(|i| {
+                let pt = audits.suggested_text(i, &flags)?;
+                let score = match pt {
+                    Partner::Pair(j) => audits.pair_text_score(i, j)?,
+                    Partner::Unpaired(_) => audits.pairs[i]
+                        .alt_text
+                        .filter(|(p, _)| *p == pt)
+                        .map(|(_, s)| s)?,
+                };
+                Some((pt, score))
+            })
+            .collect();
+        let top: Vec<_> = most_suspicious(audits.pairs)
+            .into_iter()
+            .take(limit)
+            .map(|mut a| {
+                a.alt_text = suggested[a.pair];
+                a
+            })
+            .collect();
         let image_of = |pt: Partner| match pt {
             Partner::Pair(j) => pairs.get(j).map(|p| p.0),
             Partner::Unpaired(u) => snap.unpaired_images.get(u).copied(),
@@ -102,6 +125,7 @@ impl Backend {
                     text: by_id.get(&t)?.clone(),
                     suspicion: a.suspicion,
                     score: a.score,
+                    flagged: flags[a.pair],
                     alt_text: a.alt_text.and_then(|(pt, s)| partner(text_of(pt), s)),
                     alt_image: a.alt_image.and_then(|(pt, s)| partner(image_of(pt), s)),
                 })
@@ -110,6 +134,7 @@ impl Backend {
         Ok(AuditResult {
             method: p.method,
             audited,
+            flagged,
             pairs: out,
         })
     }

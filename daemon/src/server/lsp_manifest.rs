@@ -15,7 +15,7 @@
 //! `lsp_handlers.rs` do the IO (reading `.npy` files) and the messaging.
 use std::collections::HashMap;
 
-use sotalign_engine::audit::{AuditConfig, PairAudit, Partner, audit};
+use sotalign_engine::audit::{Audit, AuditConfig, Partner, audit};
 use sotalign_engine::methods::{Method, fit_quiet};
 use sotalign_engine::progress::ignore;
 use sotalign_engine::{AlignConfig, AlignData, Aligned, Matrix};
@@ -63,16 +63,19 @@ pub struct Analysis {
 pub struct Suspect {
     pub suspicion: f64,
     pub score: f64,
+    /// Above the audit's own outlier threshold (`sotalign_engine::audit::flag_threshold`):
+    /// warned about and offered a fix.
+    pub flagged: bool,
+    /// The line (item) whose caption this line should have if the two were swapped, and the
+    /// swap's gain (> 0: better for both lines).
+    pub swap: Option<(usize, f64)>,
+    /// Item whose caption the fix brings (`PairAudit::suggested_text`).
+    pub suggested: Option<usize>,
     /// Item whose caption the model prefers for this line's image, and its score.
     pub alt_text: Option<(usize, f64)>,
     /// Item whose image the model prefers for this line's caption.
     pub alt_image: Option<(usize, f64)>,
 }
-
-/// Suspicion above which a pair gets a diagnostic: an alternative beats the pair's own partner
-/// (hub-corrected, averaged over both directions). See docs/CURATION.md for how this threshold
-/// behaves on Tux Paint.
-pub const THRESHOLD: f64 = 0.0;
 
 /// Analyse a document given its header's embedding matrices.
 pub fn analyse(doc: Doc, emb: &Embeddings) -> Analysis {
@@ -221,7 +224,7 @@ impl Analysis {
             negatives: None,
         };
         let cfg = AlignConfig::default();
-        let audits: Vec<PairAudit> = match audit(
+        let audits: Audit = match audit(
             Method::Cca,
             &data,
             &cfg,
@@ -238,12 +241,18 @@ impl Analysis {
             Partner::Pair(j) => pairs.get(j).copied(),
             Partner::Unpaired(u) => unpaired.get(u).copied(),
         };
-        for a in audits {
+        let flags = audits.flagged();
+        for (a, &flag) in audits.pairs.iter().zip(&flags) {
             self.suspects.insert(
                 pairs[a.pair],
                 Suspect {
                     suspicion: a.suspicion,
                     score: a.score,
+                    flagged: flag,
+                    swap: a.swap.and_then(|(j, g)| Some((*pairs.get(j)?, g))),
+                    suggested: audits
+                        .suggested_text(a.pair, &flags)
+                        .and_then(|p| item_of(p, &ut)),
                     alt_text: a.alt_text.and_then(|(p, s)| Some((item_of(p, &ut)?, s))),
                     alt_image: a.alt_image.and_then(|(p, s)| Some((item_of(p, &ui)?, s))),
                 },
@@ -302,11 +311,8 @@ impl Analysis {
                 ..Default::default()
             })
             .collect();
-        let mut sus: Vec<(&usize, &Suspect)> = self
-            .suspects
-            .iter()
-            .filter(|(_, s)| s.suspicion > THRESHOLD)
-            .collect();
+        let mut sus: Vec<(&usize, &Suspect)> =
+            self.suspects.iter().filter(|(_, s)| s.flagged).collect();
         sus.sort_by_key(|(k, _)| **k);
         for (&k, s) in sus {
             let it = &self.doc.items[k];
@@ -314,11 +320,17 @@ impl Analysis {
                 "this pair looks wrong (suspicion {:.3}, pair score {:.3})",
                 s.suspicion, s.score
             );
-            if let Some((t, sc)) = s.alt_text {
-                msg.push_str(&format!(
+            match (s.swap, s.alt_text) {
+                (Some((j, g)), _) if g > 0.0 => msg.push_str(&format!(
+                    "; swapping captions with line {} fits both lines better (gain {g:.3}): this image would get {}",
+                    self.doc.items[j].line + 1,
+                    self.describe(j)
+                )),
+                (_, Some((t, sc))) => msg.push_str(&format!(
                     "; the image matches {} better ({sc:.3})",
                     self.describe(t)
-                ));
+                )),
+                _ => {}
             }
             if let Some((i, sc)) = s.alt_image {
                 msg.push_str(&format!(
@@ -335,8 +347,8 @@ impl Analysis {
                 source: Some(SOURCE.into()),
                 message: msg,
                 data: s
-                    .alt_text
-                    .map(|(t, _)| serde_json::json!({ "altLine": self.doc.items[t].line })),
+                    .suggested
+                    .map(|t| serde_json::json!({ "altLine": self.doc.items[t].line })),
                 ..Default::default()
             });
         }
@@ -433,10 +445,10 @@ impl Analysis {
             let Some(k) = self.item_at_line(line) else {
                 continue;
             };
-            let Some(s) = self.suspects.get(&k).filter(|s| s.suspicion > THRESHOLD) else {
+            let Some(s) = self.suspects.get(&k).filter(|s| s.flagged) else {
                 continue;
             };
-            let Some((alt, _)) = s.alt_text else { continue };
+            let Some(alt) = s.suggested else { continue };
             if let Some(a) = self.replace_caption(uri, k, alt) {
                 out.push(a);
             }
@@ -520,8 +532,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "issue 17 open: the best alternative caption for the planted line is not its \
-                true one (caption 36, not 5) on this synthetic set; see the issue note"]
     fn the_planted_swap_is_diagnosed_hovered_and_fixed() {
         let (text, emb) = planted();
         let a = analyse(parse(&text), &emb);
@@ -532,6 +542,8 @@ mod tests {
             .map(|d| d.range.start.line)
             .collect();
         assert!(warned.contains(&6) && warned.contains(&18), "{warned:?}");
+        // The threshold is calibrated: the 38 clean lines are not warned about wholesale.
+        assert!(warned.len() <= 4, "{warned:?}");
         // Line 6 (pair 5) carries caption 17; the fix brings caption 5 from line 18.
         let uri: lsp::Uri = "file:///tmp/m.jsonl".parse().unwrap();
         let acts = a.code_actions(
@@ -566,7 +578,8 @@ mod tests {
             "{}",
             m.value
         );
-        let col = a.doc.lines[3].find("caption").unwrap() as u32 + 2;
+        // Inside the caption's value (the first "caption" on the line is the key).
+        let col = a.doc.lines[3].find("\"caption 2\"").unwrap() as u32 + 2;
         let h = a.hover(lsp::Position::new(3, col)).unwrap();
         let lsp::HoverContents::Markup(m) = h.contents else {
             panic!()

@@ -27,7 +27,7 @@ use std::ops::ControlFlow;
 
 use faer::Mat;
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
 use crate::linalg::{self, to_faer};
@@ -101,9 +101,11 @@ pub enum Partner {
 pub struct PairAudit {
     /// Row of the pair in `AlignData::xp` / `yp`.
     pub pair: usize,
-    /// Larger = more suspicious (a hub-corrected score margin; > 0 means some alternative beats
-    /// the pair's own partner on average over both directions).
+    /// Larger = more suspicious: the hub-corrected score margin; > 0 means some alternative
+    /// beats the pair's own partner on average over both directions.
     pub suspicion: f64,
+    /// The pair with the best swap gain ([`Audit::swap_gain`]) and that gain.
+    pub swap: Option<(usize, f64)>,
     /// The pair's own score under the model that did not see it (raw dot product).
     pub score: f64,
     /// The best competing caption for the pair's image, and its raw score.
@@ -112,16 +114,102 @@ pub struct PairAudit {
     pub alt_image: Option<(Partner, f64)>,
 }
 
+/// The result of an audit: one entry per pair, plus what flagging and re-pairing need.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// One entry per pair, in pair order.
+    pub pairs: Vec<PairAudit>,
+    /// Suspicion of one decoy per pair (a pair's image with a random other pair's caption,
+    /// scored like a pair by the same fold model): what a wrong pair's suspicion looks like on
+    /// this data. Sorted ascending.
+    decoys: Vec<f64>,
+    /// `margins[i * n + j]`: hub-corrected score of pair j's caption minus that of pair i's own
+    /// caption, for pair i's image, under the model that did not see pair i.
+    margins: Vec<f32>,
+    /// `scores[i * n + j]`: raw score of pair j's caption for pair i's image, same model.
+    scores: Vec<f32>,
+    /// Caption group of each pair.
+    groups: Vec<u64>,
+}
+
+/// Quantile of the decoys' suspicions at which pairs are flagged ([`Audit::flag_threshold`]).
+pub const FLAG_DECOY_QUANTILE: f64 = 0.1;
+
+impl Audit {
+    /// Gain of swapping the captions of pairs i and j: `m_i(y_j) + m_j(y_i)`, each term under
+    /// the model that did not see the pair whose image it scores. > 0: the swapped pairing
+    /// scores better than the one on record for both images at once. None for i == j, equal
+    /// caption groups or an index out of range.
+    pub fn swap_gain(&self, i: usize, j: usize) -> Option<f64> {
+        let n = self.pairs.len();
+        if i == j || i >= n || j >= n || self.groups[i] == self.groups[j] {
+            return None;
+        }
+        Some(f64::from(self.margins[i * n + j] + self.margins[j * n + i]))
+    }
+
+    /// Raw score of pair j's caption for pair i's image under the model that did not see
+    /// pair i.
+    pub fn pair_text_score(&self, i: usize, j: usize) -> Option<f64> {
+        let n = self.pairs.len();
+        (i < n && j < n).then(|| f64::from(self.scores[i * n + j]))
+    }
+
+    /// The suspicion at and above which a pair is flagged (an editor warning, the head of an
+    /// audit queue): the [`FLAG_DECOY_QUANTILE`] quantile of the decoys, i.e. a pair is flagged
+    /// when it looks at least as wrong as nine in ten random mis-pairings scored the same way
+    /// on the same data (real wrong pairs score a little below random ones: a wrong pair in the
+    /// training folds pulls the model towards itself, so the cut is set low), and never at or below 0 (no alternative beats its own partner).
+    /// Calibrated per audit because the scale of the margins depends on the method, the
+    /// encoders and the number of pairs: a weak model, under which most clean pairs are beaten
+    /// by some competitor, must not flag everything. What it costs in precision and recall is
+    /// measured by `sotalign audit-sim` (docs/CURATION.md). None for an empty audit.
+    pub fn flag_threshold(&self) -> Option<f64> {
+        if self.decoys.is_empty() {
+            return None;
+        }
+        let k = ((self.decoys.len() - 1) as f64 * FLAG_DECOY_QUANTILE).round() as usize;
+        Some(self.decoys[k].max(f64::MIN_POSITIVE))
+    }
+
+    /// Which pairs are flagged ([`Self::flag_threshold`]), in pair order.
+    pub fn flagged(&self) -> Vec<bool> {
+        let t = self.flag_threshold();
+        self.pairs
+            .iter()
+            .map(|p| t.is_some_and(|t| p.suspicion >= t))
+            .collect()
+    }
+
+    /// The caption to suggest for pair i's image. A wrong caption usually belongs to another
+    /// wrong pair, so: the flagged pair whose swap gains most (when the gain is > 0), else the
+    /// best swap with any pair (gain > 0), else the best competing caption. A swap uses two
+    /// images' evidence where the best competitor uses one.
+    pub fn suggested_text(&self, i: usize, flagged: &[bool]) -> Option<Partner> {
+        let best = |among: &dyn Fn(usize) -> bool| {
+            (0..self.pairs.len())
+                .filter(|&j| among(j))
+                .filter_map(|j| Some((j, self.swap_gain(i, j)?)))
+                .filter(|&(_, g)| g > 0.0)
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(j, _)| Partner::Pair(j))
+        };
+        best(&|j| flagged.get(j).copied().unwrap_or(false))
+            .or_else(|| best(&|_| true))
+            .or_else(|| self.pairs.get(i)?.alt_text.map(|t| t.0))
+    }
+}
+
 /// Audit every pair of `data` with `method` as the scorer. Candidates are the pairs' items plus
-/// the unpaired pools. Returns one entry per pair, in pair order. The callback sees one step
-/// per fit and may cancel (`Break` -> [`AlignError::Cancelled`]).
+/// the unpaired pools. The callback sees one step per fit and may cancel (`Break` ->
+/// [`AlignError::Cancelled`]).
 pub fn audit(
     method: Method,
     data: &AlignData,
     cfg: &AlignConfig,
     acfg: &AuditConfig,
     progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
-) -> Result<Vec<PairAudit>, AlignError> {
+) -> Result<Audit, AlignError> {
     acfg.validate()?;
     data.validate()?;
     let n = data.n_pairs();
@@ -144,7 +232,14 @@ pub fn audit(
     let mut step = 0;
     let mut result: Vec<Option<PairAudit>> = vec![None; n];
     let mut trimmed: HashSet<usize> = HashSet::new();
+    // margins[i * n + j]: caption of pair j against pair i's own caption, for pair i's image,
+    // under the model that did not see pair i (f32: n x n values).
+    let mut margins = vec![0f32; n * n];
+    let mut pair_scores = vec![0f32; n * n];
+    let mut decoys = Vec::with_capacity(n);
+    let mut decoy_rng = ChaCha8Rng::seed_from_u64(acfg.seed ^ 0xdec0);
     for round in 0..acfg.rounds {
+        let last = round + 1 == acfg.rounds;
         for f in 0..k {
             let train: Vec<usize> = (0..n)
                 .filter(|&i| fold_of[i] != f && !trimmed.contains(&i))
@@ -170,6 +265,20 @@ pub fn audit(
             let adj = hub_corrected(&s, acfg.hub_k);
             for i in (0..n).filter(|&i| fold_of[i] == f) {
                 result[i] = Some(score_pair(i, n, &s, &adj, &groups));
+                let own = adj[(i, i)];
+                for j in 0..n {
+                    margins[i * n + j] = (adj[(i, j)] - own) as f32;
+                    pair_scores[i * n + j] = s[(i, j)] as f32;
+                }
+                if last {
+                    // A decoy: this image with a random other pair's caption (another group).
+                    let others: Vec<usize> = (0..n)
+                        .filter(|&j| groups.pair[j] != groups.pair[i])
+                        .collect();
+                    if let Some(&j) = others.choose(&mut decoy_rng) {
+                        decoys.push(margins_of(i, j, Some(j), n, &adj, &groups).0);
+                    }
+                }
             }
         }
         if round + 1 < acfg.rounds {
@@ -186,7 +295,23 @@ pub fn audit(
     result
         .into_iter()
         .map(|a| a.ok_or_else(|| AlignError::Numerical("a pair was not scored".into())))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .map(|pairs| {
+            let mut a = Audit {
+                pairs,
+                decoys,
+                margins,
+                scores: pair_scores,
+                groups: groups.pair.clone(),
+            };
+            a.decoys.sort_by(f64::total_cmp);
+            for i in 0..n {
+                a.pairs[i].swap = (0..n)
+                    .filter_map(|j| Some((j, a.swap_gain(i, j)?)))
+                    .max_by(|x, y| x.1.total_cmp(&y.1));
+            }
+            a
+        })
 }
 
 /// Pairs sorted most suspicious first (ties by pair index, so the order is deterministic).
@@ -296,37 +421,54 @@ impl Groups {
     }
 }
 
-fn score_pair(i: usize, n: usize, s: &Mat<f64>, adj: &Mat<f64>, g: &Groups) -> PairAudit {
-    let gi = g.pair[i];
-    let own = adj[(i, i)];
-    let mut best_t: Option<(usize, f64)> = None;
-    for t in 0..s.ncols() {
-        if g.text[t] == gi {
-            continue;
-        }
-        if best_t.is_none_or(|(_, v)| adj[(i, t)] > v) {
-            best_t = Some((t, adj[(i, t)]));
-        }
-    }
-    let mut best_x: Option<(usize, f64)> = None;
-    for x in 0..s.nrows() {
-        if x == i || (x < n && g.pair[x] == gi) {
-            continue;
-        }
-        if best_x.is_none_or(|(_, v)| adj[(x, i)] > v) {
-            best_x = Some((x, adj[(x, i)]));
-        }
-    }
-    let margin = |b: Option<(usize, f64)>| b.map(|(_, v)| v - own);
-    let margins: Vec<f64> = [margin(best_t), margin(best_x)]
+/// The two-way margin of image `img` with caption `text` (caption group `group`): competitors
+/// are the texts of other groups and the images not paired with that group (but `keep`, an
+/// image that must compete although its pair has that group: a decoy's caption's true image,
+/// which a real wrong pair would face as a competitor). Returns (margin, best text, best image).
+fn margins_of(
+    img: usize,
+    text: usize,
+    keep: Option<usize>,
+    n: usize,
+    adj: &Mat<f64>,
+    g: &Groups,
+) -> (f64, Option<(usize, f64)>, Option<(usize, f64)>) {
+    let group = g.text[text];
+    let own = adj[(img, text)];
+    let best = |it: &mut dyn Iterator<Item = (usize, f64)>| {
+        it.fold(None, |b: Option<(usize, f64)>, (k, v)| {
+            if b.is_none_or(|(_, bv)| v > bv) {
+                Some((k, v))
+            } else {
+                b
+            }
+        })
+    };
+    let best_t = best(
+        &mut (0..adj.ncols())
+            .filter(|&t| g.text[t] != group)
+            .map(|t| (t, adj[(img, t)])),
+    );
+    let best_x = best(
+        &mut (0..adj.nrows())
+            .filter(|&x| x != img && (x >= n || g.pair[x] != group || Some(x) == keep))
+            .map(|x| (x, adj[(x, text)])),
+    );
+    let margins: Vec<f64> = [best_t, best_x]
         .into_iter()
         .flatten()
+        .map(|(_, v)| v - own)
         .collect();
-    let suspicion = if margins.is_empty() {
+    let margin = if margins.is_empty() {
         0.0
     } else {
         margins.iter().sum::<f64>() / margins.len() as f64
     };
+    (margin, best_t, best_x)
+}
+
+fn score_pair(i: usize, n: usize, s: &Mat<f64>, adj: &Mat<f64>, g: &Groups) -> PairAudit {
+    let (suspicion, best_t, best_x) = margins_of(i, i, None, n, adj, g);
     let partner = |j: usize| {
         if j < n {
             Partner::Pair(j)
@@ -337,6 +479,7 @@ fn score_pair(i: usize, n: usize, s: &Mat<f64>, adj: &Mat<f64>, g: &Groups) -> P
     PairAudit {
         pair: i,
         suspicion,
+        swap: None,
         score: s[(i, i)],
         alt_text: best_t.map(|(t, _)| (partner(t), s[(i, t)])),
         alt_image: best_x.map(|(x, _)| (partner(x), s[(x, i)])),
@@ -426,12 +569,23 @@ mod tests {
         let (data, wrong) = planted();
         let cfg = AlignConfig::default();
         for m in [Method::Cca, Method::Procrustes] {
-            let a = audit(m, &data, &cfg, &AuditConfig::default(), &mut ignore).unwrap();
+            let full = audit(m, &data, &cfg, &AuditConfig::default(), &mut ignore).unwrap();
+            let a = &full.pairs;
             let s: Vec<f64> = a.iter().map(|p| p.suspicion).collect();
             assert_eq!(precision_at(&s, &wrong, 6), Some(1.0), "{m}: {s:?}");
             // Image 0 carries caption 1: its best alternative is pair 1's caption (its own).
             assert_eq!(a[0].alt_text.map(|t| t.0), Some(Partner::Pair(1)), "{m}");
             assert_eq!(a[1].alt_image.map(|t| t.0), Some(Partner::Pair(0)), "{m}");
+            // The swap that undoes a planted one gains; the flags are the six planted pairs
+            // (the decoys calibrate the cut), and the fix of each is its swap partner.
+            assert!(full.swap_gain(0, 1).unwrap() > 0.0, "{m}");
+            assert_eq!(full.swap_gain(0, 0), None);
+            let flags = full.flagged();
+            assert_eq!(flags, wrong, "{m}: {s:?} cut {:?}", full.flag_threshold());
+            for k in [0usize, 10, 20] {
+                assert_eq!(full.suggested_text(k, &flags), Some(Partner::Pair(k + 1)));
+                assert_eq!(full.suggested_text(k + 1, &flags), Some(Partner::Pair(k)));
+            }
             assert_eq!(
                 most_suspicious(a.clone())[0].suspicion,
                 s.iter().cloned().fold(f64::MIN, f64::max)
@@ -455,7 +609,8 @@ mod tests {
             &one,
             &mut ignore,
         )
-        .unwrap();
+        .unwrap()
+        .pairs;
         let s: Vec<f64> = a.iter().map(|p| p.suspicion).collect();
         assert!(auroc(&s, &wrong).unwrap() > 0.95);
         // The in-sample score of the same pair is what the cross-fitting avoids: a model fitted
@@ -483,7 +638,8 @@ mod tests {
             &AuditConfig::default(),
             &mut ignore,
         )
-        .unwrap();
+        .unwrap()
+        .pairs;
         assert_ne!(a[30].alt_text.map(|t| t.0), Some(Partner::Pair(31)));
         assert_ne!(a[30].alt_image.map(|t| t.0), Some(Partner::Pair(31)));
     }
