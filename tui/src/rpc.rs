@@ -14,6 +14,12 @@ use sotalign_protocol::types::*;
 pub const SUGGESTIONS_K: u32 = 8;
 /// Unpaired samples fetched per page of the review queue.
 pub const QUEUE_PAGE: u32 = 100;
+/// Images asked of `sotalign/nextToLabel` per fetch of the image queue.
+pub const NEXT_PAGE: u32 = 50;
+/// Effort figure: a confirmation found with `f` counts the candidates shown before the search
+/// (`SUGGESTIONS_K`), this much for typing the search (the simulator's declared search cost,
+/// docs/CURATION.md), and the hit's rank.
+pub const SEARCH_COST: u32 = 10;
 /// Hits fetched per free-text search.
 pub const SEARCH_K: u32 = 30;
 /// Hits of the review screen's in-place search ("find its caption").
@@ -33,6 +39,9 @@ pub enum Call {
         modality: Modality,
         offset: u64,
     },
+    /// The images to label next, each with why (`sotalign/nextToLabel`): the image queue's
+    /// order while the daemon has new ones to offer.
+    NextToLabel,
     /// Candidates for the sample under review.
     Suggest {
         sample: SampleId,
@@ -97,6 +106,7 @@ pub enum Reply {
     Status(StatusResult),
     Runs(RunsResult),
     Queue(ListSamplesResult),
+    NextToLabel(NextToLabelResult),
     Suggest(SuggestForSampleResult),
     Confirm(DecisionResult),
     Reject(DecisionResult),
@@ -162,6 +172,9 @@ impl Call {
                 offset: *offset,
                 limit: QUEUE_PAGE,
             }),
+            Call::NextToLabel => {
+                params::<methods::NextToLabel>(NextToLabelParams { limit: NEXT_PAGE })
+            }
             Call::Suggest { sample } => {
                 params::<methods::SuggestForSample>(SuggestForSampleParams {
                     sample: *sample,
@@ -236,6 +249,7 @@ impl Call {
             Call::Status => Reply::Status(parse::<methods::Status>(result)?),
             Call::Runs => Reply::Runs(parse::<methods::Runs>(result)?),
             Call::Queue { .. } => Reply::Queue(parse::<methods::ListSamples>(result)?),
+            Call::NextToLabel => Reply::NextToLabel(parse::<methods::NextToLabel>(result)?),
             Call::Suggest { .. } => Reply::Suggest(parse::<methods::SuggestForSample>(result)?),
             Call::Captions { .. } => Reply::Captions(parse::<methods::SuggestForSample>(result)?),
             Call::Confirm { .. } => Reply::Confirm(parse::<methods::Confirm>(result)?),

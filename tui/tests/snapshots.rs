@@ -126,6 +126,42 @@ fn review_suggestions_shown() {
     insta::assert_snapshot!(render(&app, 80, 24));
 }
 
+/// The image queue in the daemon's labelling order (`sotalign/nextToLabel`): the reason the
+/// image is queued above it, the queue's mode and precision estimate below.
+#[test]
+fn review_ranked_queue_says_why() {
+    let mut app = connected(true);
+    ok(
+        &mut app,
+        Call::NextToLabel,
+        Reply::NextToLabel(NextToLabelResult {
+            mode: QueueMode::Caption,
+            precision: 0.12,
+            observations: 9,
+            threshold: 0.3,
+            run: Some(RunId(3)),
+            items: vec![QueueItem {
+                image: image_at(17, "chelsea", &fixture("chelsea.png")),
+                reason: QueueReason::FindCaption,
+                why: "typical of cluster 4 of 40, which no pair covers".into(),
+                proposal: None,
+            }],
+        }),
+    );
+    ok(
+        &mut app,
+        Call::Suggest {
+            sample: SampleId(17),
+        },
+        Reply::Suggest(SuggestForSampleResult {
+            sample: image_at(17, "chelsea", &fixture("chelsea.png")),
+            candidates: vec![cand(text(802, "A tabby cat."), 0.625, 1)],
+            run: RunId(3),
+        }),
+    );
+    insta::assert_snapshot!(render(&app, 80, 24));
+}
+
 /// Identical captions once, with their count: "A pineapple." from a daemon that groups
 /// (`duplicates: 2`) and "A small dog." twice from one that does not.
 #[test]

@@ -17,7 +17,7 @@ mod browse;
 mod dashboard;
 mod review;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind};
 use sotalign_protocol::ServerNotification;
@@ -115,6 +115,9 @@ pub struct App {
     pub pending_undo: Option<UndoEntry>,
     pub undo: Vec<UndoEntry>,
     pub session: SessionStats,
+    /// Effort of this session's confirmations (decision, candidates read), last
+    /// `review::EFFORT_WINDOW`; undone ones are taken out.
+    pub effort: VecDeque<(DecisionId, u32)>,
     pub counts: Option<Counts>,
     pub status: Option<StatusResult>,
     /// The model run the daemon serves, as far as we know: from its latest `status` (reset on
@@ -174,6 +177,7 @@ impl App {
             pending_undo: None,
             undo: Vec::new(),
             session: SessionStats::default(),
+            effort: VecDeque::new(),
             counts: None,
             status: None,
             served_run: None,
@@ -452,6 +456,7 @@ impl App {
                     self.on_queue_page(modality, offset, page, calls);
                 }
             }
+            Reply::NextToLabel(r) => self.on_next_to_label(r, calls),
             Reply::Suggest(r) => self.on_suggestions(r, calls),
             Reply::Captions(r) => self.on_captions(r),
             Reply::Search(r) => {
@@ -517,6 +522,18 @@ impl App {
                 self.queue_mut(*modality).loading = false;
                 false
             }
+            Call::NextToLabel => {
+                let q = self.queue_mut(Modality::Image);
+                q.loading = false;
+                if lost {
+                    return; // asked again after the reconnect
+                }
+                // A daemon that cannot rank (an older one, no image vectors): the queue goes
+                // on in store order, which always works.
+                calls.extend(q.fall_back_to_store_order());
+                self.info(format!("labelling queue in store order ({e})"));
+                return;
+            }
             // No model yet is shown in the candidates pane with what to do; not an alarm.
             Call::Find {
                 for_sample,
@@ -557,7 +574,7 @@ impl App {
         let what = match call {
             Call::Status => "status",
             Call::Runs => "runs",
-            Call::Queue { .. } => "queue",
+            Call::Queue { .. } | Call::NextToLabel => "queue",
             Call::Suggest { .. } | Call::Captions { .. } => "suggestions",
             Call::Confirm { .. } => "confirm (not saved)",
             Call::Reject { .. } => "reject (not saved)",

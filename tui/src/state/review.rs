@@ -1,6 +1,11 @@
 //! The review screen's state: one queue per direction (images -> captions, captions -> images),
 //! the candidates for the sample under review, decisions (confirm / reject / skip) and undo.
 //!
+//! The image queue's order is the daemon's (`sotalign/nextToLabel`: typical images of uncovered
+//! clusters at cold start, then the model's proposals or "find this image's caption"), each
+//! item with the reason it is queued; once the daemon has no new image to offer, the queue goes
+//! on in store order (`sotalign/listSamples`), as the caption queue always does.
+//!
 //! The daemon is the authority: a decision changes the queue only when its acknowledgement
 //! arrives (it is durable by then), and at most one decision is in flight at a time, so a
 //! double key press can never confirm the wrong pair.
@@ -14,7 +19,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use sotalign_protocol::types::*;
 
 use super::{App, Loadable, truncate};
-use crate::rpc::{Call, CallError};
+use crate::rpc::{Call, CallError, SEARCH_COST, SUGGESTIONS_K};
+
+/// Confirmations the effort figure is the median of.
+pub const EFFORT_WINDOW: usize = 50;
 
 /// Fewer items than this left in a review queue triggers fetching the next page.
 const QUEUE_LOW_WATER: usize = 5;
@@ -24,6 +32,13 @@ const QUEUE_LOW_WATER: usize = 5;
 pub struct Queue {
     pub modality: Modality,
     pub items: VecDeque<Sample>,
+    /// Pages come from `sotalign/nextToLabel` (the image queue until it offers nothing new),
+    /// else from the store's order.
+    pub ranked: bool,
+    /// Why each item from `nextToLabel` is queued (shown with the item).
+    pub why: HashMap<SampleId, String>,
+    /// How the daemon built the last ranked page: mode, precision estimate, decisions behind it.
+    pub plan: Option<(QueueMode, f64, u32)>,
     /// Decided or skipped this session: never re-queued by a page fetch (undo takes it out).
     pub done: HashSet<SampleId>,
     /// Unpaired samples of this modality according to the daemon's last page.
@@ -54,6 +69,9 @@ impl Queue {
         Self {
             modality,
             items: VecDeque::new(),
+            ranked: modality == Modality::Image,
+            why: HashMap::new(),
+            plan: None,
             done: HashSet::new(),
             total: None,
             loading: false,
@@ -84,15 +102,29 @@ impl Queue {
             return None;
         }
         self.loading = true;
-        Some(Call::Queue {
-            modality: self.modality,
-            offset: self.next_offset,
+        Some(if self.ranked {
+            Call::NextToLabel
+        } else {
+            Call::Queue {
+                modality: self.modality,
+                offset: self.next_offset,
+            }
         })
+    }
+
+    /// Leave the daemon's ranked order for the store's (it has nothing new, or cannot rank).
+    pub(super) fn fall_back_to_store_order(&mut self) -> Option<Call> {
+        self.next_offset = 0;
+        self.exhausted = false;
+        self.loading = false;
+        self.ranked = false;
+        self.fetch_more()
     }
 
     /// Start paging from the beginning again (after a reconnect or a new model): samples
     /// paired meanwhile drop out, ones the session already handled stay filtered by `done`.
     pub(super) fn restart(&mut self) -> Option<Call> {
+        self.ranked = self.modality == Modality::Image;
         self.next_offset = 0;
         self.exhausted = false;
         self.loading = false;
@@ -200,6 +232,10 @@ pub fn group_captions(cands: Vec<Candidate>) -> Vec<Candidate> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingDecision {
     pub kind: DecisionKind,
+    /// A confirm's effort: the candidates the annotator read before this one (its rank among
+    /// the distinct captions shown; after an in-place search, the suggestions shown, the
+    /// search's cost and the hit's rank).
+    pub effort: Option<u32>,
     pub direction: Modality,
     pub sample: Sample,
     pub candidate: Sample,
@@ -222,6 +258,23 @@ pub struct SessionStats {
 }
 
 impl App {
+    /// Median effort (candidates read per pair confirmed) over this session's last
+    /// [`EFFORT_WINDOW`] confirmations, and how many that is.
+    pub fn effort_median(&self) -> Option<(f64, usize)> {
+        let mut v: Vec<u32> = self.effort.iter().map(|(_, e)| *e).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let m = v.len() / 2;
+        let med = if v.len() % 2 == 1 {
+            f64::from(v[m])
+        } else {
+            (f64::from(v[m - 1]) + f64::from(v[m])) / 2.0
+        };
+        Some((med, v.len()))
+    }
+
     pub fn queue(&self, m: Modality) -> &Queue {
         match m {
             Modality::Image => &self.image_queue,
@@ -302,8 +355,13 @@ impl App {
             Modality::Text => (candidate.sample.id, sample.id),
         };
         let shown = q.candidates_revision;
+        let effort = (kind == DecisionKind::Confirm).then(|| match q.found {
+            Some(_) => SUGGESTIONS_K + SEARCH_COST + candidate.rank,
+            None => candidate.rank,
+        });
         self.pending = Some(PendingDecision {
             kind,
+            effort,
             direction,
             sample: sample.clone(),
             candidate: candidate.sample.clone(),
@@ -372,6 +430,38 @@ impl App {
         }
     }
 
+    /// A page of `sotalign/nextToLabel`: new images join the image queue with their reason.
+    /// A page with nothing new (all decided, skipped or queued already) ends the ranked order:
+    /// the queue goes on in store order.
+    pub(super) fn on_next_to_label(&mut self, r: NextToLabelResult, calls: &mut Vec<Call>) {
+        let q = self.queue_mut(Modality::Image);
+        q.loading = false;
+        if !q.ranked {
+            return; // answered after a fall-back
+        }
+        q.plan = Some((r.mode, r.precision, r.observations));
+        let was_empty = q.items.is_empty();
+        let mut added = 0;
+        for it in r.items {
+            let id = it.image.id;
+            if it.image.modality != Modality::Image
+                || q.done.contains(&id)
+                || q.items.iter().any(|x| x.id == id)
+            {
+                continue;
+            }
+            q.why.insert(id, it.why);
+            q.items.push_back(it.image);
+            added += 1;
+        }
+        if was_empty && !q.items.is_empty() {
+            calls.extend(q.load_candidates());
+        }
+        if added == 0 {
+            calls.extend(q.fall_back_to_store_order());
+        }
+    }
+
     pub(super) fn on_suggestions(&mut self, r: SuggestForSampleResult, calls: &mut Vec<Call>) {
         if let Some(served) = self.served_run.filter(|&served| r.run < served) {
             // Scored by a model older than the one the daemon said it serves (an answer
@@ -434,6 +524,12 @@ impl App {
             DecisionKind::Confirm => {
                 if r.changed {
                     self.session.confirmed += 1;
+                    if let Some(e) = p.effort {
+                        self.effort.push_back((r.decision.id, e));
+                        while self.effort.len() > EFFORT_WINDOW {
+                            self.effort.pop_front();
+                        }
+                    }
                 }
                 self.info(format!("confirmed {pair}{changed}"));
                 let q = self.queue_mut(p.direction);
@@ -655,6 +751,7 @@ impl App {
         match entry.decision.kind {
             DecisionKind::Confirm => {
                 self.session.confirmed = self.session.confirmed.saturating_sub(1);
+                self.effort.retain(|(id, _)| *id != entry.decision.id);
                 let q = self.queue_mut(entry.direction);
                 q.done.remove(&entry.sample.id);
                 q.items.retain(|s| s.id != entry.sample.id);

@@ -21,7 +21,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         n => 1 + n.min(ANNOTATORS_SHOWN + 1) as u16,
     };
     let [top, chart] =
-        Layout::vertical([Constraint::Length(10 + extra), Constraint::Min(6)]).areas(area);
+        Layout::vertical([Constraint::Length(11 + extra), Constraint::Min(6)]).areas(area);
     let [counts, job] = Layout::horizontal([Constraint::Length(32), Constraint::Min(0)]).areas(top);
     draw_counts(f, counts, app);
     draw_job(f, job, app);
@@ -51,6 +51,14 @@ fn draw_counts(f: &mut Frame, area: Rect, app: &App) {
     lines.push(Line::styled("this session:", DIM));
     lines.push(row("  confirmed", s.confirmed.to_string()));
     lines.push(row("  rejected", s.rejected.to_string()));
+    // Effort: candidates read before the right one, per pair confirmed (docs/CURATION.md).
+    lines.push(row(
+        "  read per pair",
+        match app.effort_median() {
+            Some((m, n)) => format!("{m:.0} (last {n})"),
+            None => "–".to_owned(),
+        },
+    ));
     if let Some(st) = app.status.as_ref().filter(|s| !s.annotators.is_empty()) {
         lines.push(Line::styled("by annotator (confirmed / rejected):", DIM));
         for a in st.annotators.iter().take(ANNOTATORS_SHOWN) {

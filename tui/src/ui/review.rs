@@ -5,7 +5,7 @@ use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
 use sotalign_protocol::codes;
-use sotalign_protocol::types::{Candidate, Modality, Sample};
+use sotalign_protocol::types::{Candidate, Modality, QueueMode, Sample};
 
 use super::{DIM, ERROR, picture};
 use crate::images::Images;
@@ -32,6 +32,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
             )
         }
         Some(total) => format!(" {} queued · {total} unpaired ", q.items.len()),
+        None if q.ranked => match q.plan {
+            Some((mode, precision, n)) => format!(
+                " {} queued · {} · ~{:.0}% right ({n}) ",
+                q.items.len(),
+                mode_name(mode),
+                100.0 * precision
+            ),
+            None => format!(" {} queued ", q.items.len()),
+        },
         None => String::new(),
     };
     let Some(sample) = q.current() else {
@@ -49,8 +58,29 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
     let block = Block::bordered()
         .title(truncate(&title, left.width.saturating_sub(2) as usize))
         .title_bottom(Line::styled(position, DIM));
-    let inner = block.inner(left);
+    let mut inner = block.inner(left);
     f.render_widget(block, left);
+    if let Some(why) = q.why.get(&sample.id) {
+        // Why the daemon queued this image (nextToLabel), above it.
+        // Two lines at most (wrapped), so the picture keeps its room.
+        let text = format!("queued: {why}");
+        let rows = if text.chars().count() > inner.width as usize {
+            2
+        } else {
+            1
+        };
+        let [line, rest] =
+            Layout::vertical([Constraint::Length(rows), Constraint::Min(0)]).areas(inner);
+        f.render_widget(
+            Paragraph::new(Line::from(vec![
+                Span::styled("queued: ", DIM),
+                Span::raw(why.clone()),
+            ]))
+            .wrap(Wrap { trim: true }),
+            line,
+        );
+        inner = rest;
+    }
     draw_sample(f, inner, sample, images);
 
     // The run that scored the list on screen, and the one replacing it while that loads.
@@ -108,6 +138,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
         inner = rest;
     }
     draw_candidates(f, inner, q, images);
+}
+
+/// The queue's mode in words (the bottom line of the sample pane).
+fn mode_name(m: QueueMode) -> &'static str {
+    match m {
+        QueueMode::ColdStart => "cold start: typical uncovered images",
+        QueueMode::Caption => "find captions",
+        QueueMode::Judge => "judge proposals",
+    }
 }
 
 fn empty_queue_text(app: &App, q: &Queue) -> Text<'static> {

@@ -20,32 +20,37 @@ pub(super) fn counts(confirmed: u64, rejected: u64) -> Counts {
     counts_of(10, 0, 0, confirmed, rejected)
 }
 
-/// Connected, with three unpaired images queued and candidates for the first.
+/// Three unpaired images as `sotalign/nextToLabel` ranks them at cold start.
+pub(super) fn ranked_page(ids: &[(u64, &str)]) -> NextToLabelResult {
+    NextToLabelResult {
+        mode: QueueMode::ColdStart,
+        precision: 0.5,
+        observations: 0,
+        threshold: 0.3,
+        run: None,
+        items: ids
+            .iter()
+            .map(|&(id, key)| QueueItem {
+                image: image(id, key),
+                reason: QueueReason::UncoveredCluster,
+                why: format!("typical of cluster {id} of 3, which no pair covers"),
+                proposal: None,
+            })
+            .collect(),
+    }
+}
+
+/// Connected, with three unpaired images queued (in the daemon's labelling order) and
+/// candidates for the first.
 pub(super) fn ready_app() -> App {
     let mut app = App::new();
     let calls = app.handle(Event::Net(NetEvent::Connected {
         server: "sotalign 0.1.0".into(),
     }));
-    assert_eq!(
-        calls,
-        vec![
-            Call::Status,
-            Call::Runs,
-            Call::Queue {
-                modality: Modality::Image,
-                offset: 0
-            }
-        ]
-    );
+    assert_eq!(calls, vec![Call::Status, Call::Runs, Call::NextToLabel]);
     let calls = app.handle(reply(
-        Call::Queue {
-            modality: Modality::Image,
-            offset: 0,
-        },
-        Reply::Queue(ListSamplesResult {
-            items: vec![image(1, "penguin"), image(2, "seal"), image(3, "apple")],
-            total: 3,
-        }),
+        Call::NextToLabel,
+        Reply::NextToLabel(ranked_page(&[(1, "penguin"), (2, "seal"), (3, "apple")])),
     ));
     assert_eq!(
         calls,

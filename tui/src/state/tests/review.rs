@@ -259,10 +259,90 @@ fn tab_switches_to_the_caption_queue_and_confirms_the_other_way_round() {
     );
 }
 
+/// Issue 12: the image queue is the daemon's labelling order (`sotalign/nextToLabel`), each
+/// image with why it is queued; when the daemon has nothing new to offer the queue goes on in
+/// store order, and a daemon that cannot rank is not an alarm.
+#[test]
+fn the_image_queue_is_the_daemons_labelling_order_then_store_order() {
+    let mut app = ready_app();
+    assert_eq!(
+        app.image_queue.why.get(&SampleId(1)).map(String::as_str),
+        Some("typical of cluster 1 of 3, which no pair covers")
+    );
+    assert_eq!(app.image_queue.plan, Some((QueueMode::ColdStart, 0.5, 0)));
+    // Skipping leaves two queued: more are asked of the daemon, not of the store.
+    let calls = app.handle(key('s'));
+    assert!(calls.contains(&Call::NextToLabel), "{calls:?}");
+    // The next page repeats what is queued or done, plus one new image: only that one joins.
+    let calls = app.handle(reply(
+        Call::NextToLabel,
+        Reply::NextToLabel(ranked_page(&[(1, "penguin"), (3, "apple"), (7, "kite")])),
+    ));
+    let ids: Vec<u64> = app.image_queue.items.iter().map(|s| s.id.0).collect();
+    assert_eq!(ids, vec![2, 3, 7]);
+    assert!(!calls.contains(&Call::NextToLabel));
+    // A page with nothing new: store order from the start (handled ones stay filtered).
+    let calls = app.handle(reply(
+        Call::NextToLabel,
+        Reply::NextToLabel(ranked_page(&[(2, "seal"), (3, "apple")])),
+    ));
+    assert_eq!(
+        calls,
+        vec![Call::Queue {
+            modality: Modality::Image,
+            offset: 0
+        }]
+    );
+    assert!(!app.image_queue.ranked);
+    app.handle(reply(
+        Call::Queue {
+            modality: Modality::Image,
+            offset: 0,
+        },
+        Reply::Queue(ListSamplesResult {
+            items: vec![image(1, "penguin"), image(2, "seal"), image(9, "drum")],
+            total: 3,
+        }),
+    ));
+    let ids: Vec<u64> = app.image_queue.items.iter().map(|s| s.id.0).collect();
+    assert_eq!(
+        ids,
+        vec![2, 3, 7, 9],
+        "the skipped penguin is not re-queued"
+    );
+
+    // A daemon that cannot rank: store order, an info line, no error.
+    let mut app = App::new();
+    let calls = app.handle(Event::Net(NetEvent::Connected { server: "s".into() }));
+    assert!(calls.contains(&Call::NextToLabel));
+    let calls = app.handle(fail(Call::NextToLabel, Some(-32601), "method not found"));
+    assert_eq!(
+        calls,
+        vec![Call::Queue {
+            modality: Modality::Image,
+            offset: 0
+        }]
+    );
+    assert_eq!(app.error_count, 0);
+    assert!(app.message.unwrap().text.contains("store order"));
+}
+
 #[test]
 fn paging_skips_samples_already_handled_and_fetches_more_when_low() {
     let mut app = App::new();
     app.handle(Event::Net(NetEvent::Connected { server: "s".into() }));
+    // Store order (the daemon had nothing to rank).
+    let calls = app.handle(reply(
+        Call::NextToLabel,
+        Reply::NextToLabel(ranked_page(&[])),
+    ));
+    assert_eq!(
+        calls,
+        vec![Call::Queue {
+            modality: Modality::Image,
+            offset: 0
+        }]
+    );
     let page: Vec<Sample> = (1..=3).map(|i| image(i, &format!("i{i}"))).collect();
     let calls = app.handle(reply(
         Call::Queue {
@@ -721,11 +801,15 @@ fn a_stale_decision_is_not_saved_and_the_queue_moves_on() {
     assert!(app.pending.is_none());
     assert_eq!(app.session.confirmed, 0);
     assert_eq!(app.review().current().map(|s| s.id), Some(SampleId(2)));
+    // Two left: the daemon is asked for more images to label.
     assert_eq!(
         calls,
-        vec![Call::Suggest {
-            sample: SampleId(2)
-        }]
+        vec![
+            Call::Suggest {
+                sample: SampleId(2)
+            },
+            Call::NextToLabel
+        ]
     );
     let m = app.message.as_ref().unwrap();
     assert!(m.text.contains("changed since it was shown"), "{m:?}");
@@ -799,6 +883,67 @@ fn find_searches_the_other_side_in_place_and_y_confirms_a_hit() {
             shown: None,
         }]
     );
+}
+
+/// Issue 12, effort: each confirmation records how many candidates the annotator read before
+/// the right one (its rank among the distinct captions shown; after a search, the suggestions
+/// shown + the search's cost + the hit's rank); the dashboard shows the median of the last 50,
+/// and an undone confirmation leaves the figure.
+#[test]
+fn effort_is_the_rank_read_at_confirmation_and_undo_takes_it_back() {
+    let mut app = ready_app();
+    assert_eq!(app.effort_median(), None);
+    // The second suggestion is the right one: 2 read.
+    app.handle(key('j'));
+    let c = app.handle(key('y')).remove(0);
+    app.handle(reply(
+        c,
+        Reply::Confirm(DecisionResult {
+            decision: decision(7, DecisionKind::Confirm, 1, 102),
+            changed: true,
+            counts: counts(1, 0),
+        }),
+    ));
+    assert_eq!(app.effort_median(), Some((2.0, 1)));
+    // Image 2: not among the suggestions; found by a search, first hit.
+    app.handle(suggest_reply(
+        image(2, "seal"),
+        vec![cand(text(101, "A penguin swims."), 0.5, 1)],
+    ));
+    app.handle(key('f'));
+    app.handle(key('s'));
+    let calls = app.handle(code(KeyCode::Enter));
+    app.handle(reply(
+        calls[0].clone(),
+        Reply::Find(SearchResult {
+            hits: vec![cand(text(105, "A seal on ice."), 0.7, 1)],
+            run: RunId(1),
+            index: IndexKind::Exact,
+        }),
+    ));
+    let c = app.handle(key('y')).remove(0);
+    app.handle(reply(
+        c,
+        Reply::Confirm(DecisionResult {
+            decision: decision(8, DecisionKind::Confirm, 2, 105),
+            changed: true,
+            counts: counts(2, 0),
+        }),
+    ));
+    let searched = f64::from(crate::rpc::SUGGESTIONS_K + crate::rpc::SEARCH_COST + 1);
+    assert_eq!(app.effort_median(), Some(((2.0 + searched) / 2.0, 2)));
+    // Undo the search-found pair: the figure is the first confirmation's again.
+    let u = app.handle(key('u')).remove(0);
+    app.handle(reply(
+        u,
+        Reply::Undo(UndoResult {
+            undone: decision(8, DecisionKind::Confirm, 2, 105),
+            counts: counts(1, 0),
+        }),
+    ));
+    assert_eq!(app.effort_median(), Some((2.0, 1)));
+    // One confirmation left in the window.
+    assert_eq!(app.effort.len(), 1);
 }
 
 /// Cold start: with no model the daemon cannot rank by meaning (`NOT_READY`), so the find
