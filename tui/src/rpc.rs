@@ -16,8 +16,8 @@ pub const SUGGESTIONS_K: u32 = 8;
 pub const QUEUE_PAGE: u32 = 100;
 /// Images asked of `sotalign/nextToLabel` per fetch of the image queue.
 pub const NEXT_PAGE: u32 = 50;
-/// Effort figure: a confirmation found with `f` counts the candidates shown before the search
-/// (`SUGGESTIONS_K`), this much for typing the search (the simulator's declared search cost,
+/// Effort figure: a confirmation found with `f` counts the suggestions that were shown before
+/// the search, this much for typing the search (the simulator's declared search cost,
 /// docs/CURATION.md), and the hit's rank.
 pub const SEARCH_COST: u32 = 10;
 /// Hits fetched per free-text search.

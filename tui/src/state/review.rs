@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use sotalign_protocol::types::*;
 
 use super::{App, Loadable, truncate};
-use crate::rpc::{Call, CallError, SEARCH_COST, SUGGESTIONS_K};
+use crate::rpc::{Call, CallError, SEARCH_COST};
 
 /// Confirmations the effort figure is the median of.
 pub const EFFORT_WINDOW: usize = 50;
@@ -54,6 +54,8 @@ pub struct Queue {
     pub candidates_revision: Option<u64>,
     /// `candidates` are the hits of this in-place search (`f`), not the model's suggestions.
     pub found: Option<String>,
+    /// Suggestions that were on screen when the search started (read before searching).
+    pub read_before_find: u32,
     pub selected: usize,
     pub skipped: u64,
     /// Captions rejected this session, per sample under review: a rejected caption is never
@@ -81,6 +83,7 @@ impl Queue {
             candidates_run: None,
             candidates_revision: None,
             found: None,
+            read_before_find: 0,
             selected: 0,
             skipped: 0,
             rejected_captions: HashMap::new(),
@@ -233,8 +236,8 @@ pub fn group_captions(cands: Vec<Candidate>) -> Vec<Candidate> {
 pub struct PendingDecision {
     pub kind: DecisionKind,
     /// A confirm's effort: the candidates the annotator read before this one (its rank among
-    /// the distinct captions shown; after an in-place search, the suggestions shown, the
-    /// search's cost and the hit's rank).
+    /// the distinct captions shown; after an in-place search, the suggestions that were shown,
+    /// the search's cost and the hit's rank).
     pub effort: Option<u32>,
     pub direction: Modality,
     pub sample: Sample,
@@ -356,7 +359,7 @@ impl App {
         };
         let shown = q.candidates_revision;
         let effort = (kind == DecisionKind::Confirm).then(|| match q.found {
-            Some(_) => SUGGESTIONS_K + SEARCH_COST + candidate.rank,
+            Some(_) => q.read_before_find + SEARCH_COST + candidate.rank,
             None => candidate.rank,
         });
         self.pending = Some(PendingDecision {
@@ -605,6 +608,9 @@ impl App {
             // An empty search goes back to the model's suggestions.
             calls.extend(q.load_candidates());
             return;
+        }
+        if q.found.is_none() {
+            q.read_before_find = q.candidates.ready().map_or(0, |c| c.len() as u32);
         }
         q.candidates = Loadable::Loading;
         q.selected = 0;

@@ -62,13 +62,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, images: &Images) {
     f.render_widget(block, left);
     if let Some(why) = q.why.get(&sample.id) {
         // Why the daemon queued this image (nextToLabel), above it.
-        // Two lines at most (wrapped), so the picture keeps its room.
+        // Three lines at most (wrapped), so the picture keeps its room.
         let text = format!("queued: {why}");
-        let rows = if text.chars().count() > inner.width as usize {
-            2
-        } else {
-            1
-        };
+        let width = inner.width.max(1) as usize;
+        let rows = text.chars().count().div_ceil(width).clamp(1, 3) as u16;
         let [line, rest] =
             Layout::vertical([Constraint::Length(rows), Constraint::Min(0)]).areas(inner);
         f.render_widget(

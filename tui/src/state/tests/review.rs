@@ -930,7 +930,8 @@ fn effort_is_the_rank_read_at_confirmation_and_undo_takes_it_back() {
             counts: counts(2, 0),
         }),
     ));
-    let searched = f64::from(crate::rpc::SUGGESTIONS_K + crate::rpc::SEARCH_COST + 1);
+    // One suggestion was shown before the search: 1 read + the search + the first hit.
+    let searched = f64::from(1 + crate::rpc::SEARCH_COST + 1);
     assert_eq!(app.effort_median(), Some(((2.0 + searched) / 2.0, 2)));
     // Undo the search-found pair: the figure is the first confirmation's again.
     let u = app.handle(key('u')).remove(0);
