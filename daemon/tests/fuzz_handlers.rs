@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 #[path = "../../fuzz/src/handlers.rs"]
 mod handlers;
+#[path = "../../fuzz/src/vocabulary.rs"]
+mod vocabulary;
 
 /// Random inputs after the seeds.
 const RANDOM_INPUTS: usize = 300;

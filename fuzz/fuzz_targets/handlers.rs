@@ -5,6 +5,9 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../src/vocabulary.rs"]
+mod vocabulary;
+
 #[allow(dead_code)] // the seed writer and the method list serve the stable test
 #[path = "../src/handlers.rs"]
 mod handlers;

@@ -14,6 +14,9 @@
 //! TEXT (after the common set-up), so a case that crashes an old daemon does not take the
 //! cases after it down with it.
 mod common;
+#[allow(dead_code)] // the words are the fuzz harness's
+#[path = "../../fuzz/src/vocabulary.rs"]
+mod vocabulary;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -427,14 +430,26 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
         "{\"sotalign_manifest\": 1, \"embeddings\": {\"image\": \"huge.npy\"}}\n{\"key\": \"x\", \"imageRow\": 0}\n",
     )
     .unwrap();
+    // The same for a binary older than the versioned manifest (no version key).
+    std::fs::write(
+        npy_dir.join("m-legacy.jsonl"),
+        "{\"embeddings\": {\"image\": \"huge.npy\"}}\n{\"key\": \"x\", \"imageRow\": 0}\n",
+    )
+    .unwrap();
     s.case(
         "ingest a .npy whose header says 2^32 x 2^32",
         &mut d,
         || {
-            let e = c.error(
-                "sotalign/ingest",
-                json!({"source": {"manifest": npy_dir.join("m.jsonl")}}),
-            );
+            let ingest = |c: &mut Raw, m: &str| {
+                c.error(
+                    "sotalign/ingest",
+                    json!({"source": {"manifest": npy_dir.join(m)}}),
+                )
+            };
+            let mut e = ingest(&mut c, "m.jsonl");
+            if e.2.contains("unknown field `sotalign_manifest`") {
+                e = ingest(&mut c, "m-legacy.jsonl");
+            }
             assert!(
                 e.2.contains("huge.npy"),
                 "refused for another reason: {e:?}"
@@ -864,45 +879,7 @@ fn random_requests(addr: &str, n: usize, seed: u64) -> usize {
         "sotalign/ingest",
         "sotalign/nope",
     ];
-    let keys = [
-        "id",
-        "image",
-        "text",
-        "limit",
-        "offset",
-        "k",
-        "modality",
-        "query",
-        "source",
-        "config",
-        "method",
-        "job",
-        "run",
-        "decision",
-        "filter",
-        "state",
-        "strategy",
-        "seed",
-        "sample",
-        "preset",
-        "includeFinished",
-        "target",
-        "includeRejected",
-        "manifest",
-        "folders",
-        "embedded",
-        "images",
-        "texts",
-        "vector",
-        "values",
-        "optim",
-        "steps",
-        "heads",
-        "dim",
-        "klot",
-        "iters",
-        "batch",
-    ];
+    let keys = vocabulary::KEYS;
     fn value(rng: &mut rand_chacha::ChaCha8Rng, keys: &[&str], depth: u32) -> Value {
         match rng.random_range(0..14) {
             0 => Value::Null,
@@ -949,7 +926,7 @@ fn random_requests(addr: &str, n: usize, seed: u64) -> usize {
     let mut answered = 0;
     for _ in 0..n {
         let method = methods[rng.random_range(0..methods.len())];
-        let params = value(&mut rng, &keys, 0);
+        let params = value(&mut rng, keys, 0);
         let id = c.call(method, params.clone());
         loop {
             let (rid, out) = c.response();
