@@ -69,6 +69,14 @@ pub struct Limits {
     /// Seconds a TCP connection may stay open without a successful `initialize`.
     #[arg(long = "init-timeout-secs", default_value_t = 30)]
     pub init_timeout_secs: u64,
+    /// JSON values allowed per KiB of `--max-body` in one incoming body (the body-to-memory
+    /// ratio: a decoded value costs 32-100 bytes); at least 65,536 values whatever this says.
+    /// Counted before the body is decoded.
+    #[arg(
+        long = sotalign_protocol::framing::JSON_VALUES_CAP,
+        default_value_t = sotalign_protocol::framing::DEFAULT_VALUES_PER_KIB
+    )]
+    pub max_json_values_per_kib: usize,
 }
 
 impl Default for Limits {
@@ -90,7 +98,17 @@ impl Default for Limits {
             max_ingest_items: 2_000_000,
             max_connections: 256,
             init_timeout_secs: 30,
+            max_json_values_per_kib: sotalign_protocol::framing::DEFAULT_VALUES_PER_KIB,
         }
+    }
+}
+
+impl Limits {
+    /// The decoder of incoming frames: the body cap `max_body` and the JSON-value cap
+    /// (`--max-json-values-per-kib`; refused bodies are `LIMIT_EXCEEDED` naming that flag).
+    pub fn frame_codec(&self, max_body: usize) -> sotalign_protocol::FrameCodec {
+        sotalign_protocol::FrameCodec::new(max_body)
+            .with_values_per_kib(self.max_json_values_per_kib)
     }
 }
 
@@ -299,6 +317,64 @@ mod tests {
         let e = check("optim.steps", 6, 5, "max-steps").unwrap_err();
         assert_eq!(e.cap(), Some("max-steps"));
         assert!(e.to_string().contains("--max-steps"), "{e}");
+    }
+
+    /// The JSON-value cap is a flag: lowering it refuses a body the default accepts, with
+    /// `LIMIT_EXCEEDED` naming the flag and keeping the request's id.
+    #[test]
+    fn lowered_json_value_cap_refuses_a_body_the_default_accepts() {
+        use clap::Parser;
+        use tokio_util::codec::Decoder;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            limits: Limits,
+        }
+        let parsed = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+                .expect("flags parse")
+                .limits
+        };
+        let default = parsed(&[]);
+        assert_eq!(default, Limits::default());
+        let lowered = parsed(&["--max-json-values-per-kib", "1"]);
+        let max_body = sotalign_protocol::framing::DEFAULT_MAX_BODY;
+        let (loose, strict) = (
+            default.frame_codec(max_body).max_values(),
+            lowered.frame_codec(max_body).max_values(),
+        );
+        assert!(strict < loose, "{strict} vs {loose}");
+        // A body with a few more values than the lowered cap allows (fewer than the default).
+        let n = strict + 1000;
+        let mut body = String::from(
+            r#"{"jsonrpc":"2.0","id":9,"method":"sotalign/status","params":{"pad":[0"#,
+        );
+        body.push_str(&",0".repeat(n));
+        body.push_str("]}}");
+        let frame = format!("Content-Length: {}\r\n\r\n{body}", body.len());
+        let decode = |l: &Limits| {
+            let mut buf = bytes::BytesMut::from(frame.as_bytes());
+            l.frame_codec(max_body)
+                .decode(&mut buf)
+                .expect("never a fatal error")
+                .expect("one whole frame")
+        };
+        assert!(
+            decode(&default).is_ok(),
+            "the default cap accepts {n} values"
+        );
+        let refused = decode(&lowered).expect_err("the lowered cap refuses them");
+        let e = refused.to_error();
+        assert_eq!(e.code, sotalign_protocol::codes::LIMIT_EXCEEDED);
+        let data = e.data.expect("data names the cap");
+        assert_eq!(data["cap"], "max-json-values-per-kib");
+        assert_eq!(data["limit"], strict);
+        assert!(
+            e.message.contains("--max-json-values-per-kib"),
+            "{}",
+            e.message
+        );
+        assert_eq!(refused.id(), Some(sotalign_protocol::Id::Number(9)));
     }
 
     #[test]

@@ -29,11 +29,15 @@ use crate::jsonrpc::{ErrorObject, Id, InvalidMessage, Message, Response};
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 /// Default cap on one header block: real headers are well under 100 bytes.
 pub const DEFAULT_MAX_HEADER: usize = 8 * 1024;
-/// The body-to-memory cap: a frame may hold at most one JSON value per this many body bytes
-/// (plus [`MIN_MAX_VALUES`]). A decoded value costs 32-100 bytes, so a body of short values
-/// (`[0,0,0,...]`) would otherwise take ~50x its size; real messages (floats written with
-/// their digits, captions, paths) stay far below it.
-pub const BODY_BYTES_PER_VALUE: usize = 8;
+/// The body-to-memory cap by default: a frame may hold at most this many JSON values per KiB of
+/// the body cap (one per 8 bytes; at least [`MIN_MAX_VALUES`]). A decoded value costs 32-100
+/// bytes, so a body of short values (`[0,0,0,...]`) would otherwise take ~50x its size; real
+/// messages (floats written with their digits, captions, paths) stay far below it. The daemon
+/// sets it with `sotalign serve --max-json-values-per-kib` ([`FrameCodec::with_values_per_kib`]).
+pub const DEFAULT_VALUES_PER_KIB: usize = 128;
+/// The name of that cap in a `LIMIT_EXCEEDED` error's `data.cap` (the daemon's flag, without
+/// `--`).
+pub const JSON_VALUES_CAP: &str = "max-json-values-per-kib";
 /// Values always allowed, whatever the body size.
 pub const MIN_MAX_VALUES: usize = 65_536;
 
@@ -59,12 +63,12 @@ pub enum FrameError {
     /// More JSON values than the frame's bytes allow (see [`FrameCodec::max_values`]): the
     /// body was not decoded (decoding would take ~50x its size in memory).
     #[error(
-        "frame body holds up to {count} JSON values, over the cap of {max} (one per {ratio} body bytes); split the request"
+        "frame body holds up to {count} JSON values, over the cap of {max} ({per_kib} per KiB of the body cap, --{JSON_VALUES_CAP}); split the request"
     )]
     TooManyValues {
         count: usize,
         max: usize,
-        ratio: usize,
+        per_kib: usize,
         id: Option<Id>,
     },
 }
@@ -81,7 +85,7 @@ impl FrameError {
             FrameError::InvalidMessage(_) => ErrorObject::new(codes::INVALID_REQUEST, msg),
             FrameError::TooManyValues { count, max, .. } => {
                 ErrorObject::new(codes::LIMIT_EXCEEDED, msg).with_data(
-                    serde_json::json!({ "cap": "json-values", "limit": max, "got": count }),
+                    serde_json::json!({ "cap": JSON_VALUES_CAP, "limit": max, "got": count }),
                 )
             }
             _ => ErrorObject::new(codes::PARSE_ERROR, msg),
@@ -133,6 +137,7 @@ enum State {
 pub struct FrameCodec {
     max_body: usize,
     max_header: usize,
+    values_per_kib: usize,
     max_values: usize,
     state: State,
 }
@@ -269,6 +274,13 @@ pub fn json_value_bound(body: &[u8]) -> usize {
     n
 }
 
+/// The JSON-value cap of a body cap of `max_body` bytes at `per_kib` values per KiB.
+fn max_values(max_body: usize, per_kib: usize) -> usize {
+    (max_body / 1024)
+        .saturating_mul(per_kib)
+        .max(MIN_MAX_VALUES)
+}
+
 /// The `id` of a request body that will not be decoded (too many values), read without
 /// building any value, so the client's call is answered instead of timing out.
 fn peek_id(body: &[u8]) -> Option<Id> {
@@ -285,7 +297,8 @@ impl FrameCodec {
         Self {
             max_body,
             max_header: DEFAULT_MAX_HEADER,
-            max_values: (max_body / BODY_BYTES_PER_VALUE).max(MIN_MAX_VALUES),
+            values_per_kib: DEFAULT_VALUES_PER_KIB,
+            max_values: max_values(max_body, DEFAULT_VALUES_PER_KIB),
             state: State::Header,
         }
     }
@@ -294,15 +307,16 @@ impl FrameCodec {
         self.max_body
     }
 
-    /// Cap on the JSON values of one body (default: one per [`BODY_BYTES_PER_VALUE`] bytes of
-    /// `max_body`, at least [`MIN_MAX_VALUES`]).
+    /// Cap on the JSON values of one body: [`Self::with_values_per_kib`] per KiB of
+    /// `max_body` (default [`DEFAULT_VALUES_PER_KIB`]), at least [`MIN_MAX_VALUES`].
     pub fn max_values(&self) -> usize {
         self.max_values
     }
 
-    /// Change the JSON-value cap of incoming bodies.
-    pub fn with_max_values(mut self, max_values: usize) -> Self {
-        self.max_values = max_values;
+    /// Allow `per_kib` JSON values per KiB of the body cap in incoming bodies.
+    pub fn with_values_per_kib(mut self, per_kib: usize) -> Self {
+        self.values_per_kib = per_kib;
+        self.max_values = max_values(self.max_body, per_kib);
         self
     }
 
@@ -417,7 +431,7 @@ impl FrameCodec {
                         return Some(Err(FrameError::TooManyValues {
                             count,
                             max: self.max_values,
-                            ratio: BODY_BYTES_PER_VALUE,
+                            per_kib: self.values_per_kib,
                             id: peek_id(&body),
                         }));
                     }

@@ -193,8 +193,18 @@ impl Connection {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = p;
     }
 
-    /// Abort every request in flight (the connection is closing).
-    pub fn abort_pending(&self) {
+    /// The connection is closing: abort every request in flight (their futures answer
+    /// `REQUEST_CANCELLED`), stop its notifications and forget its open documents.
+    pub fn close(&self) {
+        self.abort_pending();
+        let conn = &self.backend.conn;
+        conn.closed.store(true, Ordering::SeqCst);
+        conn.clear_outgoing();
+        super::lsp_handlers::Docs::drop_connection(conn.id);
+    }
+
+    /// Abort every request in flight.
+    fn abort_pending(&self) {
         for (_, h) in self
             .pending
             .lock()

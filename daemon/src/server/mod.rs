@@ -14,6 +14,7 @@
 //!   caption groups, words); [`query`]: suggestions, search, decisions; [`queue`]: what to
 //!   label next.
 //! - [`errors`]: every failure mapped to the protocol's error codes.
+//! - [`in_process`]: the same state and method table without a socket (tests, fuzzing).
 //!
 //! Invariants: a handler never blocks an async worker (store calls run on blocking threads,
 //! fits in jobs); an acknowledged decision is committed; one slow or broken connection never
@@ -36,6 +37,7 @@ pub mod dispatch;
 pub mod encode;
 pub mod errors;
 pub mod fit;
+pub mod in_process;
 pub mod ingest_job;
 pub mod jobs;
 pub mod lsp_doc;

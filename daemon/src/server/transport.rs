@@ -67,7 +67,7 @@ pub async fn serve_connection<R, W>(
     let mut writer_done = false;
 
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut frames = FramedRead::new(reader, FrameCodec::new(max_body));
+    let mut frames = FramedRead::new(reader, crate::limits::current().frame_codec(max_body));
     let mut shutdown = shared.shutdown_signal();
     loop {
         let item = tokio::select! {
@@ -121,10 +121,7 @@ pub async fn serve_connection<R, W>(
 
     // Closing: stop what is still running for this client, let the writer send what is queued
     // (the answer to `shutdown`, say), then close the socket.
-    service.abort_pending();
-    conn.closed.store(true, Ordering::SeqCst);
-    conn.clear_outgoing();
-    super::lsp_handlers::Docs::drop_connection(conn.id);
+    service.close();
     drop(out_tx);
     if !writer_done {
         // Finished requests' answers may still be on their way through the queue; the writer

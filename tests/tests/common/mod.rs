@@ -15,14 +15,73 @@ use serde_json::{Value, json};
 use sotalign_protocol::types::*;
 use sotalign_protocol::{Client, ServerNotification, methods};
 
+/// The `sotalign` binary under test: `$SOTALIGN_HOSTILE_BIN` when set (the hostile suite run
+/// against another build, e.g. one from before a fix), else this workspace's.
 pub fn bin() -> PathBuf {
-    let p = assert_cmd::cargo::cargo_bin("sotalign");
+    let p = match std::env::var_os(OTHER_BIN) {
+        Some(p) => PathBuf::from(p),
+        None => assert_cmd::cargo::cargo_bin("sotalign"),
+    };
     assert!(
         p.exists(),
         "{} is missing: build it first (cargo build -p sotalign)",
         p.display()
     );
     p
+}
+
+/// Names another `sotalign` binary to test (see [`bin`]).
+pub const OTHER_BIN: &str = "SOTALIGN_HOSTILE_BIN";
+
+/// `serve` arguments for the binary under test. This workspace's binary gets them unchanged;
+/// another one ([`OTHER_BIN`]) loses every `--flag [value]` its `serve --help` does not list,
+/// so a suite can still start it and report the cases that needed the flag as failing.
+/// Dropped flags are remembered ([`dropped_flags`]).
+pub fn serve_args<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<std::ffi::OsString> {
+    let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    if std::env::var_os(OTHER_BIN).is_none() {
+        return args;
+    }
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let help = HELP.get_or_init(|| {
+        let out = Command::new(bin()).args(["serve", "--help"]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    });
+    let mut kept = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].to_string_lossy().into_owned();
+        let takes_value = args
+            .get(i + 1)
+            .is_some_and(|v| !v.to_string_lossy().starts_with("--"));
+        let n = if a.starts_with("--") && takes_value {
+            2
+        } else {
+            1
+        };
+        let known = !a.starts_with("--")
+            || help
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .any(|w| w == a);
+        if known {
+            kept.extend(args[i..i + n].iter().cloned());
+        } else {
+            let mut d = DROPPED.lock().unwrap_or_else(|p| p.into_inner());
+            if !d.contains(&a) {
+                d.push(a);
+            }
+        }
+        i += n;
+    }
+    kept
+}
+
+static DROPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The flags [`serve_args`] dropped so far (the binary under test lacks them).
+pub fn dropped_flags() -> Vec<String> {
+    DROPPED.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 pub fn repo_root() -> PathBuf {
@@ -174,11 +233,12 @@ pub fn spawn_stdio_raw(
     data: &Path,
     extra: &[&str],
 ) -> (Daemon, ChildStdout, SharedWriter<ChildStdin>) {
+    let mut args: Vec<std::ffi::OsString> = vec!["--data-dir".into(), data.into()];
+    args.extend(scope_args(data));
+    args.extend(extra.iter().map(Into::into));
     let mut child = Command::new(bin())
-        .args(["serve", "--stdio", "--data-dir"])
-        .arg(data)
-        .args(scope_args(data))
-        .args(extra)
+        .args(["serve", "--stdio"])
+        .args(serve_args(&args))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -215,11 +275,12 @@ pub fn spawn_tcp_capturing(
     data: &Path,
     extra: &[&str],
 ) -> (Daemon, std::thread::JoinHandle<String>) {
+    let mut args: Vec<std::ffi::OsString> = vec!["--data-dir".into(), data.into()];
+    args.extend(scope_args(data));
+    args.extend(extra.iter().map(Into::into));
     let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .args(scope_args(data))
-        .args(extra)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(serve_args(&args))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
