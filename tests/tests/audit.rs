@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use rand::SeedableRng;
 use serde_json::json;
 use sotalign_protocol::methods;
 use sotalign_protocol::types::*;
@@ -16,10 +15,7 @@ use sotalign_protocol::types::*;
 fn the_swapped_pairs_come_first_flagged_with_their_true_captions() {
     let dir = tempfile::tempdir().unwrap();
     let n = 80;
-    let p = sotalign_engine::testing::small_platonic(5);
-    let (x, y) = p.pairs(n, &mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
-    sotalign::io::npy::write_npy(&dir.path().join("img.npy"), &x).unwrap();
-    sotalign::io::npy::write_npy(&dir.path().join("txt.npy"), &y).unwrap();
+    write_platonic_npy(dir.path(), n);
     let (a, b) = (10usize, 50usize);
     let mut lines = vec![
         json!({"sotalign_manifest": 1, "embeddings": {"image": "img.npy", "text": "txt.npy"}})

@@ -18,7 +18,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use rand::SeedableRng;
 use serde_json::{Value, json};
 
 fn nvim_available() -> bool {
@@ -43,10 +42,7 @@ fn neovim_gets_the_warning_on_the_swapped_line_and_the_fix_restores_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let n = 120;
-    let p = sotalign_engine::testing::small_platonic(5);
-    let (x, y) = p.pairs(n, &mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
-    sotalign::io::npy::write_npy(&dir.path().join("img.npy"), &x).unwrap();
-    sotalign::io::npy::write_npy(&dir.path().join("txt.npy"), &y).unwrap();
+    write_platonic_npy(dir.path(), n);
     let line = |k: usize, t: usize| {
         json!({"imagePath": format!("stamps/s{k}.png"), "imageRow": k,
                "caption": format!("caption {t}"), "textRow": t})

@@ -195,6 +195,16 @@ impl<W: Write> Write for SharedWriter<W> {
 
 /// The directories a test daemon may ingest from: the folder around its data dir (where tests
 /// write manifests) and the repository's fixtures (their embeddings).
+/// `n` pairs of the engine's small synthetic platonic set (retrieval strong enough for a single
+/// planted swap to be visible) as `img.npy` and `txt.npy` in `dir`, row k = pair k.
+pub fn write_platonic_npy(dir: &Path, n: usize) {
+    use rand::SeedableRng;
+    let p = sotalign_engine::testing::small_platonic(5);
+    let (x, y) = p.pairs(n, &mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
+    sotalign::io::npy::write_npy(&dir.join("img.npy"), &x).unwrap();
+    sotalign::io::npy::write_npy(&dir.join("txt.npy"), &y).unwrap();
+}
+
 pub fn scope_args(data: &Path) -> Vec<std::ffi::OsString> {
     let mut a = Vec::new();
     if let Some(parent) = data.parent() {
