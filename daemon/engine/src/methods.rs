@@ -272,6 +272,41 @@ mod tests {
         AlignData::from_pairs(x, y)
     }
 
+    /// Serving embeds a whole store in row blocks on the rayon pool (`Matrix::par_map_rows`):
+    /// that is only right because every closed-form method (and `auto`'s fusions) embeds row
+    /// by row. Bit-equal to one call, for odd block sizes.
+    #[test]
+    fn closed_form_embeddings_are_row_wise() {
+        use rand::SeedableRng;
+        let p = crate::testing::small_platonic(4);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (xp, yp) = p.pairs(60, &mut rng);
+        let (xu, _) = p.pairs(37, &mut rng);
+        let (_, yu) = p.pairs(41, &mut rng);
+        let mut data = AlignData::from_pairs(xp, yp);
+        data.xu = xu;
+        data.yu = yu;
+        data.yu_groups = None;
+        let cfg = AlignConfig::default();
+        // `auto` serves a fusion of closed-form models first: included.
+        for m in Method::ALL
+            .into_iter()
+            .filter(|m| m.is_closed_form() || *m == Method::Auto)
+        {
+            let model = fit_quiet(m, &data, &cfg).unwrap();
+            for (x, side) in [(&data.xu, "x"), (&data.yu, "y")] {
+                let f = |b: &Matrix| match side {
+                    "x" => model.embed_x(b),
+                    _ => model.embed_y(b),
+                };
+                let whole = f(x).unwrap();
+                for chunk in [1, 7, 16] {
+                    assert_eq!(x.par_map_rows(chunk, &f).unwrap(), whole, "{m} {side} {chunk}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn names_roundtrip_and_unknown_is_typed() {
         for m in Method::ALL {
