@@ -29,6 +29,15 @@ pub enum Action {
     Export,
     /// Review: type words to search the candidates of the other side for the sample on screen.
     Find,
+    ShowAudit,
+    /// Audit: run the audit again.
+    RefreshAudit,
+    /// Audit: the pair is right (confirmed again, recorded).
+    Keep,
+    /// Audit: reject the pair.
+    Unpair,
+    /// Audit: reject the pair and confirm the image with the suggested caption.
+    Repair,
 }
 
 /// Where a binding is active.
@@ -39,6 +48,7 @@ pub enum Scope {
     Review,
     Browse,
     Dashboard,
+    Audit,
     /// The browse screen's query field while it has focus.
     Input,
 }
@@ -207,6 +217,62 @@ pub const BINDINGS: &[Binding] = &[
         true
     ),
     b!(
+        Audit,
+        [k('y'), code(KeyCode::Enter)],
+        Keep,
+        "keep",
+        "keep the pair (it is right)",
+        true
+    ),
+    b!(
+        Audit,
+        [k('n')],
+        Unpair,
+        "unpair",
+        "unpair it (rejected)",
+        true
+    ),
+    b!(
+        Audit,
+        [k('p')],
+        Repair,
+        "re-pair",
+        "pair the image with the suggestion",
+        true
+    ),
+    b!(
+        Audit,
+        [k('u')],
+        Undo,
+        "undo",
+        "undo the last audit action",
+        true
+    ),
+    b!(
+        Audit,
+        [k('a')],
+        RefreshAudit,
+        "audit again",
+        "run the audit again",
+        true
+    ),
+    b!(
+        Audit,
+        [code(KeyCode::Up), k('k')],
+        Up,
+        "up",
+        "previous pair",
+        false
+    ),
+    b!(
+        Audit,
+        [code(KeyCode::Down), k('j')],
+        Down,
+        "down",
+        "next pair",
+        false
+    ),
+    b!(
         Dashboard,
         [k('x')],
         CancelJob,
@@ -260,6 +326,14 @@ pub const BINDINGS: &[Binding] = &[
         ShowDashboard,
         "dashboard",
         "dashboard",
+        false
+    ),
+    b!(
+        Global,
+        [k('4')],
+        ShowAudit,
+        "audit",
+        "audit: pairs that look wrong",
         false
     ),
     b!(

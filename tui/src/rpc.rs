@@ -20,6 +20,8 @@ pub const NEXT_PAGE: u32 = 50;
 /// the search, this much for typing the search (the simulator's declared search cost,
 /// docs/CURATION.md), and the hit's rank.
 pub const SEARCH_COST: u32 = 10;
+/// Suspected pairs listed by the audit screen (most suspicious first).
+pub const AUDIT_LIMIT: u32 = 100;
 /// Hits fetched per free-text search.
 pub const SEARCH_K: u32 = 30;
 /// Hits of the review screen's in-place search ("find its caption").
@@ -42,6 +44,19 @@ pub enum Call {
     /// The images to label next, each with why (`sotalign/nextToLabel`): the image queue's
     /// order while the daemon has new ones to offer.
     NextToLabel,
+    /// The most suspicious confirmed pairs (`sotalign/audit`, cross-fitted CCA).
+    Audit,
+    /// A decision made on the audit screen (keep = confirm again, unpair = reject, re-pair =
+    /// reject then confirm the suggestion): the same methods as the review's, answered apart.
+    AuditDecide {
+        kind: DecisionKind,
+        image: SampleId,
+        text: SampleId,
+    },
+    /// Undo one decision of an audit action.
+    AuditUndo {
+        decision: DecisionId,
+    },
     /// Candidates for the sample under review.
     Suggest {
         sample: SampleId,
@@ -107,6 +122,9 @@ pub enum Reply {
     Runs(RunsResult),
     Queue(ListSamplesResult),
     NextToLabel(NextToLabelResult),
+    Audit(AuditResult),
+    AuditDecide(DecisionResult),
+    AuditUndo(UndoResult),
     Suggest(SuggestForSampleResult),
     Confirm(DecisionResult),
     Reject(DecisionResult),
@@ -175,6 +193,28 @@ impl Call {
             Call::NextToLabel => {
                 params::<methods::NextToLabel>(NextToLabelParams { limit: NEXT_PAGE })
             }
+            Call::Audit => params::<methods::Audit>(AuditParams {
+                method: AlignMethod::Cca,
+                limit: AUDIT_LIMIT,
+                folds: None,
+                seed: None,
+            }),
+            Call::AuditDecide { kind, image, text } => {
+                let p = DecideParams {
+                    image: *image,
+                    text: *text,
+                    source: None,
+                    annotator: None,
+                    shown_revision: None,
+                };
+                match kind {
+                    DecisionKind::Confirm => params::<methods::Confirm>(p),
+                    DecisionKind::Reject => params::<methods::Reject>(p),
+                }
+            }
+            Call::AuditUndo { decision } => params::<methods::Undo>(UndoParams {
+                decision: Some(*decision),
+            }),
             Call::Suggest { sample } => {
                 params::<methods::SuggestForSample>(SuggestForSampleParams {
                     sample: *sample,
@@ -250,6 +290,12 @@ impl Call {
             Call::Runs => Reply::Runs(parse::<methods::Runs>(result)?),
             Call::Queue { .. } => Reply::Queue(parse::<methods::ListSamples>(result)?),
             Call::NextToLabel => Reply::NextToLabel(parse::<methods::NextToLabel>(result)?),
+            Call::Audit => Reply::Audit(parse::<methods::Audit>(result)?),
+            Call::AuditDecide { kind, .. } => Reply::AuditDecide(match kind {
+                DecisionKind::Confirm => parse::<methods::Confirm>(result)?,
+                DecisionKind::Reject => parse::<methods::Reject>(result)?,
+            }),
+            Call::AuditUndo { .. } => Reply::AuditUndo(parse::<methods::Undo>(result)?),
             Call::Suggest { .. } => Reply::Suggest(parse::<methods::SuggestForSample>(result)?),
             Call::Captions { .. } => Reply::Captions(parse::<methods::SuggestForSample>(result)?),
             Call::Confirm { .. } => Reply::Confirm(parse::<methods::Confirm>(result)?),

@@ -126,6 +126,53 @@ fn review_suggestions_shown() {
     insta::assert_snapshot!(render(&app, 80, 24));
 }
 
+/// The audit screen (`4`): suspected pairs, flagged ones marked, the selected pair's picture,
+/// caption and the suggested re-pairing.
+#[test]
+fn audit_screen() {
+    let mut app = connected(true);
+    press(&mut app, KeyCode::Char('4'));
+    let pair =
+        |img: Sample, t: Sample, suspicion: f64, flagged: bool, alt: Option<Sample>| AuditedPair {
+            image: img,
+            text: t,
+            suspicion,
+            score: 0.1,
+            flagged,
+            alt_text: alt.map(|sample| AuditPartner {
+                sample,
+                score: 0.62,
+            }),
+            alt_image: None,
+        };
+    ok(
+        &mut app,
+        Call::Audit,
+        Reply::Audit(AuditResult {
+            method: AlignMethod::Cca,
+            audited: 300,
+            flagged: 1,
+            pairs: vec![
+                pair(
+                    image_at(17, "chelsea", &fixture("chelsea.png")),
+                    text(805, "A cup of coffee on a saucer."),
+                    0.912,
+                    true,
+                    Some(text(802, "A tabby cat looks at the camera.")),
+                ),
+                pair(
+                    image_at(18, "coffee", &fixture("coffee.png")),
+                    text(806, "A mug."),
+                    0.204,
+                    false,
+                    None,
+                ),
+            ],
+        }),
+    );
+    insta::assert_snapshot!(render(&app, 80, 24));
+}
+
 /// The image queue in the daemon's labelling order (`sotalign/nextToLabel`): the reason the
 /// image is queued above it, the queue's mode and precision estimate below.
 #[test]

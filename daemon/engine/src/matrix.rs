@@ -163,7 +163,8 @@ mod tests {
     #[test]
     fn check_finite_names_the_first_bad_row_and_passes_extremes() {
         let mut m = Matrix::zeros(5, 3);
-        m.row_mut(0).copy_from_slice(&[f32::MAX, f32::MIN, f32::MIN_POSITIVE]);
+        m.row_mut(0)
+            .copy_from_slice(&[f32::MAX, f32::MIN, f32::MIN_POSITIVE]);
         m.row_mut(1).copy_from_slice(&[-0.0, 1e-45, -1e38]);
         assert!(m.check_finite("m").is_ok());
         m.row_mut(3)[2] = f32::INFINITY;

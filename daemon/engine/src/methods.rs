@@ -301,7 +301,11 @@ mod tests {
                 };
                 let whole = f(x).unwrap();
                 for chunk in [1, 7, 16] {
-                    assert_eq!(x.par_map_rows(chunk, &f).unwrap(), whole, "{m} {side} {chunk}");
+                    assert_eq!(
+                        x.par_map_rows(chunk, &f).unwrap(),
+                        whole,
+                        "{m} {side} {chunk}"
+                    );
                 }
             }
         }

@@ -13,6 +13,7 @@
 //! [`browse`] (listing, search, captions of an image), [`dashboard`] (jobs, stages, ETA). This
 //! module holds what they share (connection, status line, the served model) and the reducer,
 //! which dispatches each event to the screen it concerns.
+mod audit;
 mod browse;
 mod dashboard;
 mod review;
@@ -26,6 +27,7 @@ use sotalign_protocol::types::*;
 use crate::keys::{self, Action, Scope};
 use crate::rpc::{Call, CallError, NetEvent, Reply};
 
+pub use audit::{AuditAction, AuditPending, AuditUndo, AuditView};
 pub use browse::{Browse, Hit, Listing};
 pub use dashboard::{JobView, MIN_RATE_WINDOW_SECS, StageView, job_label, percent, stage_name};
 pub use review::{PendingDecision, Queue, SessionStats, UndoEntry, caption_of, group_captions};
@@ -51,6 +53,7 @@ pub enum Screen {
     Review,
     Browse,
     Dashboard,
+    Audit,
 }
 
 /// The connection as the user sees it.
@@ -133,6 +136,8 @@ pub struct App {
     pub runs: Vec<RunInfo>,
     pub jobs: BTreeMap<JobId, JobView>,
     pub browse: Browse,
+    /// The audit screen (suspected pairs).
+    pub audit: AuditView,
     pub message: Option<StatusMsg>,
     /// Errors seen this session (the status line shows the latest).
     pub error_count: u64,
@@ -187,6 +192,7 @@ impl App {
             runs: Vec::new(),
             jobs: BTreeMap::new(),
             browse: Browse::new(),
+            audit: AuditView::new(),
             message: None,
             error_count: 0,
             align: AlignParams::default(),
@@ -209,6 +215,7 @@ impl App {
             Screen::Browse if self.browse.editing => Scope::Input,
             Screen::Browse => Scope::Browse,
             Screen::Dashboard => Scope::Dashboard,
+            Screen::Audit => Scope::Audit,
         }
     }
 
@@ -365,8 +372,15 @@ impl App {
             Action::Up | Action::Down => match self.screen {
                 Screen::Review => self.move_candidate_selection(action == Action::Up),
                 Screen::Browse => self.move_browse_selection(action == Action::Up, calls),
+                Screen::Audit => self.move_audit_selection(action == Action::Up),
                 Screen::Dashboard => {}
             },
+            Action::ShowAudit => self.show_audit(calls),
+            Action::RefreshAudit => self.refresh_audit(calls),
+            Action::Keep => self.audit_act(AuditAction::Keep, calls),
+            Action::Unpair => self.audit_act(AuditAction::Unpair, calls),
+            Action::Repair => self.audit_act(AuditAction::Repair, calls),
+            Action::Undo if self.screen == Screen::Audit => self.audit_undo(calls),
             Action::Confirm => self.decide(DecisionKind::Confirm, calls),
             Action::Reject => self.decide(DecisionKind::Reject, calls),
             Action::Skip => self.skip(calls),
@@ -457,6 +471,9 @@ impl App {
                 }
             }
             Reply::NextToLabel(r) => self.on_next_to_label(r, calls),
+            Reply::Audit(r) => self.on_audit(r),
+            Reply::AuditDecide(r) => self.on_audit_decided(r, calls),
+            Reply::AuditUndo(r) => self.on_audit_undone(r, calls),
             Reply::Suggest(r) => self.on_suggestions(r, calls),
             Reply::Captions(r) => self.on_captions(r),
             Reply::Search(r) => {
@@ -522,6 +539,20 @@ impl App {
                 self.queue_mut(*modality).loading = false;
                 false
             }
+            Call::Audit => {
+                self.on_audit_failed(e.clone());
+                // Too few pairs or no data yet: explained in the pane, not an alarm.
+                matches!(e.code, Some(c) if c == sotalign_protocol::codes::INVALID_INPUT
+                    || c == sotalign_protocol::codes::NOT_READY)
+            }
+            Call::AuditDecide { .. } => {
+                self.on_audit_decide_failed(&e);
+                return;
+            }
+            Call::AuditUndo { .. } => {
+                self.on_audit_undo_failed(&e);
+                return;
+            }
             Call::NextToLabel => {
                 let q = self.queue_mut(Modality::Image);
                 q.loading = false;
@@ -575,6 +606,8 @@ impl App {
             Call::Status => "status",
             Call::Runs => "runs",
             Call::Queue { .. } | Call::NextToLabel => "queue",
+            Call::Audit => "audit",
+            Call::AuditDecide { .. } | Call::AuditUndo { .. } => "audit decision",
             Call::Suggest { .. } | Call::Captions { .. } => "suggestions",
             Call::Confirm { .. } => "confirm (not saved)",
             Call::Reject { .. } => "reject (not saved)",

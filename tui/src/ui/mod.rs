@@ -4,6 +4,7 @@
 //! unreachable, the current screen, a status line (the latest message; daemon errors in red)
 //! and a help bar built from [`crate::keys::BINDINGS`]. Below [`MIN_WIDTH`]x[`MIN_HEIGHT`]
 //! only a "terminal too small" notice is drawn, so no widget has to cope with a sliver.
+mod audit;
 mod browse;
 mod dashboard;
 mod help;
@@ -51,9 +52,10 @@ pub fn draw(f: &mut Frame, app: &App, images: &Images) {
         Screen::Review => review::draw(f, main, app, images),
         Screen::Browse => browse::draw(f, main, app, images),
         Screen::Dashboard => dashboard::draw(f, main, app),
+        Screen::Audit => audit::draw(f, main, app, images),
     }
     if app.help {
-        help::draw(f, main);
+        help::draw(f, main, app.screen);
     }
     status_line(f, status, app);
     help_line(f, help_bar, app);
@@ -85,6 +87,7 @@ fn title_bar(f: &mut Frame, area: Rect, app: &App, images: &Images) {
         ("1", "Review", Screen::Review),
         ("2", "Browse", Screen::Browse),
         ("3", "Dashboard", Screen::Dashboard),
+        ("4", "Audit", Screen::Audit),
     ] {
         spans.push(Span::raw(" "));
         let style = if app.screen == screen {

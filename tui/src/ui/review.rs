@@ -166,7 +166,7 @@ fn empty_queue_text(app: &App, q: &Queue) -> Text<'static> {
     ])
 }
 
-fn draw_sample(f: &mut Frame, area: Rect, sample: &Sample, images: &Images) {
+pub(super) fn draw_sample(f: &mut Frame, area: Rect, sample: &Sample, images: &Images) {
     match sample.modality {
         Modality::Image => picture::draw(f, area, sample.path.as_deref(), images),
         Modality::Text => {

@@ -11,6 +11,7 @@ use crate::rpc::{Call, NetEvent, Reply};
 mod common;
 pub(super) use common::*;
 
+mod audit;
 mod browse;
 mod dashboard;
 mod review;
