@@ -21,7 +21,8 @@
 //!
 //! Invariants: pure computation (no IO); every fitted model is a closed-form or trained
 //! `methods::fit`, so any method can be the scorer; the cost is `folds x rounds` fits plus one
-//! (images x texts) score matrix per fit, so callers bound the candidate pools.
+//! (images x texts) score matrix per fit, and the result keeps two pairs x pairs f32 matrices
+//! (margins and scores, for swaps), so callers bound the pairs and the candidate pools.
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
@@ -158,8 +159,9 @@ impl Audit {
     /// The suspicion at and above which a pair is flagged (an editor warning, the head of an
     /// audit queue): the [`FLAG_DECOY_QUANTILE`] quantile of the decoys, i.e. a pair is flagged
     /// when it looks at least as wrong as nine in ten random mis-pairings scored the same way
-    /// on the same data (real wrong pairs score a little below random ones: a wrong pair in the
-    /// training folds pulls the model towards itself, so the cut is set low), and never at or below 0 (no alternative beats its own partner).
+    /// on the same data (real wrong pairs score a little below random ones: a wrong pair in
+    /// the training folds pulls the model towards itself, so the cut is set low), and never at
+    /// or below 0 (no alternative beats its own partner).
     /// Calibrated per audit because the scale of the margins depends on the method, the
     /// encoders and the number of pairs: a weak model, under which most clean pairs are beaten
     /// by some competitor, must not flag everything. What it costs in precision and recall is
