@@ -81,6 +81,18 @@ impl AuditView {
         self.list.ready()?.get(self.selected)
     }
 
+    /// A decision (from `decisionsChanged`) made or undone by this screen: its echo, not
+    /// another annotator's.
+    pub(super) fn is_ours(&self, d: &Decision) -> bool {
+        let on = |p: &AuditedPair| p.image.id == d.image;
+        self.pending.as_ref().is_some_and(|p| on(&p.pair))
+            || self.undo.iter().any(|u| u.decisions.contains(&d.id))
+            || self
+                .undoing
+                .as_ref()
+                .is_some_and(|(u, _)| u.decisions.contains(&d.id))
+    }
+
     fn busy(&self) -> bool {
         self.pending.is_some() || self.undoing.is_some()
     }

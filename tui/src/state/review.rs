@@ -693,6 +693,7 @@ impl App {
                 .pending_undo
                 .as_ref()
                 .is_some_and(|u| u.decision.id == d.id)
+            || self.audit.is_ours(d)
         {
             return; // ours
         }

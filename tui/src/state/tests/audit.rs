@@ -101,6 +101,24 @@ fn repair_rejects_then_confirms_the_suggestion_and_undo_reverts_both() {
             .text
             .contains("re-paired img1")
     );
+    // The daemon's echo of our own re-pair (decisionsChanged) is not another annotator's:
+    // the review queue, whose front is image 1 in this set-up, stays as it is.
+    app.handle(Event::Net(NetEvent::Notification(
+        sotalign_protocol::ServerNotification::DecisionsChanged(DecisionsChangedParams {
+            revision: 9,
+            decision: decision(8, DecisionKind::Confirm, 1, 102),
+            undone: false,
+            counts: counts(1, 1),
+        }),
+    )));
+    assert_eq!(app.review().current().map(|s| s.id), Some(SampleId(1)));
+    assert!(
+        app.message
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("re-paired img1")
+    );
     // Undo: the confirm first, then the reject; the pair comes back on top.
     let calls = app.handle(key('u'));
     assert_eq!(
