@@ -59,6 +59,16 @@ impl Method {
         )
     }
 
+    /// Whether fitting this method with `cfg` runs a training loop (what the step, head-size
+    /// and batch caps of a daemon bound): the trained methods, and `auto` when its trained
+    /// candidates are on.
+    pub fn trains(self, cfg: &crate::AlignConfig) -> bool {
+        match self {
+            Method::Auto => cfg.auto.trained,
+            m => !m.is_closed_form(),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Method::Procrustes => "procrustes",

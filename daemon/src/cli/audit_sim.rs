@@ -54,8 +54,13 @@ pub struct AuditSimArgs {
     pub trim: f64,
     #[arg(long, default_value_t = 10)]
     pub hub_k: usize,
-    /// Also run the ablations of the first method: one round without hub correction (the plain
-    /// cross-fitted margin) and one round with it.
+    /// Component caps the audit chooses from for cca / csa (`all` = every kept component);
+    /// `config` = no choice, the configured cap.
+    #[arg(long, value_delimiter = ',', default_values_t = ["16".to_string(), "32".into(), "64".into(), "128".into(), "all".into()])]
+    pub components: Vec<String>,
+    /// Also run the ablations of the first method, all with the configured component cap (no
+    /// choice): one round without hub correction (the plain cross-fitted margin), one round
+    /// with it, and every round with it.
     #[arg(long)]
     pub ablation: bool,
     /// Markdown file whose audit section (between `<!-- audit-sim -->` markers) is replaced, or
@@ -85,6 +90,28 @@ struct Cell {
     /// pairs called out.
     flag_prec: Vec<f64>,
     flag_recall: Vec<f64>,
+    /// How often the audit chose each component cap.
+    caps: BTreeMap<String, usize>,
+}
+
+fn cap_name(cap: Option<usize>) -> String {
+    cap.map_or_else(|| "all".to_string(), |c| c.to_string())
+}
+
+/// `--components`: caps, `all`, or `config` alone (no choice).
+fn component_grid(v: &[String]) -> Result<Vec<Option<usize>>> {
+    if v.len() == 1 && v[0] == "config" {
+        return Ok(Vec::new());
+    }
+    v.iter()
+        .map(|c| match c.as_str() {
+            "all" => Ok(None),
+            c => match c.parse::<usize>() {
+                Ok(k) if k > 0 => Ok(Some(k)),
+                _ => bail!("--components takes positive integers, `all` or `config`, got `{c}`"),
+            },
+        })
+        .collect()
 }
 
 const BEGIN: &str = "<!-- audit-sim:begin -->";
@@ -103,6 +130,7 @@ pub fn run(args: AuditSimArgs) -> Result<()> {
         trim: args.trim,
         hub_k: args.hub_k,
         seed: 0,
+        component_grid: component_grid(&args.components)?,
     };
     base.validate()?;
     let mut scorers = vec![Scorer {
@@ -113,22 +141,31 @@ pub fn run(args: AuditSimArgs) -> Result<()> {
     for (k, m) in args.methods.iter().enumerate() {
         let method: Method = m.parse()?;
         if k == 0 && args.ablation {
+            let configured = AuditConfig {
+                component_grid: Vec::new(),
+                ..base.clone()
+            };
             scorers.push(Scorer {
-                label: format!("{method} (1 round, raw margin)"),
+                label: format!("{method} (1 round, raw margin, configured cap)"),
                 method: Some(method),
                 acfg: AuditConfig {
                     rounds: 1,
                     hub_k: 0,
-                    ..base.clone()
+                    ..configured.clone()
                 },
             });
             scorers.push(Scorer {
-                label: format!("{method} (1 round, hub-corrected)"),
+                label: format!("{method} (1 round, hub-corrected, configured cap)"),
                 method: Some(method),
                 acfg: AuditConfig {
                     rounds: 1,
-                    ..base.clone()
+                    ..configured.clone()
                 },
+            });
+            scorers.push(Scorer {
+                label: format!("{method} ({} rounds, configured cap)", base.rounds),
+                method: Some(method),
+                acfg: configured,
             });
         }
         scorers.push(Scorer {
@@ -164,6 +201,9 @@ pub fn run(args: AuditSimArgs) -> Result<()> {
                                     ..s.acfg.clone()
                                 };
                                 let a = audit(method, &data, &cfg, &acfg, &mut ignore)?;
+                                if let Some(cap) = a.components {
+                                    *cell.caps.entry(cap_name(cap)).or_default() += 1;
+                                }
                                 let scores = a.pairs.iter().map(|p| p.suspicion).collect();
                                 let f = a.flagged();
                                 let alts: Vec<Option<Partner>> =
@@ -325,7 +365,7 @@ fn render(
     )?;
     writeln!(
         md,
-        "Command: `sotalign audit-sim --reference {} --methods {} --sizes {} --rates {} --seeds {} --draws {} --folds {} --rounds {} --trim {} --hub-k {}{} --preset {}`\n",
+        "Command: `sotalign audit-sim --reference {} --methods {} --sizes {} --rates {} --seeds {} --draws {} --folds {} --rounds {} --trim {} --hub-k {} --components {}{} --preset {}`\n",
         args.reference.display(),
         join(&args.methods),
         args.sizes
@@ -344,6 +384,7 @@ fn render(
         args.rounds,
         args.trim,
         args.hub_k,
+        join(&args.components),
         if args.ablation { " --ablation" } else { "" },
         args.config.preset,
     )?;
@@ -356,13 +397,13 @@ fn render(
     }
     writeln!(
         md,
-        "Mean ± std over cells. AUROC: wrong pairs vs right ones by suspicion; P@m: share of wrong pairs among the m most suspicious (m = number of wrong pairs); re-pair: share of wrong pairs whose suggested caption is their image's true one (the baseline suggests none); flagged: the pairs above `audit::flag_threshold` (what an editor warns about), precision / recall.\n"
+        "Mean ± std over cells. AUROC: wrong pairs vs right ones by suspicion; P@m: share of wrong pairs among the m most suspicious (m = number of wrong pairs); re-pair: share of wrong pairs whose suggested caption is their image's true one (the baseline suggests none); flagged: the pairs above `audit::flag_threshold` (what an editor warns about), precision / recall; caps: the component caps the audit chose (cells per cap).\n"
     )?;
     writeln!(
         md,
-        "| pairs | swapped | scorer | AUROC | P@m | re-pair | flagged prec. | flagged recall |"
+        "| pairs | swapped | scorer | AUROC | P@m | re-pair | flagged prec. | flagged recall | caps |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
     for (&(n, pm), cells) in results {
         for (s, c) in scorers.iter().zip(cells) {
             let (a, sa) = super::mean_std(&c.auroc);
@@ -376,9 +417,18 @@ fn render(
                 }
             };
             let (rp, fp, fr) = (cell(&c.repair), cell(&c.flag_prec), cell(&c.flag_recall));
+            let caps = if c.caps.is_empty() {
+                "–".to_string()
+            } else {
+                c.caps
+                    .iter()
+                    .map(|(k, v)| format!("{k} x{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             writeln!(
                 md,
-                "| {n} | {:.0}% | {} | {a:.3} ± {sa:.3} | {p:.2} ± {sp:.2} | {rp} | {fp} | {fr} |",
+                "| {n} | {:.0}% | {} | {a:.3} ± {sa:.3} | {p:.2} ± {sp:.2} | {rp} | {fp} | {fr} | {caps} |",
                 pm as f64 / 10.0,
                 s.label
             )?;

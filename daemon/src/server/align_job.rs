@@ -71,7 +71,8 @@ pub fn config_for(p: &AlignParams) -> HResult<AlignConfig> {
 
 pub async fn start(shared: Arc<Shared>, p: AlignParams) -> HResult<AlignResult> {
     let mut cfg = config_for(&p)?;
-    super::caps::check_align_config(&cfg, crate::limits::current())?;
+    let trains = super::fit::engine_method(p.method).trains(&cfg);
+    super::caps::check_align_config(&cfg, trains, crate::limits::current())?;
     // The heads train on the daemon's device (`serve --device`).
     cfg.device = shared.opts.device.clone();
     let title = format!(

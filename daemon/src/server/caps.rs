@@ -47,35 +47,44 @@ pub fn unknown_keys(base: &Value, over: &Value) -> HResult<()> {
     walk(base, over, "")
 }
 
-/// The training sizes of `cfg` against the caps.
-pub fn check_align_config(cfg: &AlignConfig, l: &Limits) -> Result<(), limits::LimitError> {
+/// The sizes of `cfg` against the caps. The training sizes (steps, head size, KLOT batch and
+/// iterations) are checked only when the fit trains (`trains`): a closed-form align never
+/// reads them, so a daemon started with a small `--max-steps` still serves `cca` with the
+/// default config.
+pub fn check_align_config(
+    cfg: &AlignConfig,
+    trains: bool,
+    l: &Limits,
+) -> Result<(), limits::LimitError> {
     let c = |what: &str, got: usize, limit: usize, flag: &'static str| {
         limits::check(what, got as u64, limit as u64, flag)
     };
-    c(
-        "config.optim.steps",
-        cfg.optim.steps,
-        l.max_steps,
-        "max-steps",
-    )?;
-    c(
-        "config.heads.dim",
-        cfg.heads.dim,
-        l.max_head_dim,
-        "max-head-dim",
-    )?;
-    c(
-        "config.klot.batch",
-        cfg.klot.batch,
-        l.max_batch,
-        "max-batch",
-    )?;
-    c(
-        "config.klot.iters",
-        cfg.klot.iters,
-        l.max_sinkhorn_iters,
-        "max-sinkhorn-iters",
-    )?;
+    if trains {
+        c(
+            "config.optim.steps",
+            cfg.optim.steps,
+            l.max_steps,
+            "max-steps",
+        )?;
+        c(
+            "config.heads.dim",
+            cfg.heads.dim,
+            l.max_head_dim,
+            "max-head-dim",
+        )?;
+        c(
+            "config.klot.batch",
+            cfg.klot.batch,
+            l.max_batch,
+            "max-batch",
+        )?;
+        c(
+            "config.klot.iters",
+            cfg.klot.iters,
+            l.max_sinkhorn_iters,
+            "max-sinkhorn-iters",
+        )?;
+    }
     c(
         "config.auto.splits",
         cfg.auto.splits,
@@ -146,25 +155,38 @@ mod tests {
     #[test]
     fn training_sizes_are_capped() {
         let l = Limits::default();
-        assert!(check_align_config(&AlignConfig::default(), &l).is_ok());
-        assert!(check_align_config(&AlignConfig::reference(), &l).is_ok());
+        assert!(check_align_config(&AlignConfig::default(), true, &l).is_ok());
+        assert!(check_align_config(&AlignConfig::reference(), true, &l).is_ok());
         let mut c = AlignConfig::default();
         c.optim.steps = 1_000_000_000;
         assert_eq!(
-            check_align_config(&c, &l).unwrap_err().cap(),
+            check_align_config(&c, true, &l).unwrap_err().cap(),
             Some("max-steps")
         );
         let mut c = AlignConfig::default();
         c.heads.dim = 10_000_000_000;
         assert_eq!(
-            check_align_config(&c, &l).unwrap_err().cap(),
+            check_align_config(&c, true, &l).unwrap_err().cap(),
             Some("max-head-dim")
         );
         let mut c = AlignConfig::default();
         c.klot.iters = 1_000_000_000_000;
         assert_eq!(
-            check_align_config(&c, &l).unwrap_err().cap(),
+            check_align_config(&c, true, &l).unwrap_err().cap(),
             Some("max-sinkhorn-iters")
+        );
+        // A fit that does not train never reads the training sizes: a daemon with a small
+        // step cap still serves closed-form methods with the default config.
+        let small = Limits {
+            max_steps: 10,
+            ..Limits::default()
+        };
+        assert!(check_align_config(&AlignConfig::default(), false, &small).is_ok());
+        assert_eq!(
+            check_align_config(&AlignConfig::default(), true, &small)
+                .unwrap_err()
+                .cap(),
+            Some("max-steps")
         );
     }
 }

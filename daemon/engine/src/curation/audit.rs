@@ -50,7 +50,15 @@ pub struct AuditConfig {
     pub hub_k: usize,
     /// Seed of the fold assignment.
     pub seed: u64,
+    /// Component caps tried for the CCA-family scorers (`cca`, `csa`; `None` = every kept
+    /// component). The cap whose cross-fitted models rank the pairs' own partners best is
+    /// used ([`select_components`]); empty = the method's configured cap. Other methods
+    /// ignore it.
+    pub component_grid: Vec<Option<usize>>,
 }
+
+/// The default component caps: from a handful of directions to all of them.
+pub const COMPONENT_GRID: [Option<usize>; 5] = [Some(16), Some(32), Some(64), Some(128), None];
 
 impl Default for AuditConfig {
     fn default() -> Self {
@@ -60,6 +68,7 @@ impl Default for AuditConfig {
             trim: 0.1,
             hub_k: 10,
             seed: 0,
+            component_grid: COMPONENT_GRID.to_vec(),
         }
     }
 }
@@ -131,6 +140,9 @@ pub struct Audit {
     scores: Vec<f32>,
     /// Caption group of each pair.
     groups: Vec<u64>,
+    /// The component cap the scorer ran with, when the audit chose one
+    /// ([`AuditConfig::component_grid`]); `None` inside means every kept component.
+    pub components: Option<Option<usize>>,
 }
 
 /// Quantile of the decoys' suspicions at which pairs are flagged ([`Audit::flag_threshold`]).
@@ -230,8 +242,44 @@ pub fn audit(
     let images = stack(&data.xp, &data.xu);
     let texts = stack(&data.yp, &data.yu);
     let groups = Groups::new(data);
-    let total = k * acfg.rounds;
+    let grid: &[Option<usize>] = match method {
+        Method::Cca | Method::Csa if acfg.component_grid.len() > 1 => &acfg.component_grid,
+        _ => &[],
+    };
+    let total = k * (acfg.rounds + grid.len());
     let mut step = 0;
+    let folds = Folds {
+        fold_of: &fold_of,
+        k,
+    };
+    let components = if grid.is_empty() {
+        None
+    } else {
+        let mut tick = |stage: &str| {
+            step += 1;
+            progress(&Progress {
+                phase: crate::progress::Phase::Fit,
+                stage: stage.to_string(),
+                step,
+                total,
+                loss: None,
+            })
+            .is_break()
+        };
+        Some(select_components(
+            method, data, cfg, &folds, grid, &images, &texts, &groups, &mut tick,
+        )?)
+    };
+    let chosen;
+    let cfg = match components {
+        Some(cap) => {
+            let mut c = cfg.clone();
+            c.teacher.max_components = cap;
+            chosen = c;
+            &chosen
+        }
+        None => cfg,
+    };
     let mut result: Vec<Option<PairAudit>> = vec![None; n];
     let mut trimmed: HashSet<usize> = HashSet::new();
     // margins[i * n + j]: caption of pair j against pair i's own caption, for pair i's image,
@@ -305,6 +353,7 @@ pub fn audit(
                 margins,
                 scores: pair_scores,
                 groups: groups.pair.clone(),
+                components,
             };
             a.decoys.sort_by(f64::total_cmp);
             for i in 0..n {
@@ -314,6 +363,85 @@ pub fn audit(
             }
             a
         })
+}
+
+/// The fold assignment of an audit.
+struct Folds<'a> {
+    fold_of: &'a [usize],
+    k: usize,
+}
+
+/// Choose the component cap of a CCA-family scorer: for each cap in `grid`, every fold's pairs
+/// are scored by the model fitted on the other folds, and the cap with the highest mean
+/// reciprocal rank of the pairs' own partners (caption among the candidate texts for the
+/// image, image among the candidate images for the caption; competitors as in the margins) is
+/// kept, the first in grid order on a tie. The pairs are taken as recorded, wrong ones
+/// included: the choice needs no label, and a share of wrong pairs lowers every cap's score
+/// alike. Why: with all kept components (up to n - 1) the weak, noisy directions drown the
+/// strong ones and the audit ranks clean pairs of rare content as suspicious; how many
+/// directions carry signal depends on the encoders and the number of pairs, so it is
+/// measured per audit rather than fixed. `tick` reports one step per cap and fold, and
+/// cancels on true.
+#[allow(clippy::too_many_arguments)]
+fn select_components(
+    method: Method,
+    data: &AlignData,
+    cfg: &AlignConfig,
+    folds: &Folds,
+    grid: &[Option<usize>],
+    images: &Matrix,
+    texts: &Matrix,
+    groups: &Groups,
+    tick: &mut dyn FnMut(&str) -> bool,
+) -> Result<Option<usize>, AlignError> {
+    let n = data.n_pairs();
+    let mut best: Option<(Option<usize>, f64)> = None;
+    for &cap in grid {
+        let mut c = cfg.clone();
+        c.teacher.max_components = cap;
+        let mut rr = 0.0;
+        for f in 0..folds.k {
+            let train: Vec<usize> = (0..n).filter(|&i| folds.fold_of[i] != f).collect();
+            let mut quiet = |_: &Progress| ControlFlow::Continue(());
+            let model = fit(method, &subset(data, &train), &c, &mut quiet)?;
+            if tick("audit: choosing components") {
+                return Err(AlignError::Cancelled);
+            }
+            let s = &model.embed_x_f64(images)? * model.embed_y_f64(texts)?.transpose();
+            for i in (0..n).filter(|&i| folds.fold_of[i] == f) {
+                let own = s[(i, i)];
+                let group = groups.text[i];
+                let share_below = |it: &mut dyn Iterator<Item = f64>| {
+                    let (mut below, mut all) = (0usize, 0usize);
+                    for v in it {
+                        all += 1;
+                        below += usize::from(v < own);
+                    }
+                    if all == 0 {
+                        1.0
+                    } else {
+                        below as f64 / all as f64
+                    }
+                };
+                let t = share_below(
+                    &mut (0..s.ncols())
+                        .filter(|&t| groups.text[t] != group)
+                        .map(|t| s[(i, t)]),
+                );
+                let x = share_below(
+                    &mut (0..s.nrows())
+                        .filter(|&x| x != i && (x >= n || groups.pair[x] != group))
+                        .map(|x| s[(x, i)]),
+                );
+                rr += 0.5 * (t + x);
+            }
+        }
+        let mrr = rr / n as f64;
+        if best.is_none_or(|(_, b)| mrr > b) {
+            best = Some((cap, mrr));
+        }
+    }
+    Ok(best.and_then(|b| b.0))
 }
 
 /// Pairs sorted most suspicious first (ties by pair index, so the order is deterministic).
@@ -626,6 +754,80 @@ mod tests {
             inside > crossed,
             "wrong pairs: in-sample {inside} vs cross-fitted {crossed}"
         );
+    }
+
+    /// 120 pairs whose cross-modal signal lives in 4 directions, buried among 60 / 40 noise
+    /// dimensions per side; 12 pairs swapped.
+    fn low_rank_signal() -> (AlignData, Vec<bool>) {
+        use rand::Rng;
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let n = 120;
+        let (dx, dy, l) = (64, 44, 4);
+        let mut x = Matrix::zeros(n, dx);
+        let mut y = Matrix::zeros(n, dy);
+        for i in 0..n {
+            for c in 0..l {
+                let z: f32 = rng.random_range(-1.0..1.0);
+                x.row_mut(i)[c] = 3.0 * z;
+                y.row_mut(i)[l - 1 - c] = 3.0 * z;
+            }
+            for v in &mut x.row_mut(i)[l..] {
+                *v = rng.random_range(-1.0..1.0);
+            }
+            for v in &mut y.row_mut(i)[l..] {
+                *v = rng.random_range(-1.0..1.0);
+            }
+        }
+        let mut rows: Vec<usize> = (0..n).collect();
+        let mut wrong = vec![false; n];
+        for k in (0..12).map(|k| k * 10) {
+            rows.swap(k, k + 1);
+            wrong[k] = true;
+            wrong[k + 1] = true;
+        }
+        (AlignData::from_pairs(x, y.select_rows(&rows)), wrong)
+    }
+
+    #[test]
+    fn the_component_cap_is_chosen_from_the_pairs_and_beats_every_component() {
+        let (data, wrong) = low_rank_signal();
+        let cfg = AlignConfig::default();
+        let chosen = audit(
+            Method::Cca,
+            &data,
+            &cfg,
+            &AuditConfig::default(),
+            &mut ignore,
+        )
+        .unwrap();
+        // Every kept component (up to 43 here) lets the 40 noise directions drown the 4 that
+        // carry the signal; the smallest cap in the grid is the one the pairs point at.
+        assert_eq!(chosen.components, Some(Some(16)));
+        let configured = AuditConfig {
+            component_grid: Vec::new(),
+            ..AuditConfig::default()
+        };
+        let all = audit(Method::Cca, &data, &cfg, &configured, &mut ignore).unwrap();
+        assert_eq!(all.components, None);
+        let auc = |a: &Audit| {
+            let s: Vec<f64> = a.pairs.iter().map(|p| p.suspicion).collect();
+            auroc(&s, &wrong).unwrap()
+        };
+        assert!(
+            auc(&chosen) > auc(&all) + 0.02,
+            "chosen {} vs all {}",
+            auc(&chosen),
+            auc(&all)
+        );
+        // Methods without components ignore the grid.
+        let p = audit(
+            Method::Procrustes,
+            &data,
+            &cfg,
+            &AuditConfig::default(),
+            &mut ignore,
+        );
+        assert_eq!(p.unwrap().components, None);
     }
 
     #[test]
