@@ -326,7 +326,7 @@ pub fn audit(
                         .filter(|&j| groups.pair[j] != groups.pair[i])
                         .collect();
                     if let Some(&j) = others.choose(&mut decoy_rng) {
-                        decoys.push(margins_of(i, j, Some(j), n, &adj, &groups).0);
+                        decoys.push(margins_of(i, j, Some(j), &adj, &groups).0);
                     }
                 }
             }
@@ -423,14 +423,10 @@ fn select_components(
                         below as f64 / all as f64
                     }
                 };
-                let t = share_below(
-                    &mut (0..s.ncols())
-                        .filter(|&t| groups.text[t] != group)
-                        .map(|t| s[(i, t)]),
-                );
+                let t = share_below(&mut groups.text_competitors(group).map(|t| s[(i, t)]));
                 let x = share_below(
-                    &mut (0..s.nrows())
-                        .filter(|&x| x != i && (x >= n || groups.pair[x] != group))
+                    &mut groups
+                        .image_competitors(i, group, None, s.nrows())
                         .map(|x| s[(x, i)]),
                 );
                 rr += 0.5 * (t + x);
@@ -549,6 +545,28 @@ impl Groups {
         }
         Self { text, pair }
     }
+
+    /// The candidate texts that compete with a caption of `group`: those of other groups (an
+    /// equal caption is an equally valid partner, not a competitor).
+    fn text_competitors(&self, group: u64) -> impl Iterator<Item = usize> + '_ {
+        (0..self.text.len()).filter(move |&t| self.text[t] != group)
+    }
+
+    /// The candidate images (pairs first, then unpaired; `images` in all) that compete with
+    /// image `img` for a caption of `group`: every other image except those paired with a
+    /// caption of that group, but `keep` always competes (a decoy's caption's true image, which
+    /// a real wrong pair would face).
+    fn image_competitors(
+        &self,
+        img: usize,
+        group: u64,
+        keep: Option<usize>,
+        images: usize,
+    ) -> impl Iterator<Item = usize> + '_ {
+        let n = self.pair.len();
+        (0..images)
+            .filter(move |&x| x != img && (x >= n || self.pair[x] != group || Some(x) == keep))
+    }
 }
 
 /// The two-way margin of image `img` with caption `text` (caption group `group`): competitors
@@ -559,7 +577,6 @@ fn margins_of(
     img: usize,
     text: usize,
     keep: Option<usize>,
-    n: usize,
     adj: &Mat<f64>,
     g: &Groups,
 ) -> (f64, Option<(usize, f64)>, Option<(usize, f64)>) {
@@ -574,14 +591,10 @@ fn margins_of(
             }
         })
     };
-    let best_t = best(
-        &mut (0..adj.ncols())
-            .filter(|&t| g.text[t] != group)
-            .map(|t| (t, adj[(img, t)])),
-    );
+    let best_t = best(&mut g.text_competitors(group).map(|t| (t, adj[(img, t)])));
     let best_x = best(
-        &mut (0..adj.nrows())
-            .filter(|&x| x != img && (x >= n || g.pair[x] != group || Some(x) == keep))
+        &mut g
+            .image_competitors(img, group, keep, adj.nrows())
             .map(|x| (x, adj[(x, text)])),
     );
     let margins: Vec<f64> = [best_t, best_x]
@@ -598,7 +611,7 @@ fn margins_of(
 }
 
 fn score_pair(i: usize, n: usize, s: &Mat<f64>, adj: &Mat<f64>, g: &Groups) -> PairAudit {
-    let (suspicion, best_t, best_x) = margins_of(i, i, None, n, adj, g);
+    let (suspicion, best_t, best_x) = margins_of(i, i, None, adj, g);
     let partner = |j: usize| {
         if j < n {
             Partner::Pair(j)
