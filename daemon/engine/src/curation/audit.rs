@@ -146,7 +146,7 @@ pub struct Audit {
 }
 
 /// Quantile of the decoys' suspicions at which pairs are flagged ([`Audit::flag_threshold`]).
-pub const FLAG_DECOY_QUANTILE: f64 = 0.1;
+pub const FLAG_DECOY_QUANTILE: f64 = 0.2;
 
 impl Audit {
     /// Gain of swapping the captions of pairs i and j: `m_i(y_j) + m_j(y_i)`, each term under
@@ -170,10 +170,10 @@ impl Audit {
 
     /// The suspicion at and above which a pair is flagged (an editor warning, the head of an
     /// audit queue): the [`FLAG_DECOY_QUANTILE`] quantile of the decoys, i.e. a pair is flagged
-    /// when it looks at least as wrong as nine in ten random mis-pairings scored the same way
-    /// on the same data (real wrong pairs score a little below random ones: a wrong pair in
-    /// the training folds pulls the model towards itself, so the cut is set low), and never at
-    /// or below 0 (no alternative beats its own partner).
+    /// when it looks more wrong than the least suspicious fifth of random mis-pairings scored
+    /// the same way on the same data (real wrong pairs score below random ones: a wrong pair
+    /// in the training folds pulls the model towards itself, so the cut is set low), and never
+    /// at or below 0 (no alternative beats its own partner).
     /// Calibrated per audit because the scale of the margins depends on the method, the
     /// encoders and the number of pairs: a weak model, under which most clean pairs are beaten
     /// by some competitor, must not flag everything. What it costs in precision and recall is
