@@ -11,7 +11,10 @@
 //! Invariants: encoders never mutate their weights; every public entry point returns a typed
 //! [`EncoderError`] for bad files instead of panicking; rows of every returned [`Matrix`] are in
 //! input order, and a skipped item is always named in a [`Report`].
+pub mod bert_cpu;
+mod cpu;
 pub mod efficientnet;
+pub mod efficientnet_cpu;
 pub mod hf_vision;
 pub mod image;
 pub mod preprocess;
@@ -25,7 +28,7 @@ pub fn parse_device(spec: &str) -> Result<candle_core::Device, EncoderError> {
     sotalign_engine::device::parse_device(spec).map_err(|e| EncoderError::Device(e.to_string()))
 }
 pub use image::{ImageEncoder, ImageModelKind};
-pub use text::TextEncoder;
+pub use text::{TextBackend, TextEncoder};
 
 pub use sotalign_engine::Matrix;
 
