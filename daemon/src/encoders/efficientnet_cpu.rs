@@ -10,6 +10,8 @@
 //! it next. Depthwise convolutions are a direct kernel that walks channels contiguously (one
 //! vector register per 16 channels). Images are independent: each rayon worker runs whole images
 //! with a single-threaded gemm, so the working set of one image stays in its core's caches.
+use std::sync::{Mutex, PoisonError};
+
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use faer::Par;
@@ -67,7 +69,7 @@ struct Block {
 }
 
 /// EfficientNet-Lite features on the CPU, channels-last.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct EfficientNetLiteCpu {
     /// Stem as a (c_out x c_in*k*k) matrix over im2col rows ordered (c_in, ky, kx).
     stem: Dense,
@@ -75,6 +77,9 @@ pub struct EfficientNetLiteCpu {
     stem_stride: usize,
     blocks: Vec<Block>,
     head: Dense,
+    /// Buffers kept between calls: fresh ones for every batch cost page faults and zeroing of
+    /// tens of MB.
+    pool: Mutex<Vec<Scratch>>,
 }
 
 fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
@@ -84,7 +89,10 @@ fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
 }
 
 /// Per-worker buffers, each large enough for the largest activation of the network.
+#[derive(Default)]
 struct Scratch {
+    /// Input side these buffers were sized for.
+    size: usize,
     act: Vec<f32>,
     mid: Vec<f32>,
     dw: Vec<f32>,
@@ -137,6 +145,7 @@ impl EfficientNetLiteCpu {
             stem_stride: m.stem.stride,
             blocks,
             head: Dense::new(&m.head.weight, &m.head.bias)?,
+            pool: Mutex::new(Vec::new()),
         })
     }
 
@@ -147,6 +156,19 @@ impl EfficientNetLiteCpu {
     /// Input channels the stem expects.
     fn in_channels(&self) -> usize {
         self.stem.cin / (self.stem_kernel * self.stem_kernel)
+    }
+
+    /// Buffers for `size` inputs from the pool (or new ones); they go back when dropped.
+    fn borrow_scratch(&self, size: usize) -> Pooled<'_> {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = match pool.iter().position(|s| s.size == size) {
+            Some(i) => pool.swap_remove(i),
+            None => self.scratch(size),
+        };
+        Pooled {
+            s,
+            pool: &self.pool,
+        }
     }
 
     fn scratch(&self, size: usize) -> Scratch {
@@ -163,6 +185,7 @@ impl EfficientNetLiteCpu {
         largest = largest.max(hw * self.head.cout);
         let col = size.div_ceil(self.stem_stride).pow(2) * self.stem.cin;
         Scratch {
+            size,
             act: vec![0.0; largest],
             mid: vec![0.0; largest],
             dw: vec![0.0; largest],
@@ -189,9 +212,9 @@ impl EfficientNetLiteCpu {
         let threads = rayon::current_num_threads();
         if n < threads {
             // Too few images to give each worker one: parallelise inside the products instead.
-            let mut s = self.scratch(size);
+            let mut s = self.borrow_scratch(size);
             for (x, o) in input.chunks_exact(per_image).zip(out.chunks_exact_mut(dim)) {
-                self.image(x, size, &mut s, o, Par::rayon(0));
+                self.image(x, size, s.get(), o, Par::rayon(0));
             }
         } else {
             input
@@ -199,8 +222,8 @@ impl EfficientNetLiteCpu {
                 .zip(out.par_chunks_exact_mut(dim))
                 .with_min_len(1)
                 .for_each_init(
-                    || self.scratch(size),
-                    |s, (x, o)| self.image(x, size, s, o, Par::Seq),
+                    || self.borrow_scratch(size),
+                    |s, (x, o)| self.image(x, size, s.get(), o, Par::Seq),
                 );
         }
         Ok(out)
@@ -264,6 +287,40 @@ impl EfficientNetLiteCpu {
             par,
         );
         relu6_mean_rows(head, out);
+    }
+}
+
+/// A [`Scratch`] on loan from a model's pool.
+struct Pooled<'a> {
+    s: Scratch,
+    pool: &'a Mutex<Vec<Scratch>>,
+}
+
+impl Pooled<'_> {
+    fn get(&mut self) -> &mut Scratch {
+        &mut self.s
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        let s = std::mem::take(&mut self.s);
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        // Keep at most one set per worker.
+        if pool.len() < rayon::current_num_threads().max(1) {
+            pool.push(s);
+        }
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Scratch {{ size: {}, floats: {} }}",
+            self.size,
+            3 * self.act.len() + self.col.len()
+        )
     }
 }
 
