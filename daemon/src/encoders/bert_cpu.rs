@@ -101,7 +101,7 @@ impl BertCpu {
         };
         let d = config.hidden_size;
         let heads = config.num_attention_heads;
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             candle_core::bail!("hidden size {d} is not a multiple of {heads} attention heads");
         }
         let inter = config.intermediate_size;

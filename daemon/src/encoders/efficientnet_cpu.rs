@@ -1,5 +1,5 @@
-//! EfficientNet-Lite on the CPU, channels-last: `load(vb)` (or [`EfficientNetLiteCpu::from_model`])
-//! + `features`. Same weights, same folded batch norms, same numbers as the candle model in
+//! EfficientNet-Lite on the CPU, channels-last: `load(vb)` (or
+//! [`EfficientNetLiteCpu::from_model`]) and `features`. Same weights, same folded batch norms, same numbers as the candle model in
 //! [`super::efficientnet`], which stays the implementation for every other device and the
 //! reference this one is tested against.
 //!

@@ -199,8 +199,8 @@ impl ImageEncoder {
             Backbone::Hf(m) => m.features(&x)?,
         };
         let data = f.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Matrix::from_vec(inputs.len(), self.dim, data)
-            .map_err(|e| EncoderError::Device(e.to_string()))?)
+        Matrix::from_vec(inputs.len(), self.dim, data)
+            .map_err(|e| EncoderError::Device(e.to_string()))
     }
 
     /// ImageNet logits (n, classes) for preprocessed inputs (EfficientNet only).
@@ -214,8 +214,8 @@ impl ImageEncoder {
         let (_, logits) = m.forward(&x)?;
         let classes = logits.dim(1)?;
         let data = logits.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Matrix::from_vec(inputs.len(), classes, data)
-            .map_err(|e| EncoderError::Device(e.to_string()))?)
+        Matrix::from_vec(inputs.len(), classes, data)
+            .map_err(|e| EncoderError::Device(e.to_string()))
     }
 
     /// Decode + preprocess one file.

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-
-use super::bert_cpu::BertCpu;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::EncoderError;
+use super::bert_cpu::BertCpu;
 use sotalign_engine::Matrix;
 
 /// Default truncation when the directory has no `sentence_bert_config.json`.
