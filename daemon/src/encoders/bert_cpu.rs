@@ -11,8 +11,10 @@
 //!   and V are one product against their concatenated weights.
 //! - GELU (erf form), layer norm and softmax are fused loops compiled for AVX-512 / AVX2 and
 //!   picked at run time ([`super::cpu::dispatch`]).
-//! - The batch is split into one group of sequences per rayon worker, each run start to finish
-//!   with single-threaded products: no synchronisation inside a layer.
+//! - [`BertCpu::forward`] splits a batch into one group of sequences per rayon worker, each run
+//!   start to finish with single-threaded products: no synchronisation inside a layer. Given
+//!   several batches, `TextEncoder` instead hands whole batches to workers as they come free
+//!   ([`BertCpu::forward_one_worker`]).
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
@@ -162,18 +164,7 @@ impl BertCpu {
     /// Mean-pooled last hidden states (sequences x hidden, row-major) of token-id sequences,
     /// each attending to itself only. Empty sequences pool to zeros.
     pub fn forward(&self, seqs: &[&[u32]]) -> candle_core::Result<Vec<f32>> {
-        for s in seqs {
-            if s.len() > self.max_positions {
-                candle_core::bail!(
-                    "sequence of {} tokens, the model has {} positions",
-                    s.len(),
-                    self.max_positions
-                );
-            }
-            if let Some(&bad) = s.iter().find(|&&t| t as usize >= self.vocab) {
-                candle_core::bail!("token id {bad} outside the vocabulary ({})", self.vocab);
-            }
-        }
+        self.check(seqs)?;
         let d = self.hidden;
         let mut out = vec![0f32; seqs.len() * d];
         let total: usize = seqs.iter().map(|s| s.len()).sum();
@@ -202,6 +193,32 @@ impl BertCpu {
             .into_par_iter()
             .for_each(|(s, o)| self.group(s, o, Par::Seq));
         Ok(out)
+    }
+
+    /// As [`Self::forward`], entirely on the calling thread (single-threaded products), for
+    /// callers that already run several batches in parallel.
+    pub fn forward_one_worker(&self, seqs: &[&[u32]]) -> candle_core::Result<Vec<f32>> {
+        self.check(seqs)?;
+        let mut out = vec![0f32; seqs.len() * self.hidden];
+        self.group(seqs, &mut out, Par::Seq);
+        Ok(out)
+    }
+
+    /// Every sequence fits the position table and every id the vocabulary.
+    fn check(&self, seqs: &[&[u32]]) -> candle_core::Result<()> {
+        for s in seqs {
+            if s.len() > self.max_positions {
+                candle_core::bail!(
+                    "sequence of {} tokens, the model has {} positions",
+                    s.len(),
+                    self.max_positions
+                );
+            }
+            if let Some(&bad) = s.iter().find(|&&t| t as usize >= self.vocab) {
+                candle_core::bail!("token id {bad} outside the vocabulary ({})", self.vocab);
+            }
+        }
+        Ok(())
     }
 
     /// Whole forward pass for one group of sequences, rows stacked without padding.
@@ -638,6 +655,13 @@ mod tests {
             .zip(&want)
             .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(diff / scale < 1e-5, "max diff {diff} (scale {scale})");
+        let one_worker = fast.forward_one_worker(&refs).unwrap();
+        assert_eq!(one_worker.len(), got.len());
+        let d1 = one_worker
+            .iter()
+            .zip(&got)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(d1 / scale < 1e-5, "one-worker forward differs by {d1}");
         // One sequence at a time gives the same rows as the batch.
         for (k, s) in refs.iter().enumerate() {
             let one = fast.forward(std::slice::from_ref(s)).unwrap();
@@ -659,6 +683,7 @@ mod tests {
         )
         .unwrap();
         assert!(fast.forward(&[&[1, 50, 2]]).is_err());
+        assert!(fast.forward_one_worker(&[&[1, 50, 2]]).is_err());
         let long = vec![1u32; 41];
         assert!(fast.forward(&[&long]).is_err());
         assert_eq!(fast.forward(&[&[]]).unwrap(), vec![0.0; 32]);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
+use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::EncoderError;
@@ -202,7 +203,33 @@ impl TextEncoder {
         order.sort_by_key(|&i| ids[i].len());
         let mut out = Matrix::zeros(texts.len(), self.dim);
         let mut done = 0;
-        for chunk in order.chunks(batch) {
+        let chunks: Vec<&[usize]> = order.chunks(batch).collect();
+        let threads = rayon::current_num_threads();
+        if let (Model::Cpu(m), true) = (&self.model, threads > 1 && chunks.len() > 1) {
+            // Batches are independent: run several at once, each whole on one worker with
+            // single-threaded products, handed out dynamically (a worker that loses its core
+            // to another process holds back one batch, not every layer of every batch).
+            for wave in chunks.chunks(4 * threads) {
+                let rows: Vec<candle_core::Result<Vec<f32>>> = wave
+                    .par_iter()
+                    .map(|chunk| {
+                        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+                        m.forward_one_worker(&seqs)
+                    })
+                    .collect();
+                for (chunk, r) in wave.iter().zip(rows) {
+                    let r = r?;
+                    for (k, &i) in chunk.iter().enumerate() {
+                        out.row_mut(i)
+                            .copy_from_slice(&r[k * self.dim..(k + 1) * self.dim]);
+                    }
+                    done += chunk.len();
+                }
+                progress(done);
+            }
+            return Ok(if normalize { out.l2_normalized() } else { out });
+        }
+        for chunk in chunks {
             let rows = self.forward_batch(chunk.iter().map(|&i| ids[i].as_slice()).collect())?;
             for (k, &i) in chunk.iter().enumerate() {
                 out.row_mut(i)
