@@ -124,6 +124,82 @@ fn efficientnet_lite0_matches_golden_top5_and_features() {
     }
 }
 
+/// Largest |a - b| over the largest |b|.
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let d = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    d / scale.max(1e-12)
+}
+
+/// The channels-last CPU EfficientNet equals the candle model (its reference) on the real
+/// weights, for the golden images and Tux Paint stamps (PNG and SVG), batched as in use.
+#[test]
+fn efficientnet_cpu_fast_path_matches_candle_model() {
+    let Some(a) = Assets::for_test("effnet_fast_path", &["effnet-lite0", "tuxpaint"]) else {
+        return;
+    };
+    let enc = ImageEncoder::load_efficientnet(&a.effnet_pth(), &Device::Cpu).unwrap();
+    assert!(enc.uses_cpu_fast_path());
+    let mut files: Vec<PathBuf> = ["chelsea.png", "coffee.png"]
+        .iter()
+        .map(|n| fixtures().join("golden").join(n))
+        .collect();
+    let stamps = sotalign::ingest::sources::tuxpaint(&a.tuxpaint_stamps()).unwrap();
+    let all: Vec<PathBuf> = stamps.items.into_iter().filter_map(|i| i.image).collect();
+    files.extend(all.iter().step_by(all.len() / 7).take(7).cloned());
+    let inputs: Vec<Vec<f32>> = files.iter().map(|f| enc.load_input(f).unwrap()).collect();
+    let fast = enc.encode_inputs(&inputs).unwrap();
+    let reference = enc.encode_inputs_candle(&inputs).unwrap();
+    for (k, f) in files.iter().enumerate() {
+        let d = max_rel_diff(fast.row(k), reference.row(k));
+        assert!(d < 1e-4, "{}: max relative difference {d}", f.display());
+    }
+    // A single image (parallel products instead of parallel images) gives the same row.
+    let one = enc.encode_inputs(&inputs[..1]).unwrap();
+    assert!(max_rel_diff(one.row(0), fast.row(0)) < 1e-5);
+}
+
+/// The CPU BERT (unpadded, faer products) equals candle-transformers' BERT on the real
+/// MiniLM weights, raw (unnormalised) rows, for the golden texts and Tux Paint captions.
+#[test]
+fn minilm_cpu_fast_path_matches_candle_bert() {
+    let Some(a) = Assets::for_test("minilm_fast_path", &["minilm", "tuxpaint"]) else {
+        return;
+    };
+    let fast = TextEncoder::load(&a.minilm_dir(), &Device::Cpu).unwrap();
+    assert!(fast.uses_cpu_fast_path());
+    let reference = TextEncoder::load_backend(
+        &a.minilm_dir(),
+        &Device::Cpu,
+        sotalign::encoders::TextBackend::Candle,
+    )
+    .unwrap();
+    let g: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("golden/minilm.json")).unwrap(),
+    )
+    .unwrap();
+    let mut texts: Vec<String> = g["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap().to_string())
+        .collect();
+    let stamps = sotalign::ingest::sources::tuxpaint(&a.tuxpaint_stamps()).unwrap();
+    let caps: Vec<String> = stamps.items.into_iter().filter_map(|i| i.text).collect();
+    texts.extend(caps.iter().step_by(caps.len() / 40).take(40).cloned());
+    texts.push("word ".repeat(400)); // truncated at max_seq_length
+    let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+    let got = fast.encode(&refs, 16, false).unwrap();
+    let want = reference.encode(&refs, 16, false).unwrap();
+    for (k, t) in refs.iter().enumerate() {
+        let d = max_rel_diff(got.row(k), want.row(k));
+        assert!(d < 1e-4, "{t:?}: max relative difference {d}");
+    }
+}
+
 /// Rows of the reference Tux Paint embeddings: (file, caption, row).
 fn reference_rows() -> Vec<(String, String, usize)> {
     let idx: Value = serde_json::from_str(

@@ -41,6 +41,24 @@ pub enum TextWeights {
     Zeros,
 }
 
+/// f32 matmul GFLOP/s of faer (the gemm of the encoders' CPU fast paths), 1024^3, all threads.
+fn faer_gflops() -> f64 {
+    use faer::{Accum, Mat, Par};
+    let n = 1024;
+    let a = Mat::<f32>::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 13) as f32 * 0.01);
+    let b = Mat::<f32>::from_fn(n, n, |i, j| ((i * 5 + j) % 11) as f32 * 0.01);
+    let mut c = Mat::<f32>::zeros(n, n);
+    let mut run =
+        || faer::linalg::matmul::matmul(c.as_mut(), Accum::Replace, &a, &b, 1.0, Par::rayon(0));
+    run();
+    let reps = 8;
+    let t = Instant::now();
+    for _ in 0..reps {
+        run();
+    }
+    2.0 * (n * n * n) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
 /// f32 matmul GFLOP/s of candle on this device: the compute bound for dense layers.
 fn matmul_gflops(dev: &Device) -> Result<f64> {
     let n = 1024;
@@ -116,8 +134,16 @@ pub fn encoders(a: EncodersBench) -> Result<()> {
         "# sotalign bench encoders (batch {}, {} rayon threads, device {})",
         a.batch, threads, a.models.device
     );
-    let peak = matmul_gflops(&dev)?;
-    println!("candle f32 matmul 1024^3: {peak:.1} GFLOP/s (the compute bound below)");
+    let candle_peak = matmul_gflops(&dev)?;
+    println!("candle f32 matmul 1024^3: {candle_peak:.1} GFLOP/s");
+    let peak = if dev.is_cpu() {
+        let f = faer_gflops();
+        println!("faer f32 matmul 1024^3: {f:.1} GFLOP/s (the CPU fast paths' gemm)");
+        f
+    } else {
+        candle_peak
+    };
+    println!("compute bound below: {peak:.1} GFLOP/s");
 
     // ---- images
     let ienc = a.models.load_image()?;
@@ -140,9 +166,26 @@ pub fn encoders(a: EncodersBench) -> Result<()> {
     let e2e = 1.0 / (1.0 / img_rate + 1.0 / prep_rate);
     let img_bound = ienc.macs_per_image().map(|m| peak * 1e9 / (2.0 * m as f64));
     println!(
-        "images: forward {img_rate:.1}/s, decode+preprocess {prep_rate:.1}/s, end to end {e2e:.1}/s (n={})",
+        "images: forward {img_rate:.1}/s ({}), decode+preprocess {prep_rate:.1}/s, end to end {e2e:.1}/s (n={})",
+        if ienc.uses_cpu_fast_path() {
+            "channels-last CPU path"
+        } else {
+            "candle"
+        },
         inputs.len()
     );
+    if ienc.uses_cpu_fast_path() {
+        ienc.encode_inputs_candle(&inputs[..a.batch.min(inputs.len())])?;
+        let t = Instant::now();
+        for chunk in inputs.chunks(a.batch) {
+            ienc.encode_inputs_candle(chunk)?;
+        }
+        let r = inputs.len() as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "  same images through the candle model: {r:.1}/s (fast path x{:.2})",
+            img_rate / r
+        );
+    }
     if let (Some(b), Some(m)) = (img_bound, ienc.macs_per_image()) {
         println!(
             "  {:.3} GFLOP/image -> compute bound {b:.0}/s; forward at {:.0}% of it",
@@ -172,6 +215,21 @@ pub fn encoders(a: EncodersBench) -> Result<()> {
     let t = Instant::now();
     tenc.encode(&refs, a.batch, false)?;
     let txt_rate = refs.len() as f64 / t.elapsed().as_secs_f64();
+    let candle_txt_rate = if tenc.uses_cpu_fast_path() {
+        let backend = crate::encoders::TextBackend::Candle;
+        let c = match a.text_weights {
+            TextWeights::File => TextEncoder::load_backend(&a.models.text_dir(), &dev, backend)?,
+            TextWeights::Zeros => {
+                TextEncoder::load_zero_weights_backend(&a.models.text_dir(), &dev, backend)?
+            }
+        };
+        c.encode(&refs[..a.batch.min(refs.len())], a.batch, false)?;
+        let t = Instant::now();
+        c.encode(&refs, a.batch, false)?;
+        Some(refs.len() as f64 / t.elapsed().as_secs_f64())
+    } else {
+        None
+    };
     let len = avg_tokens.round() as usize;
     let txt_bound = peak * 1e9 / (2.0 * bert_macs(tenc.dim(), 6, len.max(1)) as f64);
     println!(
@@ -179,6 +237,12 @@ pub fn encoders(a: EncodersBench) -> Result<()> {
         refs.len(),
         100.0 * txt_rate / txt_bound
     );
+    if let Some(r) = candle_txt_rate {
+        println!(
+            "  same texts through candle-transformers' BERT: {r:.1}/s (fast path x{:.2})",
+            txt_rate / r
+        );
+    }
 
     if a.reference {
         let r = run_reference(&a, &ienc, len)?;

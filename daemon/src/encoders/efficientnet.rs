@@ -42,11 +42,11 @@ fn relu6(x: &Tensor) -> Result<Tensor> {
 
 /// A k x k convolution (dense, any stride) with its batch norm folded in; "SAME" padded.
 #[derive(Debug, Clone)]
-struct ConvBn {
-    weight: Tensor,
-    bias: Tensor,
-    kernel: usize,
-    stride: usize,
+pub(super) struct ConvBn {
+    pub(super) weight: Tensor,
+    pub(super) bias: Tensor,
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
 }
 
 impl ConvBn {
@@ -81,11 +81,11 @@ impl ConvBn {
 
 /// A 1x1 convolution with folded batch norm, computed as one matmul per image.
 #[derive(Debug, Clone)]
-struct PointwiseBn {
+pub(super) struct PointwiseBn {
     /// (cout, cin)
-    weight: Tensor,
+    pub(super) weight: Tensor,
     /// (cout, 1)
-    bias: Tensor,
+    pub(super) bias: Tensor,
 }
 
 impl PointwiseBn {
@@ -119,14 +119,14 @@ impl PointwiseBn {
 #[derive(Debug, Clone)]
 pub struct DepthwiseConv {
     /// (c, k*k) folded weights, host copy for the CPU kernel.
-    host_weight: Vec<f32>,
-    host_bias: Vec<f32>,
+    pub(super) host_weight: Vec<f32>,
+    pub(super) host_bias: Vec<f32>,
     /// (c, 1, k, k) folded weights for the generic path.
     weight: Tensor,
     bias: Tensor,
-    channels: usize,
-    kernel: usize,
-    stride: usize,
+    pub(super) channels: usize,
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
     relu6: bool,
 }
 
@@ -267,11 +267,11 @@ impl CustomOp1 for DepthwiseConv {
 
 /// One MBConv block without squeeze-excite: [expand 1x1] -> depthwise kxk -> project 1x1.
 #[derive(Debug, Clone)]
-struct MbConv {
-    expand: Option<PointwiseBn>,
-    depthwise: DepthwiseConv,
-    project: PointwiseBn,
-    residual: bool,
+pub(super) struct MbConv {
+    pub(super) expand: Option<PointwiseBn>,
+    pub(super) depthwise: DepthwiseConv,
+    pub(super) project: PointwiseBn,
+    pub(super) residual: bool,
 }
 
 impl MbConv {
@@ -289,9 +289,9 @@ impl MbConv {
 /// EfficientNet-Lite: stem, MBConv blocks, 1x1 head to 1280 channels, pooled feature, classifier.
 #[derive(Debug, Clone)]
 pub struct EfficientNetLite {
-    stem: ConvBn,
-    blocks: Vec<MbConv>,
-    head: PointwiseBn,
+    pub(super) stem: ConvBn,
+    pub(super) blocks: Vec<MbConv>,
+    pub(super) head: PointwiseBn,
     fc: candle_nn::Linear,
     feature_dim: usize,
 }

@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::efficientnet::EfficientNetLite;
+use super::efficientnet_cpu::EfficientNetLiteCpu;
 use super::hf_vision::{self, HfVisionModel};
 use super::preprocess::{self, Normalize, Rgb8};
 use super::{EncoderError, Report, Skipped};
@@ -27,7 +28,8 @@ pub enum ImageModelKind {
 }
 
 enum Backbone {
-    EfficientNet(EfficientNetLite),
+    /// The candle model (any device), plus its channels-last twin when the device is the CPU.
+    EfficientNet(EfficientNetLite, Option<EfficientNetLiteCpu>),
     Hf(HfVisionModel),
 }
 
@@ -47,6 +49,11 @@ impl ImageEncoder {
         let tensors = super::pth::load_legacy(pth, device)?;
         let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
         let model = EfficientNetLite::load(vb)?;
+        let fast = if device.is_cpu() {
+            Some(EfficientNetLiteCpu::from_model(&model)?)
+        } else {
+            None
+        };
         let dim = model.feature_dim();
         let stem = pth
             .file_stem()
@@ -54,7 +61,7 @@ impl ImageEncoder {
             .unwrap_or_default();
         let id = format!("image:{stem}:{}", super::file_digest(pth)?);
         Ok(Self {
-            backbone: Backbone::EfficientNet(model),
+            backbone: Backbone::EfficientNet(model, fast),
             device: device.clone(),
             id,
             dim,
@@ -93,7 +100,7 @@ impl ImageEncoder {
 
     pub fn kind(&self) -> ImageModelKind {
         match &self.backbone {
-            Backbone::EfficientNet(_) => ImageModelKind::EfficientNetLite,
+            Backbone::EfficientNet(..) => ImageModelKind::EfficientNetLite,
             Backbone::Hf(m) if m.family == "clip" => ImageModelKind::ClipVision,
             Backbone::Hf(_) => ImageModelKind::Dinov2,
         }
@@ -102,7 +109,7 @@ impl ImageEncoder {
     /// Multiply-accumulates per image (EfficientNet only; None for other backbones).
     pub fn macs_per_image(&self) -> Option<u64> {
         match &self.backbone {
-            Backbone::EfficientNet(m) => Some(m.macs(self.input_size())),
+            Backbone::EfficientNet(m, _) => Some(m.macs(self.input_size())),
             Backbone::Hf(_) => None,
         }
     }
@@ -110,7 +117,7 @@ impl ImageEncoder {
     /// Side of the square network input.
     pub fn input_size(&self) -> usize {
         match &self.backbone {
-            Backbone::EfficientNet(_) => preprocess::CROP,
+            Backbone::EfficientNet(..) => preprocess::CROP,
             Backbone::Hf(m) => m.preprocessing.crop,
         }
     }
@@ -127,7 +134,7 @@ impl ImageEncoder {
     /// Network input (CHW f32) for one decoded image, with this backbone's preprocessing.
     pub fn preprocess(&self, img: &Rgb8) -> Vec<f32> {
         match &self.backbone {
-            Backbone::EfficientNet(_) => preprocess::to_network_input(img),
+            Backbone::EfficientNet(..) => preprocess::to_network_input(img),
             Backbone::Hf(m) => {
                 let p = &m.preprocessing;
                 preprocess::to_input(
@@ -153,24 +160,52 @@ impl ImageEncoder {
         Ok(Tensor::from_vec(flat, (n, 3, s, s), &self.device)?)
     }
 
+    /// Whether features come from the channels-last CPU implementation (EfficientNet on the
+    /// CPU) rather than the candle model.
+    pub fn uses_cpu_fast_path(&self) -> bool {
+        matches!(&self.backbone, Backbone::EfficientNet(_, Some(_)))
+    }
+
     /// Features for already-preprocessed inputs, one row per input.
     pub fn encode_inputs(&self, inputs: &[Vec<f32>]) -> Result<Matrix, EncoderError> {
+        if let Backbone::EfficientNet(_, Some(fast)) = &self.backbone {
+            let s = self.input_size();
+            let mut flat = Vec::with_capacity(inputs.len() * 3 * s * s);
+            for x in inputs {
+                if x.len() != 3 * s * s {
+                    return Err(EncoderError::Device(format!(
+                        "image input of {} values, expected 3x{s}x{s}",
+                        x.len()
+                    )));
+                }
+                flat.extend_from_slice(x);
+            }
+            let data = fast.features(&flat, inputs.len(), s)?;
+            return Matrix::from_vec(inputs.len(), self.dim, data)
+                .map_err(|e| EncoderError::Device(e.to_string()));
+        }
+        self.encode_inputs_candle(inputs)
+    }
+
+    /// Features through the candle model whatever the device (the reference for the CPU fast
+    /// path, and what `bench encoders` times it against).
+    pub fn encode_inputs_candle(&self, inputs: &[Vec<f32>]) -> Result<Matrix, EncoderError> {
         if inputs.is_empty() {
             return Ok(Matrix::zeros(0, self.dim));
         }
         let x = self.batch_tensor(inputs)?;
         let f = match &self.backbone {
-            Backbone::EfficientNet(m) => m.features(&x)?,
+            Backbone::EfficientNet(m, _) => m.features(&x)?,
             Backbone::Hf(m) => m.features(&x)?,
         };
         let data = f.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Matrix::from_vec(inputs.len(), self.dim, data)
-            .map_err(|e| EncoderError::Device(e.to_string()))?)
+        Matrix::from_vec(inputs.len(), self.dim, data)
+            .map_err(|e| EncoderError::Device(e.to_string()))
     }
 
     /// ImageNet logits (n, classes) for preprocessed inputs (EfficientNet only).
     pub fn classify_inputs(&self, inputs: &[Vec<f32>]) -> Result<Matrix, EncoderError> {
-        let Backbone::EfficientNet(m) = &self.backbone else {
+        let Backbone::EfficientNet(m, _) = &self.backbone else {
             return Err(EncoderError::Device(
                 "ImageNet logits exist only for EfficientNet".into(),
             ));
@@ -179,8 +214,8 @@ impl ImageEncoder {
         let (_, logits) = m.forward(&x)?;
         let classes = logits.dim(1)?;
         let data = logits.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Matrix::from_vec(inputs.len(), classes, data)
-            .map_err(|e| EncoderError::Device(e.to_string()))?)
+        Matrix::from_vec(inputs.len(), classes, data)
+            .map_err(|e| EncoderError::Device(e.to_string()))
     }
 
     /// Decode + preprocess one file.

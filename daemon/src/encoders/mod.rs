@@ -1,9 +1,12 @@
 //! Frozen pretrained encoders (inference only) and the pieces they need.
 //!
-//! - [`text`]: BERT-family sentence embeddings (all-MiniLM-L6-v2 by default) via candle-transformers.
+//! - [`text`]: BERT-family sentence embeddings (all-MiniLM-L6-v2 by default): [`bert_cpu`] on
+//!   the CPU, candle-transformers' BERT on other devices.
 //! - [`image`]: the image encoder front end: decoding, preprocessing, batching, per-item errors;
-//!   backbones are [`efficientnet`] (our own module, default) and [`hf_vision`] (DINOv2 and
-//!   CLIP-vision from HF-format directories, through candle-transformers).
+//!   backbones are [`efficientnet`] (our own module, default; [`efficientnet_cpu`] is its
+//!   channels-last CPU twin) and [`hf_vision`] (DINOv2 and CLIP-vision from HF-format
+//!   directories, through candle-transformers).
+//! - `cpu` (private): the faer gemm and run-time SIMD dispatch the two CPU paths share.
 //! - [`pth`]: reader for PyTorch's legacy `.pth` format, which the EfficientNet weights use.
 //! - [`preprocess`]: PIL-compatible decode / composite / bicubic resize / crop.
 //! - [`device`]: `--device cpu|cuda[:N]`.
@@ -11,7 +14,10 @@
 //! Invariants: encoders never mutate their weights; every public entry point returns a typed
 //! [`EncoderError`] for bad files instead of panicking; rows of every returned [`Matrix`] are in
 //! input order, and a skipped item is always named in a [`Report`].
+pub mod bert_cpu;
+mod cpu;
 pub mod efficientnet;
+pub mod efficientnet_cpu;
 pub mod hf_vision;
 pub mod image;
 pub mod preprocess;
@@ -25,7 +31,7 @@ pub fn parse_device(spec: &str) -> Result<candle_core::Device, EncoderError> {
     sotalign_engine::device::parse_device(spec).map_err(|e| EncoderError::Device(e.to_string()))
 }
 pub use image::{ImageEncoder, ImageModelKind};
-pub use text::TextEncoder;
+pub use text::{TextBackend, TextEncoder};
 
 pub use sotalign_engine::Matrix;
 

@@ -10,16 +10,32 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
+use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::EncoderError;
+use super::bert_cpu::BertCpu;
 use sotalign_engine::Matrix;
 
 /// Default truncation when the directory has no `sentence_bert_config.json`.
 const DEFAULT_MAX_SEQ: usize = 256;
 
+/// Which implementation runs the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextBackend {
+    /// [`BertCpu`] on the CPU, candle-transformers' BERT on any other device.
+    Auto,
+    /// candle-transformers' BERT whatever the device (the reference; `bench encoders` times it).
+    Candle,
+}
+
+enum Model {
+    Candle(BertModel),
+    Cpu(BertCpu),
+}
+
 pub struct TextEncoder {
-    model: BertModel,
+    model: Model,
     tokenizer: Tokenizer,
     device: Device,
     dim: usize,
@@ -48,11 +64,20 @@ fn read_json(path: &Path) -> Result<serde_json::Value, EncoderError> {
 impl TextEncoder {
     /// Load from an HF-format directory. The model id (cache key) includes a hash of the weights.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, EncoderError> {
+        Self::load_backend(dir, device, TextBackend::Auto)
+    }
+
+    /// As [`Self::load`], choosing the implementation.
+    pub fn load_backend(
+        dir: &Path,
+        device: &Device,
+        backend: TextBackend,
+    ) -> Result<Self, EncoderError> {
         let weights = need(dir, "model.safetensors")?;
         // SAFETY: the file is memory-mapped read-only; it must not be modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device)? };
         let id = format!("text:{}:{}", dir_name(dir), super::file_digest(&weights)?);
-        Self::load_with(dir, vb, id, device)
+        Self::load_with(dir, vb, id, device, backend)
     }
 
     /// The directory's architecture and tokenizer with every weight zero: the same work per
@@ -60,9 +85,18 @@ impl TextEncoder {
     /// for timing where the weights cannot be taken (`bench encoders --text-weights zeros` on a
     /// machine without the 90 MB file). Its embeddings mean nothing.
     pub fn load_zero_weights(dir: &Path, device: &Device) -> Result<Self, EncoderError> {
+        Self::load_zero_weights_backend(dir, device, TextBackend::Auto)
+    }
+
+    /// As [`Self::load_zero_weights`], choosing the implementation.
+    pub fn load_zero_weights_backend(
+        dir: &Path,
+        device: &Device,
+        backend: TextBackend,
+    ) -> Result<Self, EncoderError> {
         let vb = VarBuilder::zeros(DType::F32, device);
         let id = format!("text:{}:zeros", dir_name(dir));
-        Self::load_with(dir, vb, id, device)
+        Self::load_with(dir, vb, id, device, backend)
     }
 
     fn load_with(
@@ -70,6 +104,7 @@ impl TextEncoder {
         vb: VarBuilder,
         id: String,
         device: &Device,
+        backend: TextBackend,
     ) -> Result<Self, EncoderError> {
         let config_path = need(dir, "config.json")?;
         let tok_path = need(dir, "tokenizer.json")?;
@@ -103,7 +138,11 @@ impl TextEncoder {
                 what: e.to_string(),
             })?;
         tokenizer.with_padding(None);
-        let model = BertModel::load(vb, &config)?;
+        let model = if device.is_cpu() && backend == TextBackend::Auto {
+            Model::Cpu(BertCpu::load(vb, &config)?)
+        } else {
+            Model::Candle(BertModel::load(vb, &config)?)
+        };
         Ok(Self {
             model,
             tokenizer,
@@ -164,7 +203,33 @@ impl TextEncoder {
         order.sort_by_key(|&i| ids[i].len());
         let mut out = Matrix::zeros(texts.len(), self.dim);
         let mut done = 0;
-        for chunk in order.chunks(batch) {
+        let chunks: Vec<&[usize]> = order.chunks(batch).collect();
+        let threads = rayon::current_num_threads();
+        if let (Model::Cpu(m), true) = (&self.model, threads > 1 && chunks.len() > 1) {
+            // Batches are independent: run several at once, each whole on one worker with
+            // single-threaded products, handed out dynamically (a worker that loses its core
+            // to another process holds back one batch, not every layer of every batch).
+            for wave in chunks.chunks(4 * threads) {
+                let rows: Vec<candle_core::Result<Vec<f32>>> = wave
+                    .par_iter()
+                    .map(|chunk| {
+                        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+                        m.forward_one_worker(&seqs)
+                    })
+                    .collect();
+                for (chunk, r) in wave.iter().zip(rows) {
+                    let r = r?;
+                    for (k, &i) in chunk.iter().enumerate() {
+                        out.row_mut(i)
+                            .copy_from_slice(&r[k * self.dim..(k + 1) * self.dim]);
+                    }
+                    done += chunk.len();
+                }
+                progress(done);
+            }
+            return Ok(if normalize { out.l2_normalized() } else { out });
+        }
+        for chunk in chunks {
             let rows = self.forward_batch(chunk.iter().map(|&i| ids[i].as_slice()).collect())?;
             for (k, &i) in chunk.iter().enumerate() {
                 out.row_mut(i)
@@ -176,8 +241,17 @@ impl TextEncoder {
         Ok(if normalize { out.l2_normalized() } else { out })
     }
 
-    /// Mean-pooled hidden states for one padded batch, flattened (b * dim).
+    /// Whether the CPU implementation ([`BertCpu`]) runs the network.
+    pub fn uses_cpu_fast_path(&self) -> bool {
+        matches!(self.model, Model::Cpu(_))
+    }
+
+    /// Mean-pooled hidden states for one batch, flattened (b * dim).
     fn forward_batch(&self, seqs: Vec<&[u32]>) -> Result<Vec<f32>, EncoderError> {
+        let model = match &self.model {
+            Model::Cpu(m) => return Ok(m.forward(&seqs)?),
+            Model::Candle(m) => m,
+        };
         let b = seqs.len();
         let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut ids = vec![0u32; b * len];
@@ -191,7 +265,7 @@ impl TextEncoder {
         let ids = Tensor::from_vec(ids, (b, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, len), &self.device)?;
         let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (b, len, dim)
+        let hidden = model.forward(&ids, &types, Some(&mask))?; // (b, len, dim)
         let summed = hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?; // (b, dim)
         let counts = mask.sum_keepdim(1)?.clamp(1f32, f32::MAX)?; // (b, 1)
         let pooled = summed.broadcast_div(&counts)?;
