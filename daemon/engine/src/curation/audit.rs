@@ -372,10 +372,12 @@ struct Folds<'a> {
 }
 
 /// Choose the component cap of a CCA-family scorer: for each cap in `grid`, every fold's pairs
-/// are scored by the model fitted on the other folds, and the cap with the highest mean
-/// reciprocal rank of the pairs' own partners (caption among the candidate texts for the
-/// image, image among the candidate images for the caption; competitors as in the margins) is
-/// kept, the first in grid order on a tie. The pairs are taken as recorded, wrong ones
+/// are scored by the model fitted on the other folds, and the cap under which the pairs' own
+/// partners rank highest is kept: the mean over pairs and both directions of the share of
+/// competitors scoring below the own partner (caption among the candidate texts for the image,
+/// image among the candidate images for the caption; competitors as in the margins), the first
+/// in grid order on a tie. (The mean reciprocal rank, tried first, favours many directions:
+/// it rewards the few pairs ranked first, where the audit needs the whole ranking.) The pairs are taken as recorded, wrong ones
 /// included: the choice needs no label, and a share of wrong pairs lowers every cap's score
 /// alike. Why: with all kept components (up to n - 1) the weak, noisy directions drown the
 /// strong ones and the audit ranks clean pairs of rare content as suspicious; how many
@@ -399,7 +401,7 @@ fn select_components(
     for &cap in grid {
         let mut c = cfg.clone();
         c.teacher.max_components = cap;
-        let mut rr = 0.0;
+        let mut total_share = 0.0;
         for f in 0..folds.k {
             let train: Vec<usize> = (0..n).filter(|&i| folds.fold_of[i] != f).collect();
             let mut quiet = |_: &Progress| ControlFlow::Continue(());
@@ -429,12 +431,12 @@ fn select_components(
                         .image_competitors(i, group, None, s.nrows())
                         .map(|x| s[(x, i)]),
                 );
-                rr += 0.5 * (t + x);
+                total_share += 0.5 * (t + x);
             }
         }
-        let mrr = rr / n as f64;
-        if best.is_none_or(|(_, b)| mrr > b) {
-            best = Some((cap, mrr));
+        let mean_share = total_share / n as f64;
+        if best.is_none_or(|(_, b)| mean_share > b) {
+            best = Some((cap, mean_share));
         }
     }
     Ok(best.and_then(|b| b.0))
