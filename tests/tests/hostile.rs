@@ -836,6 +836,7 @@ fn hostile_clients_cannot_kill_hang_or_bloat_the_daemon() {
     }
     max_connections_case(&mut s, &root);
     json_values_flag_case(&mut s, &root, &addr2);
+    max_steps_flag_case(&mut s, &root, &fx.manifest);
 
     let report = s.report();
     eprintln!("{report}");
@@ -1173,6 +1174,39 @@ fn json_values_flag_case(s: &mut Suite, root: &Path, default_addr: &str) {
         );
         r.status();
         format!("default: answered; lowered: {out}")
+    });
+}
+
+/// The training caps bound training only: a daemon started with `--max-steps 10` still aligns
+/// a closed-form method with the default config (whose `optim.steps` is far above 10, and
+/// never read by `cca`), and refuses a trained one naming the flag.
+fn max_steps_flag_case(s: &mut Suite, root: &Path, manifest: &Path) {
+    let name = "--max-steps 10: cca aligns with the default config, siglip is refused";
+    if !s.selected(name) {
+        return;
+    }
+    let mut d = spawn_tcp(&root.join("data-max-steps"), &["--max-steps", "10"]);
+    let addr = d.addr.clone().unwrap();
+    s.case(name, &mut d, || {
+        let mut c = connect(&addr);
+        c.initialize("hostile-max-steps", None).unwrap();
+        ingest_any_dialect(&mut c, manifest);
+        let r = c
+            .call::<methods::Align>(AlignParams {
+                method: AlignMethod::Cca,
+                preset: None,
+                config: None,
+                seed: Some(1),
+            })
+            .expect("a closed-form align is not bound by --max-steps");
+        let f = wait_finished(&mut c, r.job);
+        assert_eq!(f.state, JobState::Succeeded, "{f:?}");
+        let mut raw = Raw::initialized(&addr);
+        let out = limit(
+            &raw.error("sotalign/align", json!({"method": "siglip", "seed": 1})),
+            "max-steps",
+        );
+        format!("cca: succeeded; siglip: {out}")
     });
 }
 
