@@ -311,21 +311,9 @@ fn add_rows(dst: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// Self-attention of one sequence: `qkv` is (t x 3*hidden) with Q | K | V column blocks,
-/// `ctx` (t x hidden) receives softmax(Q K^T * scale) V per head.
-fn attention(
-    qkv: &[f32],
-    ctx: &mut [f32],
-    scores: &mut [f32],
-    t: usize,
-    heads: usize,
-    head_dim: usize,
-    scale: f32,
-) {
-    attention_kernel(qkv, ctx, scores, t, heads, head_dim, scale)
-}
-
-dispatch!(fn attention_kernel(qkv: &[f32], ctx: &mut [f32], scores: &mut [f32], t: usize, heads: usize, head_dim: usize, scale: f32) => attention_body);
+// Self-attention of one sequence: `qkv` is (t x 3*hidden) with Q | K | V column blocks,
+// `ctx` (t x hidden) receives softmax(Q K^T * scale) V per head.
+dispatch!(fn attention(qkv: &[f32], ctx: &mut [f32], scores: &mut [f32], t: usize, heads: usize, head_dim: usize, scale: f32) => attention_body);
 
 #[inline(always)]
 fn attention_body<const FMA: bool>(
