@@ -18,12 +18,7 @@ const BN_EPS: f64 = 1e-3;
 /// Stride of each stage; a block opens a new stage exactly when its channel count changes.
 const STAGE_STRIDES: [usize; 7] = [1, 2, 2, 2, 1, 2, 1];
 
-/// TF "SAME" padding for one spatial dimension: (before, after).
-pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
-    let out = input.div_ceil(stride);
-    let total = ((out - 1) * stride + kernel).saturating_sub(input);
-    (total / 2, total - total / 2)
-}
+pub use sotalign_kernels::efficientnet::same_padding;
 
 /// Fold an eval-mode batch norm into per-output-channel (scale, shift).
 fn bn_fold(vb: &VarBuilder, c: usize) -> Result<(Tensor, Tensor)> {

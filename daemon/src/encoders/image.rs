@@ -10,11 +10,11 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::efficientnet::EfficientNetLite;
-use super::efficientnet_cpu::EfficientNetLiteCpu;
 use super::hf_vision::{self, HfVisionModel};
 use super::preprocess::{self, Normalize, Rgb8};
 use super::{EncoderError, Report, Skipped};
 use sotalign_engine::Matrix;
+use sotalign_kernels::efficientnet::EfficientNetLite as EfficientNetLiteCpu;
 
 /// Which backbone an [`ImageEncoder`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ impl ImageEncoder {
         let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
         let model = EfficientNetLite::load(vb)?;
         let fast = if device.is_cpu() {
-            Some(EfficientNetLiteCpu::from_model(&model)?)
+            Some(super::efficientnet_cpu::from_model(&model)?)
         } else {
             None
         };

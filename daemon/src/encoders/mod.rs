@@ -1,21 +1,21 @@
 //! Frozen pretrained encoders (inference only) and the pieces they need.
 //!
-//! - [`text`]: BERT-family sentence embeddings (all-MiniLM-L6-v2 by default): [`bert_cpu`] on
-//!   the CPU, candle-transformers' BERT on other devices.
+//! - [`text`]: BERT-family sentence embeddings (all-MiniLM-L6-v2 by default): the
+//!   `sotalign-kernels` BERT on the CPU (weights loaded by [`bert_cpu`]), candle-transformers'
+//!   BERT on other devices.
 //! - [`image`]: the image encoder front end: decoding, preprocessing, batching, per-item errors;
-//!   backbones are [`efficientnet`] (our own module, default; [`efficientnet_cpu`] is its
-//!   channels-last CPU twin) and [`hf_vision`] (DINOv2 and CLIP-vision from HF-format
+//!   backbones are [`efficientnet`] (our own module, default; [`efficientnet_cpu`] builds its
+//!   channels-last CPU twin in `sotalign-kernels`) and [`hf_vision`] (DINOv2 and CLIP-vision from HF-format
 //!   directories, through candle-transformers).
-//! - `cpu` (private): the faer gemm and run-time SIMD dispatch the two CPU paths share.
 //! - [`pth`]: reader for PyTorch's legacy `.pth` format, which the EfficientNet weights use.
-//! - [`preprocess`]: PIL-compatible decode / composite / bicubic resize / crop.
+//! - [`preprocess`]: decoding and pixel caps; the PIL-compatible composite / bicubic resize /
+//!   crop arithmetic is `sotalign_kernels::resample`, re-exported there.
 //! - [`device`]: `--device cpu|cuda[:N]`.
 //!
 //! Invariants: encoders never mutate their weights; every public entry point returns a typed
 //! [`EncoderError`] for bad files instead of panicking; rows of every returned [`Matrix`] are in
 //! input order, and a skipped item is always named in a [`Report`].
 pub mod bert_cpu;
-mod cpu;
 pub mod efficientnet;
 pub mod efficientnet_cpu;
 pub mod hf_vision;
@@ -58,6 +58,8 @@ pub enum EncoderError {
     Device(String),
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("CPU kernel: {0}")]
+    Kernel(#[from] sotalign_kernels::KernelError),
 }
 
 impl EncoderError {

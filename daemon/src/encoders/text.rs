@@ -14,8 +14,8 @@ use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::EncoderError;
-use super::bert_cpu::BertCpu;
 use sotalign_engine::Matrix;
+use sotalign_kernels::bert::Bert;
 
 /// Default truncation when the directory has no `sentence_bert_config.json`.
 const DEFAULT_MAX_SEQ: usize = 256;
@@ -23,7 +23,7 @@ const DEFAULT_MAX_SEQ: usize = 256;
 /// Which implementation runs the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextBackend {
-    /// [`BertCpu`] on the CPU, candle-transformers' BERT on any other device.
+    /// The kernel BERT ([`Bert`]) on the CPU, candle-transformers' BERT on any other device.
     Auto,
     /// candle-transformers' BERT whatever the device (the reference; `bench encoders` times it).
     Candle,
@@ -31,7 +31,7 @@ pub enum TextBackend {
 
 enum Model {
     Candle(BertModel),
-    Cpu(BertCpu),
+    Cpu(Bert),
 }
 
 pub struct TextEncoder {
@@ -139,7 +139,7 @@ impl TextEncoder {
             })?;
         tokenizer.with_padding(None);
         let model = if device.is_cpu() && backend == TextBackend::Auto {
-            Model::Cpu(BertCpu::load(vb, &config)?)
+            Model::Cpu(super::bert_cpu::load(vb, &config)?)
         } else {
             Model::Candle(BertModel::load(vb, &config)?)
         };
@@ -210,7 +210,7 @@ impl TextEncoder {
             // single-threaded products, handed out dynamically (a worker that loses its core
             // to another process holds back one batch, not every layer of every batch).
             for wave in chunks.chunks(4 * threads) {
-                let rows: Vec<candle_core::Result<Vec<f32>>> = wave
+                let rows: Vec<Result<Vec<f32>, sotalign_kernels::KernelError>> = wave
                     .par_iter()
                     .map(|chunk| {
                         let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
@@ -241,7 +241,7 @@ impl TextEncoder {
         Ok(if normalize { out.l2_normalized() } else { out })
     }
 
-    /// Whether the CPU implementation ([`BertCpu`]) runs the network.
+    /// Whether the CPU implementation ([`Bert`]) runs the network.
     pub fn uses_cpu_fast_path(&self) -> bool {
         matches!(self.model, Model::Cpu(_))
     }
