@@ -383,12 +383,18 @@ fn softmax_inplace<const FMA: bool>(x: &mut [f32]) {
 
 /// e^x in f32 for x <= ~88: 2^n * e^r with |r| <= ln2/2 and a degree-6 polynomial (relative
 /// error about 2e-7); results below the normal range flush to 0.
+///
+/// Branch-free and integer-overflow-free so that loops calling it vectorise: n is rounded by
+/// adding 1.5 * 2^23 (which leaves n in the low mantissa bits, read back for 2^n) instead of
+/// `round()` and an `as i32` cast, which kept the GELU loop scalar.
 #[inline(always)]
 fn exp_approx<const FMA: bool>(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let t = madd::<FMA>(x, std::f32::consts::LOG2_E, SHIFT);
+    let n = t - SHIFT;
     let r = madd::<FMA>(-n, LN2_LO, madd::<FMA>(-n, LN2_HI, x));
     // Taylor coefficients 1/k! for k = 6..0, Horner form.
     let mut p = 1.0 / 720.0;
@@ -398,8 +404,9 @@ fn exp_approx<const FMA: bool>(x: f32) -> f32 {
     p = madd::<FMA>(p, r, 0.5);
     p = madd::<FMA>(p, r, 1.0);
     p = madd::<FMA>(p, r, 1.0);
-    let bits = ((n as i32 + 127) << 23) as u32;
-    p * f32::from_bits(bits)
+    // n + 127 in [1, 254]: the biased exponent of 2^n.
+    let biased = t.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 /// erf(x), |error| < 2e-7 (Abramowitz & Stegun 7.1.26 form with a 5-term polynomial in
