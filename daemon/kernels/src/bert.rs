@@ -74,21 +74,12 @@ pub struct BertWeights {
     pub act: Activation,
 }
 
-/// A BERT encoder with host-resident f32 weights.
+/// A BERT encoder with host-resident f32 weights, checked against their shapes.
 #[derive(Debug, Clone)]
 pub struct Bert {
-    word: Vec<f32>,
-    position: Vec<f32>,
-    token_type0: Vec<f32>,
-    emb_ln: LayerNorm,
-    layers: Vec<Layer>,
-    hidden: usize,
-    heads: usize,
-    inter: usize,
+    w: BertWeights,
     vocab: usize,
     max_positions: usize,
-    eps: f32,
-    act: Activation,
 }
 
 /// Per-group buffers for `tokens` rows.
@@ -132,6 +123,12 @@ impl Bert {
             )));
         }
         shape("token type embedding", w.token_type0.len(), d)?;
+        if !(w.eps.is_finite() && w.eps >= 0.0) {
+            return Err(KernelError::Shape(format!(
+                "layer norm epsilon {} is not a finite, non-negative number",
+                w.eps
+            )));
+        }
         let ln = |what: &str, l: &LayerNorm| {
             shape(what, l.gamma.len(), d).and_then(|_| shape(what, l.beta.len(), d))
         };
@@ -152,28 +149,19 @@ impl Bert {
         Ok(Self {
             vocab: w.word.len() / d,
             max_positions: w.position.len() / d,
-            word: w.word,
-            position: w.position,
-            token_type0: w.token_type0,
-            emb_ln: w.emb_ln,
-            layers: w.layers,
-            hidden: d,
-            heads: w.heads,
-            inter,
-            eps: w.eps,
-            act: w.act,
+            w,
         })
     }
 
     pub fn hidden_size(&self) -> usize {
-        self.hidden
+        self.w.hidden
     }
 
     /// Mean-pooled last hidden states (sequences x hidden, row-major) of token-id sequences,
     /// each attending to itself only. Empty sequences pool to zeros.
     pub fn forward(&self, seqs: &[&[u32]]) -> Result<Vec<f32>, KernelError> {
         self.check(seqs)?;
-        let d = self.hidden;
+        let d = self.w.hidden;
         let mut out = vec![0f32; seqs.len() * d];
         let total: usize = seqs.iter().map(|s| s.len()).sum();
         let threads = rayon::current_num_threads().max(1);
@@ -207,7 +195,7 @@ impl Bert {
     /// callers that already run several batches in parallel.
     pub fn forward_one_worker(&self, seqs: &[&[u32]]) -> Result<Vec<f32>, KernelError> {
         self.check(seqs)?;
-        let mut out = vec![0f32; seqs.len() * self.hidden];
+        let mut out = vec![0f32; seqs.len() * self.w.hidden];
         self.group(seqs, &mut out, Par::Seq);
         Ok(out)
     }
@@ -233,7 +221,7 @@ impl Bert {
 
     /// Whole forward pass for one group of sequences, rows stacked without padding.
     fn group(&self, seqs: &[&[u32]], out: &mut [f32], par: Par) {
-        let d = self.hidden;
+        let d = self.w.hidden;
         let tokens: usize = seqs.iter().map(|s| s.len()).sum();
         let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
         if tokens == 0 {
@@ -244,7 +232,7 @@ impl Bert {
             x: vec![0.0; tokens * d],
             qkv: vec![0.0; tokens * 3 * d],
             ctx: vec![0.0; tokens * d],
-            ffn: vec![0.0; tokens * self.inter],
+            ffn: vec![0.0; tokens * self.w.inter],
             scores: vec![0.0; longest * longest],
         };
         // Embeddings: word + position + type 0, then layer norm.
@@ -252,19 +240,24 @@ impl Bert {
         for s in seqs {
             for (pos, &id) in s.iter().enumerate() {
                 let x = &mut b.x[row * d..][..d];
-                let w = &self.word[id as usize * d..][..d];
-                let p = &self.position[pos * d..][..d];
-                for (((x, w), p), t) in x.iter_mut().zip(w).zip(p).zip(&self.token_type0) {
+                let w = &self.w.word[id as usize * d..][..d];
+                let p = &self.w.position[pos * d..][..d];
+                for (((x, w), p), t) in x.iter_mut().zip(w).zip(p).zip(&self.w.token_type0) {
                     *x = w + p + t;
                 }
                 row += 1;
             }
         }
-        layer_norm_rows(&mut b.x, &self.emb_ln.gamma, &self.emb_ln.beta, self.eps);
+        layer_norm_rows(
+            &mut b.x,
+            &self.w.emb_ln.gamma,
+            &self.w.emb_ln.beta,
+            self.w.eps,
+        );
 
-        let head_dim = d / self.heads;
+        let head_dim = d / self.w.heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        for l in &self.layers {
+        for l in &self.w.layers {
             fill_rows(&mut b.qkv, &l.qkv_b);
             gemm_acc_bt(&mut b.qkv, &b.x, &l.qkv_w, (tokens, d, 3 * d), par);
             let mut start = 0;
@@ -275,7 +268,7 @@ impl Bert {
                     &mut b.ctx[start * d..(start + t) * d],
                     &mut b.scores[..t * t],
                     t,
-                    self.heads,
+                    self.w.heads,
                     head_dim,
                     scale,
                 );
@@ -284,17 +277,17 @@ impl Bert {
             // x <- LN(x + out_b + ctx Wo^T), the residual added in place.
             add_rows(&mut b.x, &l.out_b);
             gemm_acc_bt(&mut b.x, &b.ctx, &l.out_w, (tokens, d, d), par);
-            layer_norm_rows(&mut b.x, &l.ln1.gamma, &l.ln1.beta, self.eps);
+            layer_norm_rows(&mut b.x, &l.ln1.gamma, &l.ln1.beta, self.w.eps);
             fill_rows(&mut b.ffn, &l.inter_b);
-            gemm_acc_bt(&mut b.ffn, &b.x, &l.inter_w, (tokens, d, self.inter), par);
-            match self.act {
+            gemm_acc_bt(&mut b.ffn, &b.x, &l.inter_w, (tokens, d, self.w.inter), par);
+            match self.w.act {
                 Activation::GeluErf => gelu_erf_inplace(&mut b.ffn),
                 Activation::GeluTanh => gelu_tanh_inplace(&mut b.ffn),
                 Activation::Relu => b.ffn.iter_mut().for_each(|v| *v = v.max(0.0)),
             }
             add_rows(&mut b.x, &l.down_b);
-            gemm_acc_bt(&mut b.x, &b.ffn, &l.down_w, (tokens, self.inter, d), par);
-            layer_norm_rows(&mut b.x, &l.ln2.gamma, &l.ln2.beta, self.eps);
+            gemm_acc_bt(&mut b.x, &b.ffn, &l.down_w, (tokens, self.w.inter, d), par);
+            layer_norm_rows(&mut b.x, &l.ln2.gamma, &l.ln2.beta, self.w.eps);
         }
 
         // Mean over each sequence's tokens.
