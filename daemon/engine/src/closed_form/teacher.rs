@@ -99,6 +99,23 @@ impl CcaTeacher {
         self.rho.len()
     }
 
+    /// The same teacher keeping only its first `cap` components (all when `None` or larger):
+    /// what a fit with `max_components = cap` computes, since the cap only truncates the
+    /// singular vectors of the same whitened cross-covariance. Lets a caller compare caps with
+    /// one fit instead of one per cap.
+    pub fn truncated(&self, cap: Option<usize>) -> CcaTeacher {
+        let k = cap.unwrap_or(usize::MAX).clamp(1, self.k());
+        CcaTeacher {
+            mean_x: self.mean_x.clone(),
+            mean_y: self.mean_y.clone(),
+            wx: self.wx.subcols(0, k).to_owned(),
+            wy: self.wy.subcols(0, k).to_owned(),
+            rho: self.rho[..k].to_vec(),
+            ridge_x: self.ridge_x,
+            ridge_y: self.ridge_y,
+        }
+    }
+
     pub fn dx(&self) -> usize {
         self.wx.nrows()
     }
@@ -300,6 +317,39 @@ mod tests {
             }
         }
         (to_matrix(&x), to_matrix(&y))
+    }
+
+    #[test]
+    fn truncating_equals_fitting_with_the_cap() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (dx, dy, l) = (12, 9, 3);
+        let a = orthonormal_rows(&mut rng, l, dx);
+        let b = orthonormal_rows(&mut rng, l, dy);
+        let (xp, yp) = planted(&mut rng, 60, &a, &b, 0.2);
+        let data = AlignData::from_pairs(xp, yp);
+        let full = CcaTeacher::fit(&data, &TeacherConfig::default()).unwrap();
+        for cap in [1usize, 4, 100] {
+            let capped = CcaTeacher::fit(
+                &data,
+                &TeacherConfig {
+                    max_components: Some(cap),
+                    ..TeacherConfig::default()
+                },
+            )
+            .unwrap();
+            let t = full.truncated(Some(cap));
+            assert_eq!(t.k(), capped.k());
+            assert_eq!(t.rho, capped.rho);
+            let (ex, ey) = (
+                t.embed_x_f64(&data.xp).unwrap(),
+                capped.embed_x_f64(&data.xp).unwrap(),
+            );
+            let d = (0..ex.nrows())
+                .flat_map(|i| (0..ex.ncols()).map(move |j| (i, j)))
+                .fold(0f64, |m, (i, j)| m.max((ex[(i, j)] - ey[(i, j)]).abs()));
+            assert!(d < 1e-12, "cap {cap}: max difference {d}");
+        }
+        assert_eq!(full.truncated(None).k(), full.k());
     }
 
     #[test]

@@ -31,9 +31,11 @@ use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
+use crate::csa::Csa;
 use crate::linalg::{self, to_faer};
 use crate::methods::{Method, Progress, fit};
-use crate::{AlignConfig, AlignData, AlignError, Matrix};
+use crate::teacher::CcaTeacher;
+use crate::{AlignConfig, AlignData, AlignError, Aligned, Matrix};
 
 /// Settings of an audit.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,7 +248,8 @@ pub fn audit(
         Method::Cca | Method::Csa if acfg.component_grid.len() > 1 => &acfg.component_grid,
         _ => &[],
     };
-    let total = k * (acfg.rounds + grid.len());
+    // Selection fits each fold once (all caps from one fit); round 1 reuses the chosen cap's.
+    let total = k * acfg.rounds + if grid.is_empty() { 0 } else { k };
     let mut step = 0;
     let folds = Folds {
         fold_of: &fold_of,
@@ -269,6 +272,10 @@ pub fn audit(
         Some(select_components(
             method, data, cfg, &folds, grid, &images, &texts, &groups, &mut tick,
         )?)
+    };
+    let (components, mut reuse) = match components {
+        Some((cap, models)) => (Some(cap), models.into_iter().map(Some).collect::<Vec<_>>()),
+        None => (None, Vec::new()),
     };
     let chosen;
     let cfg = match components {
@@ -294,9 +301,20 @@ pub fn audit(
             let train: Vec<usize> = (0..n)
                 .filter(|&i| fold_of[i] != f && !trimmed.contains(&i))
                 .collect();
-            let sub = subset(data, &train);
-            let mut quiet = |_: &Progress| ControlFlow::Continue(());
-            let model = fit(method, &sub, cfg, &mut quiet)?;
+            // Round 1 trains on every pair outside the fold, as the selection did.
+            let reused = if round == 0 {
+                reuse.get_mut(f).and_then(Option::take)
+            } else {
+                None
+            };
+            let model = match reused {
+                Some(m) => m,
+                None => {
+                    let sub = subset(data, &train);
+                    let mut quiet = |_: &Progress| ControlFlow::Continue(());
+                    fit(method, &sub, cfg, &mut quiet)?
+                }
+            };
             step += 1;
             if progress(&Progress {
                 phase: crate::progress::Phase::Fit,
@@ -395,20 +413,17 @@ fn select_components(
     texts: &Matrix,
     groups: &Groups,
     tick: &mut dyn FnMut(&str) -> bool,
-) -> Result<Option<usize>, AlignError> {
+) -> Result<(Option<usize>, Vec<Box<dyn Aligned>>), AlignError> {
     let n = data.n_pairs();
-    let mut best: Option<(Option<usize>, f64)> = None;
-    for &cap in grid {
-        let mut c = cfg.clone();
-        c.teacher.max_components = cap;
-        let mut total_share = 0.0;
-        for f in 0..folds.k {
-            let train: Vec<usize> = (0..n).filter(|&i| folds.fold_of[i] != f).collect();
-            let mut quiet = |_: &Progress| ControlFlow::Continue(());
-            let model = fit(method, &subset(data, &train), &c, &mut quiet)?;
-            if tick("audit: choosing components") {
-                return Err(AlignError::Cancelled);
-            }
+    let mut total_share = vec![0.0; grid.len()];
+    let mut models: Vec<Vec<Box<dyn Aligned>>> = (0..grid.len()).map(|_| Vec::new()).collect();
+    for f in 0..folds.k {
+        let train: Vec<usize> = (0..n).filter(|&i| folds.fold_of[i] != f).collect();
+        let fold_models = fit_caps(method, &subset(data, &train), cfg, grid)?;
+        if tick("audit: choosing components") {
+            return Err(AlignError::Cancelled);
+        }
+        for (c, model) in fold_models.into_iter().enumerate() {
             let s = &model.embed_x_f64(images)? * model.embed_y_f64(texts)?.transpose();
             for i in (0..n).filter(|&i| folds.fold_of[i] == f) {
                 let own = s[(i, i)];
@@ -431,15 +446,47 @@ fn select_components(
                         .image_competitors(i, group, None, s.nrows())
                         .map(|x| s[(x, i)]),
                 );
-                total_share += 0.5 * (t + x);
+                total_share[c] += 0.5 * (t + x);
             }
-        }
-        let mean_share = total_share / n as f64;
-        if best.is_none_or(|(_, b)| mean_share > b) {
-            best = Some((cap, mean_share));
+            models[c].push(model);
         }
     }
-    Ok(best.and_then(|b| b.0))
+    // The first cap with the highest mean share (earlier caps win ties).
+    let mut best = 0;
+    for c in 1..grid.len() {
+        if total_share[c] > total_share[best] {
+            best = c;
+        }
+    }
+    Ok((grid[best], models.swap_remove(best)))
+}
+
+/// One model per cap of `caps` fitted on `data`, for `cca` and `csa`: the canonical directions
+/// are fitted once, without a cap, and each cap keeps a prefix of them
+/// ([`CcaTeacher::truncated`]: what a fit with that cap computes). One fit per fold instead of
+/// one per fold and cap.
+fn fit_caps(
+    method: Method,
+    data: &AlignData,
+    cfg: &AlignConfig,
+    caps: &[Option<usize>],
+) -> Result<Vec<Box<dyn Aligned>>, AlignError> {
+    let mut uncapped = cfg.teacher.clone();
+    uncapped.max_components = None;
+    let teacher = CcaTeacher::fit(data, &uncapped)?;
+    caps.iter()
+        .map(|&cap| -> Result<Box<dyn Aligned>, AlignError> {
+            let t = teacher.truncated(cap);
+            match method {
+                Method::Cca => Ok(Box::new(t)),
+                Method::Csa => Ok(Box::new(Csa::from_teacher(t, cfg.csa.s)?)),
+                other => Err(AlignError::InvalidConfig(format!(
+                    "audit: component caps apply to cca and csa, not {}",
+                    other.name()
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// Pairs sorted most suspicious first (ties by pair index, so the order is deterministic).
