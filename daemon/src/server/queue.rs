@@ -93,9 +93,26 @@ pub async fn next_to_label(
         .map_err(|e| internal(format!("queue task failed: {e}")))?
 }
 
+/// Why the hybrid rule has the annotator caption rather than judge: too few answers yet to
+/// trust the model's proposals, or their estimated precision is under the threshold.
+fn caption_reason(precision: f64, observations: usize) -> String {
+    let cfg = HybridConfig::default();
+    if observations < cfg.min_obs {
+        format!(
+            "only {observations} of the {} answers needed to estimate how often the model's proposals are right, so finding its caption teaches more than judging",
+            cfg.min_obs
+        )
+    } else {
+        format!(
+            "the model's proposals were right about {:.0}% of the time, below {:.0}%, so finding its caption teaches more than judging",
+            precision * 100.0,
+            cfg.threshold * 100.0
+        )
+    }
+}
+
 fn build(shared: &Arc<Shared>, p: NextToLabelParams) -> HResult<NextToLabelResult> {
     let limit = p.limit.clamp(1, MAX_QUEUE.min(max_page())) as usize;
-    let threshold = HybridConfig::default().threshold;
     let model = shared.model();
     let (mode, precision, observations, mut open, covered) = {
         let v = shared.view();
@@ -125,14 +142,13 @@ fn build(shared: &Arc<Shared>, p: NextToLabelParams) -> HResult<NextToLabelResul
         (Some(m), _) => {
             let (typ, k) =
                 typical_uncovered(|id| m.vector(Modality::Image, id), &open, &covered, limit)?;
+            let why = caption_reason(precision, observations as usize);
             for id in typ {
                 picks.push((
                     id,
                     QueueReason::FindCaption,
                     format!(
-                        "typical of a cluster of the aligned image space ({k} clusters) that few pairs cover; the model's proposals were right {:.0}% of the time, below {:.0}%, so finding its caption teaches more than judging",
-                        precision * 100.0,
-                        threshold * 100.0
+                        "typical of a cluster of the aligned image space ({k} clusters) that few pairs cover; {why}"
                     ),
                     None,
                 ));
@@ -190,7 +206,7 @@ fn build(shared: &Arc<Shared>, p: NextToLabelParams) -> HResult<NextToLabelResul
         mode,
         precision,
         observations,
-        threshold,
+        threshold: HybridConfig::default().threshold,
         run: model.map(|m| m.run),
         items,
     })
@@ -228,5 +244,23 @@ fn judge(
             ),
             Some((pk.text, pk.score as f32)),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With too few answers the reason says so instead of quoting the prior as a precision.
+    #[test]
+    fn caption_reason_does_not_quote_the_prior_as_a_measurement() {
+        let few = caption_reason(0.5, 0);
+        assert!(few.contains("only 0 of the 10 answers"), "{few}");
+        assert!(!few.contains("right about"), "{few}");
+        let many = caption_reason(0.25, 30);
+        assert!(
+            many.contains("right about 25% of the time, below 50%"),
+            "{many}"
+        );
     }
 }
