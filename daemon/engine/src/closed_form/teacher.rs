@@ -104,7 +104,7 @@ impl CcaTeacher {
     /// singular vectors of the same whitened cross-covariance. Lets a caller compare caps with
     /// one fit instead of one per cap.
     pub fn truncated(&self, cap: Option<usize>) -> CcaTeacher {
-        let k = cap.unwrap_or(usize::MAX).clamp(1, self.k());
+        let k = cap.map_or(self.k(), |c| c.max(1).min(self.k()));
         CcaTeacher {
             mean_x: self.mean_x.clone(),
             mean_y: self.mean_y.clone(),

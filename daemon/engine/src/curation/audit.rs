@@ -95,6 +95,11 @@ impl AuditConfig {
                 self.trim
             )));
         }
+        if self.component_grid.contains(&Some(0)) {
+            return Err(AlignError::InvalidConfig(
+                "audit.component_grid: a component cap must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -931,6 +936,20 @@ mod tests {
                 &data,
                 &AlignConfig::default(),
                 &bad,
+                &mut ignore
+            ),
+            Err(AlignError::InvalidConfig(_))
+        ));
+        let zero_cap = AuditConfig {
+            component_grid: vec![Some(0), None],
+            ..AuditConfig::default()
+        };
+        assert!(matches!(
+            audit(
+                Method::Cca,
+                &data,
+                &AlignConfig::default(),
+                &zero_cap,
                 &mut ignore
             ),
             Err(AlignError::InvalidConfig(_))
