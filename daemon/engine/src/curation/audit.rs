@@ -279,7 +279,10 @@ pub fn audit(
         )?)
     };
     let (components, mut reuse) = match components {
-        Some((cap, models)) => (Some(cap), models.into_iter().map(Some).collect::<Vec<_>>()),
+        Some((cap, teachers)) => (
+            Some(cap),
+            teachers.into_iter().map(Some).collect::<Vec<_>>(),
+        ),
         None => (None, Vec::new()),
     };
     let chosen;
@@ -313,7 +316,7 @@ pub fn audit(
                 None
             };
             let model = match reused {
-                Some(m) => m,
+                Some(teacher) => capped(method, &teacher, components.flatten(), cfg)?,
                 None => {
                     let sub = subset(data, &train);
                     let mut quiet = |_: &Progress| ControlFlow::Continue(());
@@ -418,17 +421,18 @@ fn select_components(
     texts: &Matrix,
     groups: &Groups,
     tick: &mut dyn FnMut(&str) -> bool,
-) -> Result<(Option<usize>, Vec<Box<dyn Aligned>>), AlignError> {
+) -> Result<(Option<usize>, Vec<CcaTeacher>), AlignError> {
     let n = data.n_pairs();
     let mut total_share = vec![0.0; grid.len()];
-    let mut models: Vec<Vec<Box<dyn Aligned>>> = (0..grid.len()).map(|_| Vec::new()).collect();
+    let mut teachers = Vec::with_capacity(folds.k);
     for f in 0..folds.k {
         let train: Vec<usize> = (0..n).filter(|&i| folds.fold_of[i] != f).collect();
-        let fold_models = fit_caps(method, &subset(data, &train), cfg, grid)?;
+        let teacher = fit_uncapped(data, &train, cfg)?;
         if tick("audit: choosing components") {
             return Err(AlignError::Cancelled);
         }
-        for (c, model) in fold_models.into_iter().enumerate() {
+        for (c, &cap) in grid.iter().enumerate() {
+            let model = capped(method, &teacher, cap, cfg)?;
             let s = &model.embed_x_f64(images)? * model.embed_y_f64(texts)?.transpose();
             for i in (0..n).filter(|&i| folds.fold_of[i] == f) {
                 let own = s[(i, i)];
@@ -453,8 +457,8 @@ fn select_components(
                 );
                 total_share[c] += 0.5 * (t + x);
             }
-            models[c].push(model);
         }
+        teachers.push(teacher);
     }
     // The first cap with the highest mean share (earlier caps win ties).
     let mut best = 0;
@@ -463,35 +467,38 @@ fn select_components(
             best = c;
         }
     }
-    Ok((grid[best], models.swap_remove(best)))
+    Ok((grid[best], teachers))
 }
 
-/// One model per cap of `caps` fitted on `data`, for `cca` and `csa`: the canonical directions
-/// are fitted once, without a cap, and each cap keeps a prefix of them
-/// ([`CcaTeacher::truncated`]: what a fit with that cap computes). One fit per fold instead of
-/// one per fold and cap.
-fn fit_caps(
-    method: Method,
+/// The uncapped CCA of the pairs `train`: every cap's fold model is a prefix of its directions
+/// ([`CcaTeacher::truncated`], what a fit with that cap computes), so a fold is fitted once for
+/// the whole grid, and only this one model per fold is kept.
+fn fit_uncapped(
     data: &AlignData,
+    train: &[usize],
     cfg: &AlignConfig,
-    caps: &[Option<usize>],
-) -> Result<Vec<Box<dyn Aligned>>, AlignError> {
+) -> Result<CcaTeacher, AlignError> {
     let mut uncapped = cfg.teacher.clone();
     uncapped.max_components = None;
-    let teacher = CcaTeacher::fit(data, &uncapped)?;
-    caps.iter()
-        .map(|&cap| -> Result<Box<dyn Aligned>, AlignError> {
-            let t = teacher.truncated(cap);
-            match method {
-                Method::Cca => Ok(Box::new(t)),
-                Method::Csa => Ok(Box::new(Csa::from_teacher(t, cfg.csa.s)?)),
-                other => Err(AlignError::InvalidConfig(format!(
-                    "audit: component caps apply to cca and csa, not {}",
-                    other.name()
-                ))),
-            }
-        })
-        .collect()
+    CcaTeacher::fit(&subset(data, train), &uncapped)
+}
+
+/// The `cca` or `csa` model keeping the first `cap` directions of `teacher`.
+fn capped(
+    method: Method,
+    teacher: &CcaTeacher,
+    cap: Option<usize>,
+    cfg: &AlignConfig,
+) -> Result<Box<dyn Aligned>, AlignError> {
+    let t = teacher.truncated(cap);
+    match method {
+        Method::Cca => Ok(Box::new(t)),
+        Method::Csa => Ok(Box::new(Csa::from_teacher(t, cfg.csa.s)?)),
+        other => Err(AlignError::InvalidConfig(format!(
+            "audit: component caps apply to cca and csa, not {}",
+            other.name()
+        ))),
+    }
 }
 
 /// Pairs sorted most suspicious first (ties by pair index, so the order is deterministic).
