@@ -1,31 +1,24 @@
 //! Loading BERT weights for the CPU forward pass ([`sotalign_kernels::bert::Bert`]): names as
 //! candle-transformers' `BertModel::load` expects them, read through a candle `VarBuilder`, so
 //! the same checkpoint feeds both. The tests here hold the kernel to candle's model.
-use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use sotalign_kernels::bert::{Activation, Bert, BertWeights, Layer, LayerNorm};
 
-use super::EncoderError;
-
-fn host(t: Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?
-        .to_device(&candle_core::Device::Cpu)?
-        .to_vec1::<f32>()
-}
+use super::{EncoderError, host_f32};
 
 fn layer_norm(vb: &VarBuilder, d: usize) -> candle_core::Result<LayerNorm> {
     Ok(LayerNorm {
-        gamma: host(vb.get(d, "weight")?)?,
-        beta: host(vb.get(d, "bias")?)?,
+        gamma: host_f32(&vb.get(d, "weight")?)?,
+        beta: host_f32(&vb.get(d, "bias")?)?,
     })
 }
 
 /// A linear layer's (weight (out x in) row-major, bias).
 fn linear(vb: &VarBuilder, din: usize, dout: usize) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
     Ok((
-        host(vb.get((dout, din), "weight")?)?,
-        host(vb.get(dout, "bias")?)?,
+        host_f32(&vb.get((dout, din), "weight")?)?,
+        host_f32(&vb.get(dout, "bias")?)?,
     ))
 }
 
@@ -39,12 +32,12 @@ pub fn load(vb: VarBuilder, config: &Config) -> Result<Bert, EncoderError> {
     let d = config.hidden_size;
     let inter = config.intermediate_size;
     let e = vb.pp("embeddings");
-    let word = host(e.get((config.vocab_size, d), "word_embeddings.weight")?)?;
-    let position = host(e.get(
+    let word = host_f32(&e.get((config.vocab_size, d), "word_embeddings.weight")?)?;
+    let position = host_f32(&e.get(
         (config.max_position_embeddings, d),
         "position_embeddings.weight",
     )?)?;
-    let types = host(e.get((config.type_vocab_size, d), "token_type_embeddings.weight")?)?;
+    let types = host_f32(&e.get((config.type_vocab_size, d), "token_type_embeddings.weight")?)?;
     if types.len() < d {
         return Err(candle_core::Error::Msg("no token type embeddings".into()).into());
     }
@@ -93,7 +86,7 @@ pub fn load(vb: VarBuilder, config: &Config) -> Result<Bert, EncoderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::{DType, Device, Tensor};
     use candle_transformers::models::bert::BertModel;
     use std::collections::HashMap;
 

@@ -142,13 +142,8 @@ impl DepthwiseConv {
             );
         }
         let weight = weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
-        let host_weight = weight
-            .flatten_all()?
-            .to_device(&candle_core::Device::Cpu)?
-            .to_vec1::<f32>()?;
-        let host_bias = shift
-            .to_device(&candle_core::Device::Cpu)?
-            .to_vec1::<f32>()?;
+        let host_weight = super::host_f32(&weight)?;
+        let host_bias = super::host_f32(&shift)?;
         Ok(Self {
             host_weight,
             host_bias,

@@ -4,17 +4,11 @@
 use candle_core::Tensor;
 use sotalign_kernels::efficientnet::{Block, Dense, Depthwise, EfficientNetLite as Kernel};
 
-use super::EncoderError;
 use super::efficientnet::EfficientNetLite;
-
-fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?
-        .to_device(&candle_core::Device::Cpu)?
-        .to_vec1::<f32>()
-}
+use super::{EncoderError, host_f32};
 
 fn dense(weight: &Tensor, bias: &Tensor) -> Result<Dense, EncoderError> {
-    Ok(Dense::new(host(weight)?, host(bias)?)?)
+    Ok(Dense::new(host_f32(weight)?, host_f32(bias)?)?)
 }
 
 /// Host copies of a candle model's layers, as the CPU kernel.

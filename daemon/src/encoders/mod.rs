@@ -62,6 +62,14 @@ pub enum EncoderError {
     Kernel(#[from] sotalign_kernels::KernelError),
 }
 
+/// A tensor's values as a flat host vector (any device, any shape, row-major): how the CPU
+/// kernels and the depthwise layer take candle-loaded weights.
+pub(crate) fn host_f32(t: &candle_core::Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?
+        .to_device(&candle_core::Device::Cpu)?
+        .to_vec1::<f32>()
+}
+
 impl EncoderError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {

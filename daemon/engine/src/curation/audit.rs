@@ -933,34 +933,29 @@ mod tests {
             &mut |_| ControlFlow::Break(()),
         );
         assert!(matches!(r, Err(AlignError::Cancelled)));
-        let bad = AuditConfig {
-            folds: 1,
-            ..AuditConfig::default()
-        };
-        assert!(matches!(
-            audit(
-                Method::Cca,
-                &data,
-                &AlignConfig::default(),
-                &bad,
-                &mut ignore
-            ),
-            Err(AlignError::InvalidConfig(_))
-        ));
-        let zero_cap = AuditConfig {
-            component_grid: vec![Some(0), None],
-            ..AuditConfig::default()
-        };
-        assert!(matches!(
-            audit(
-                Method::Cca,
-                &data,
-                &AlignConfig::default(),
-                &zero_cap,
-                &mut ignore
-            ),
-            Err(AlignError::InvalidConfig(_))
-        ));
+        // One fold, and a component cap of 0.
+        let bad = [
+            AuditConfig {
+                folds: 1,
+                ..AuditConfig::default()
+            },
+            AuditConfig {
+                component_grid: vec![Some(0), None],
+                ..AuditConfig::default()
+            },
+        ];
+        for bad in &bad {
+            assert!(matches!(
+                audit(
+                    Method::Cca,
+                    &data,
+                    &AlignConfig::default(),
+                    bad,
+                    &mut ignore
+                ),
+                Err(AlignError::InvalidConfig(_))
+            ));
+        }
         let tiny = AlignData::from_pairs(
             data.xp.select_rows(&[0, 1, 2]),
             data.yp.select_rows(&[0, 1, 2]),
